@@ -1,0 +1,341 @@
+//! Encodes a [`Workload`] as x86-64 machine code for a long-mode guest with identity-mapped
+//! memory. The loop keeps all of its state in registers, so capturing a vCPU's registers
+//! captures the workload's position too.
+//!
+//! Register convention (set by the host at start, carried by vCPU state afterwards):
+//! rdi slice base gpa, rsi slice pages, r11 hot-set pages or stride, r8 PRNG state,
+//! r9 verify generation, r10 next sequential index, r12 access counter,
+//! r14 verify expectation mask, r15 read sink; rax, rcx, r13 are scratch.
+
+use iced_x86::code_asm::*;
+
+use super::GuestError;
+use super::ports;
+use super::workload::{Operation, Pattern, Sharing, Workload};
+
+const PAGE_SHIFT: u32 = 12;
+/// Offset of the second verify stamp: the last qword of the page, to catch torn pages.
+const LAST_QWORD: i32 = 4096 - 8;
+
+/// Initial register values of one vCPU, independent of any hypervisor API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VcpuStart {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+}
+
+/// Code to load into the guest and where each vCPU starts.
+#[derive(Debug, Clone)]
+pub struct GuestProgram {
+    pub code: Vec<u8>,
+    pub code_gpa: u64,
+    pub starts: Vec<VcpuStart>,
+    /// The page range each vCPU works on, as (first gpa, pages).
+    pub slices: Vec<(u64, u64)>,
+}
+
+/// Memory the workload may use and where its code goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub code_gpa: u64,
+    pub code_max: u64,
+    pub data_gpa: u64,
+    pub data_pages: u64,
+    /// Top of vCPU 0's stack; vCPU i gets `stack_top(i)`.
+    pub stack_top: fn(usize) -> u64,
+}
+
+/// Assembles `workload` for `vcpus` vCPUs.
+pub fn assemble(
+    workload: &Workload,
+    vcpus: usize,
+    place: &Placement,
+) -> Result<GuestProgram, GuestError> {
+    let vcpus_u64 = vcpus.max(1) as u64;
+    let own = workload.sharing == Sharing::Own || workload.pattern == Pattern::Verify;
+    let slice_pages = if own {
+        place.data_pages / vcpus_u64
+    } else {
+        place.data_pages
+    };
+    if slice_pages == 0 {
+        return Err(GuestError::TooSmall {
+            data_pages: place.data_pages,
+            vcpus,
+        });
+    }
+
+    let code = encode(workload, place.code_gpa)?;
+    if code.len() as u64 > place.code_max {
+        return Err(GuestError::TooLarge {
+            len: code.len(),
+            max: place.code_max,
+        });
+    }
+
+    let param = match workload.pattern {
+        Pattern::Hotspot => workload.hot_pages.clamp(1, slice_pages),
+        Pattern::Stride => (workload.stride_pages % slice_pages).max(1),
+        _ => 0,
+    };
+    let mut starts = Vec::with_capacity(vcpus);
+    let mut slices = Vec::with_capacity(vcpus);
+    for i in 0..vcpus {
+        let i64_ = i as u64;
+        let base = if own {
+            place.data_gpa + ((i64_ * slice_pages) << PAGE_SHIFT)
+        } else {
+            place.data_gpa
+        };
+        // Shared sequential walkers start spread out rather than in lock step.
+        let first = if own {
+            0
+        } else {
+            i64_ * slice_pages / vcpus_u64
+        };
+        starts.push(VcpuStart {
+            rip: place.code_gpa,
+            rsp: (place.stack_top)(i),
+            rdi: base,
+            rsi: slice_pages,
+            r8: 0x9E37_79B9_7F4A_7C15 ^ (i64_ + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            r9: 1,
+            r10: first,
+            r11: param,
+        });
+        slices.push((base, slice_pages));
+    }
+    Ok(GuestProgram {
+        code,
+        code_gpa: place.code_gpa,
+        starts,
+        slices,
+    })
+}
+
+fn xorshift(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(rax, r8)?;
+    a.shl(rax, 13)?;
+    a.xor(r8, rax)?;
+    a.mov(rax, r8)?;
+    a.shr(rax, 7)?;
+    a.xor(r8, rax)?;
+    a.mov(rax, r8)?;
+    a.shl(rax, 17)?;
+    a.xor(r8, rax)?;
+    Ok(())
+}
+
+/// Leaves the page index of this access in rcx.
+fn emit_index(a: &mut CodeAssembler, pattern: Pattern) -> Result<(), IcedError> {
+    match pattern {
+        Pattern::Sequential | Pattern::Verify => {
+            let mut no_wrap = a.create_label();
+            a.mov(rcx, r10)?;
+            a.inc(r10)?;
+            a.cmp(r10, rsi)?;
+            a.jb(no_wrap)?;
+            a.xor(r10d, r10d)?;
+            if pattern == Pattern::Verify {
+                // A new pass: pages now hold this generation's stamp.
+                a.inc(r9)?;
+                a.mov(r14, -1i64)?;
+            }
+            a.set_label(&mut no_wrap)?;
+            a.nop()?;
+        }
+        Pattern::Touch => {
+            a.mov(rcx, r10)?;
+            a.inc(r10)?;
+        }
+        Pattern::Stride => {
+            let mut no_wrap = a.create_label();
+            a.mov(rcx, r10)?;
+            a.add(r10, r11)?;
+            a.cmp(r10, rsi)?;
+            a.jb(no_wrap)?;
+            a.sub(r10, rsi)?;
+            a.set_label(&mut no_wrap)?;
+            a.nop()?;
+        }
+        Pattern::Random => {
+            xorshift(a)?;
+            a.mov(rax, r8)?;
+            a.shr(rax, 32)?;
+            a.imul_2(rax, rsi)?;
+            a.shr(rax, 32)?;
+            a.mov(rcx, rax)?;
+        }
+        Pattern::Hotspot => {
+            xorshift(a)?;
+            a.mov(rcx, r11)?;
+            // One access in eight goes anywhere in the slice.
+            a.test(r8d, 0x700)?;
+            a.cmovz(rcx, rsi)?;
+            a.mov(rax, r8)?;
+            a.shr(rax, 32)?;
+            a.imul_2(rax, rcx)?;
+            a.shr(rax, 32)?;
+            a.mov(rcx, rax)?;
+        }
+    }
+    Ok(())
+}
+
+fn emit_read(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(rcx, qword_ptr(rax))?;
+    a.add(r15, rcx)?;
+    Ok(())
+}
+
+fn emit_write(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(qword_ptr(rax), r12)
+}
+
+/// Checks both stamps of the page at rax against the previous generation, reports a
+/// mismatch, then stamps the page with the current generation.
+fn emit_verify(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut bad = a.create_label();
+    let mut stamp = a.create_label();
+    a.mov(rcx, r9)?;
+    a.dec(rcx)?;
+    a.shl(rcx, 40)?;
+    a.or(rcx, rax)?;
+    // The first pass expects untouched (zero) memory.
+    a.and(rcx, r14)?;
+    a.cmp(qword_ptr(rax), rcx)?;
+    a.jne(bad)?;
+    a.cmp(qword_ptr(rax + LAST_QWORD), rcx)?;
+    a.je(stamp)?;
+    a.set_label(&mut bad)?;
+    a.mov(r13, rax)?;
+    a.shr(rax, PAGE_SHIFT)?;
+    a.out(u32::from(ports::VERIFY_ERROR), eax)?;
+    a.mov(rax, r13)?;
+    a.set_label(&mut stamp)?;
+    a.mov(rcx, r9)?;
+    a.shl(rcx, 40)?;
+    a.or(rcx, rax)?;
+    a.mov(qword_ptr(rax), rcx)?;
+    a.mov(qword_ptr(rax + LAST_QWORD), rcx)?;
+    Ok(())
+}
+
+fn emit_progress(a: &mut CodeAssembler, top: CodeLabel) -> Result<(), IcedError> {
+    a.test(r12d, (ports::PROGRESS_EVERY - 1) as u32)?;
+    a.jnz(top)?;
+    a.mov(rax, r12)?;
+    a.shr(rax, ports::PROGRESS_SHIFT)?;
+    a.out(u32::from(ports::PROGRESS), eax)?;
+    a.jmp(top)?;
+    Ok(())
+}
+
+fn encode(workload: &Workload, code_gpa: u64) -> Result<Vec<u8>, GuestError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    emit_index(&mut a, workload.pattern)?;
+    a.mov(rax, rcx)?;
+    a.shl(rax, PAGE_SHIFT)?;
+    a.add(rax, rdi)?;
+    match (workload.pattern, workload.op) {
+        (Pattern::Verify, _) => emit_verify(&mut a)?,
+        (Pattern::Touch, _) | (_, Operation::Write) => emit_write(&mut a)?,
+        (_, Operation::Read) => emit_read(&mut a)?,
+        (_, Operation::Mixed) => {
+            let mut write = a.create_label();
+            let mut after = a.create_label();
+            a.test(r12b, 1)?;
+            a.jnz(write)?;
+            emit_read(&mut a)?;
+            a.jmp(after)?;
+            a.set_label(&mut write)?;
+            emit_write(&mut a)?;
+            a.set_label(&mut after)?;
+            a.nop()?;
+        }
+    }
+    a.inc(r12)?;
+    if workload.pattern == Pattern::Touch {
+        let mut done = a.create_label();
+        a.cmp(r10, rsi)?;
+        a.jae(done)?;
+        emit_progress(&mut a, top)?;
+        a.set_label(&mut done)?;
+        a.mov(eax, r12d)?;
+        a.out(u32::from(ports::DONE), eax)?;
+        // The host stops the vCPU at DONE; spin here should it ever be resumed.
+        a.jmp(done)?;
+    } else {
+        emit_progress(&mut a, top)?;
+    }
+    Ok(a.assemble(code_gpa)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    fn place(data_pages: u64) -> Placement {
+        Placement {
+            code_gpa: 0x10_0000,
+            code_max: 0x1000,
+            data_gpa: 0x20_0000,
+            data_pages,
+            stack_top: |i| 0x18_0000 + (i as u64 + 1) * 0x1000,
+        }
+    }
+
+    fn mnemonics(code: &[u8], ip: u64) -> Vec<Mnemonic> {
+        Decoder::with_ip(64, code, ip, DecoderOptions::NONE)
+            .into_iter()
+            .map(|i| i.mnemonic())
+            .collect()
+    }
+
+    #[test]
+    fn every_workload_assembles_and_reports_through_out() {
+        for name in Workload::all_names() {
+            let w: Workload = name.parse().unwrap();
+            let prog = assemble(&w, 4, &place(1024)).unwrap();
+            let m = mnemonics(&prog.code, prog.code_gpa);
+            assert!(m.contains(&Mnemonic::Out), "{name} never reports");
+            assert!(!m.contains(&Mnemonic::INVALID), "{name} has invalid code");
+        }
+    }
+
+    #[test]
+    fn own_slices_are_disjoint_and_cover_the_data() {
+        let w: Workload = "sequential-read".parse().unwrap();
+        let prog = assemble(&w, 4, &place(1000)).unwrap();
+        assert_eq!(prog.slices[0], (0x20_0000, 250));
+        assert_eq!(prog.slices[3], (0x20_0000 + 750 * 4096, 250));
+        assert_eq!(prog.starts[2].rdi, prog.slices[2].0);
+    }
+
+    #[test]
+    fn shared_memory_walkers_start_apart() {
+        let mut w: Workload = "sequential-read".parse().unwrap();
+        w.sharing = Sharing::Shared;
+        let prog = assemble(&w, 4, &place(1000)).unwrap();
+        assert!(prog.slices.iter().all(|s| *s == (0x20_0000, 1000)));
+        assert_eq!(prog.starts[1].r10, 250);
+    }
+
+    #[test]
+    fn too_little_memory_for_the_vcpus_is_an_error() {
+        let w: Workload = "verify".parse().unwrap();
+        assert!(matches!(
+            assemble(&w, 8, &place(4)),
+            Err(GuestError::TooSmall { .. })
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! faultline: watch a KVM guest live-migrate post-copy, fault by fault.
+//!
+//! The library holds every part; the `faultline` binary is a thin command line over it.
+//! See DESIGN.md in the repository for the map.
+
+pub mod guest;
+pub mod probe;
+pub mod uffd;
+pub mod vmm;

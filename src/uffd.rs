@@ -1,0 +1,637 @@
+//! A thin, safe wrapper over the Linux userfaultfd ABI.
+//!
+//! Owns the userfaultfd file descriptor, its handshake, range registration and the
+//! resolving ioctls (copy, zeropage, wake). It knows nothing of KVM or migration.
+//! The `userfaultfd` crate is not used: its -sys part needs libclang at build time,
+//! and its defaults hide faults raised inside KVM (user-mode-only descriptors).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
+
+const UFFDIO: u32 = 0xAA;
+const UFFD_API: u64 = 0xAA;
+const UFFD_USER_MODE_ONLY: i32 = 1;
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
+
+/// `struct uffdio_api`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_range`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+/// `struct uffdio_register`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_copy`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// `struct uffdio_zeropage`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// `struct uffd_msg`, restricted to the page-fault member of its union.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    flags: u64,
+    address: u64,
+    ptid: u32,
+    pad: u32,
+}
+
+ioctl_iowr_nr!(UFFDIO_API, UFFDIO, 0x3F, UffdioApi);
+ioctl_iowr_nr!(UFFDIO_REGISTER, UFFDIO, 0x00, UffdioRegister);
+ioctl_ior_nr!(UFFDIO_UNREGISTER, UFFDIO, 0x01, UffdioRange);
+ioctl_ior_nr!(UFFDIO_WAKE, UFFDIO, 0x02, UffdioRange);
+ioctl_iowr_nr!(UFFDIO_COPY, UFFDIO, 0x03, UffdioCopy);
+ioctl_iowr_nr!(UFFDIO_ZEROPAGE, UFFDIO, 0x04, UffdioZeropage);
+ioctl_io_nr!(USERFAULTFD_IOC_NEW, UFFDIO, 0x00);
+
+/// Feature bits of `uffdio_api.features` that faultline cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Features(pub u64);
+
+impl Features {
+    pub const MISSING_SHMEM: Features = Features(1 << 5);
+    pub const SIGBUS: Features = Features(1 << 7);
+    pub const THREAD_ID: Features = Features(1 << 8);
+    pub const MINOR_SHMEM: Features = Features(1 << 10);
+    pub const EXACT_ADDRESS: Features = Features(1 << 11);
+    pub const MOVE: Features = Features(1 << 16);
+
+    pub const NONE: Features = Features(0);
+
+    pub fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Features) -> Features {
+        Features(self.0 | other.0)
+    }
+
+    /// Names of the known feature bits that are set, for reports.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (Self::MISSING_SHMEM, "MISSING_SHMEM"),
+            (Self::SIGBUS, "SIGBUS"),
+            (Self::THREAD_ID, "THREAD_ID"),
+            (Self::MINOR_SHMEM, "MINOR_SHMEM"),
+            (Self::EXACT_ADDRESS, "EXACT_ADDRESS"),
+            (Self::MOVE, "MOVE"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| self.contains(*f))
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
+/// How the descriptor was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `/dev/userfaultfd` (Linux 6.1+), not subject to `vm.unprivileged_userfaultfd`.
+    Device,
+    /// The `userfaultfd(2)` system call.
+    Syscall,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Device => "device",
+            Origin::Syscall => "syscall",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UffdError {
+    #[error("cannot open userfaultfd (neither /dev/userfaultfd nor the syscall worked): {0}")]
+    Open(#[source] io::Error),
+    #[error("userfaultfd API handshake failed: {0}")]
+    Api(#[source] io::Error),
+    #[error("this kernel's userfaultfd lacks features {missing:?}")]
+    MissingFeatures { missing: Vec<&'static str> },
+    #[error("cannot register {len:#x} bytes at {start:#x} with userfaultfd: {source}")]
+    Register {
+        start: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot unregister {len:#x} bytes at {start:#x} from userfaultfd: {source}")]
+    Unregister {
+        start: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy {len:#x} bytes into {dst:#x}: {source}")]
+    Copy {
+        dst: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot map zero page at {dst:#x}: {source}")]
+    Zeropage {
+        dst: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot wake waiters on {len:#x} bytes at {start:#x}: {source}")]
+    Wake {
+        start: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read a userfaultfd event: {0}")]
+    Read(#[source] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, UffdError>;
+
+/// A page fault reported by userfaultfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFault {
+    /// Faulting host virtual address (page aligned unless EXACT_ADDRESS was asked for).
+    pub address: u64,
+    pub write: bool,
+    /// Thread id of the faulting thread, when THREAD_ID was negotiated (else 0).
+    pub thread_id: u32,
+}
+
+/// What a resolving ioctl found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// This call filled the range.
+    Filled,
+    /// The range was already present: someone else filled it. Waiters were woken.
+    AlreadyPresent,
+}
+
+/// An open userfaultfd with its negotiated features.
+#[derive(Debug)]
+pub struct Userfaultfd {
+    fd: OwnedFd,
+    features: Features,
+    origin: Origin,
+}
+
+fn open_raw(nonblocking: bool) -> Result<(OwnedFd, Origin)> {
+    // Never UFFD_USER_MODE_ONLY: faults taken inside KVM are kernel-mode faults.
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
+    let device_err = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+    {
+        Ok(dev) => {
+            // SAFETY: USERFAULTFD_IOC_NEW takes the flags by value and returns a new fd.
+            let fd = unsafe { ioctl_with_val(&dev, USERFAULTFD_IOC_NEW(), flags as libc::c_ulong) };
+            if fd >= 0 {
+                // SAFETY: the kernel just handed us this descriptor; we own it.
+                return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, Origin::Device));
+            }
+            io::Error::last_os_error()
+        }
+        Err(e) => e,
+    };
+    // SAFETY: plain syscall with integer flags.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags & !UFFD_USER_MODE_ONLY) };
+    if fd >= 0 {
+        // SAFETY: as above.
+        return Ok((
+            unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            Origin::Syscall,
+        ));
+    }
+    let sys_err = io::Error::last_os_error();
+    Err(UffdError::Open(io::Error::new(
+        sys_err.kind(),
+        format!("/dev/userfaultfd: {device_err}; syscall: {sys_err}"),
+    )))
+}
+
+fn api(fd: &OwnedFd, features: Features) -> Result<Features> {
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: features.0,
+        ioctls: 0,
+    };
+    // SAFETY: `api` is a valid uffdio_api the kernel reads and writes.
+    let ret = unsafe { ioctl_with_mut_ref(fd, UFFDIO_API(), &mut api) };
+    if ret < 0 {
+        return Err(UffdError::Api(io::Error::last_os_error()));
+    }
+    Ok(Features(api.features))
+}
+
+impl Userfaultfd {
+    /// Features this kernel's userfaultfd offers (opens and closes a probe descriptor).
+    pub fn available_features() -> Result<(Features, Origin)> {
+        let (fd, origin) = open_raw(true)?;
+        Ok((api(&fd, Features::NONE)?, origin))
+    }
+
+    /// Opens a userfaultfd that requires `required` features. Reads block unless
+    /// `nonblocking`; a blocking descriptor suits a dedicated handler thread.
+    pub fn new(required: Features, nonblocking: bool) -> Result<Userfaultfd> {
+        let (available, _) = Self::available_features()?;
+        if !available.contains(required) {
+            let missing = Features(required.0 & !available.0).names();
+            return Err(UffdError::MissingFeatures { missing });
+        }
+        let (fd, origin) = open_raw(nonblocking)?;
+        api(&fd, required)?;
+        Ok(Userfaultfd {
+            fd,
+            features: required,
+            origin,
+        })
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Registers `[start, start+len)` for missing-page faults.
+    pub fn register_missing(&self, start: u64, len: u64) -> Result<()> {
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: valid uffdio_register for the duration of the call.
+        let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_REGISTER(), &mut reg) };
+        if ret < 0 {
+            return Err(UffdError::Register {
+                start,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn unregister(&self, start: u64, len: u64) -> Result<()> {
+        let range = UffdioRange { start, len };
+        // SAFETY: valid uffdio_range for the duration of the call.
+        let ret = unsafe { ioctl_with_ref(&self.fd, UFFDIO_UNREGISTER(), &range) };
+        if ret < 0 {
+            return Err(UffdError::Unregister {
+                start,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Atomically copies `len` bytes from `src` into the missing range at `dst` and
+    /// wakes the threads waiting on it.
+    ///
+    /// # Safety
+    /// `src` must be valid for reading `len` bytes; `dst` must lie in a registered range.
+    pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64, wake: bool) -> Result<Fill> {
+        let mut done = 0u64;
+        while done < len {
+            let mut copy = UffdioCopy {
+                dst: dst + done,
+                src: src as u64 + done,
+                len: len - done,
+                mode: if wake { 0 } else { UFFDIO_COPY_MODE_DONTWAKE },
+                copy: 0,
+            };
+            // SAFETY: valid uffdio_copy; the caller vouches for the addresses.
+            let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_COPY(), &mut copy) };
+            if copy.copy > 0 {
+                done += copy.copy as u64;
+            }
+            if ret >= 0 {
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // A partial copy or a concurrent mm change: go on from where it stopped.
+                Some(libc::EAGAIN) => continue,
+                Some(libc::EEXIST) => {
+                    if wake {
+                        self.wake(dst, len)?;
+                    }
+                    return Ok(if done == 0 {
+                        Fill::AlreadyPresent
+                    } else {
+                        Fill::Filled
+                    });
+                }
+                _ => {
+                    return Err(UffdError::Copy {
+                        dst: dst + done,
+                        len: len - done,
+                        source: err,
+                    });
+                }
+            }
+        }
+        Ok(Fill::Filled)
+    }
+
+    /// Maps the shared zero page over the missing page range at `dst` and wakes waiters.
+    pub fn zeropage(&self, dst: u64, len: u64) -> Result<Fill> {
+        loop {
+            let mut zp = UffdioZeropage {
+                range: UffdioRange { start: dst, len },
+                mode: 0,
+                zeropage: 0,
+            };
+            // SAFETY: valid uffdio_zeropage for the duration of the call.
+            let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_ZEROPAGE(), &mut zp) };
+            if ret >= 0 {
+                return Ok(Fill::Filled);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => continue,
+                Some(libc::EEXIST) => {
+                    self.wake(dst, len)?;
+                    return Ok(Fill::AlreadyPresent);
+                }
+                _ => return Err(UffdError::Zeropage { dst, source: err }),
+            }
+        }
+    }
+
+    /// Wakes threads sleeping on faults in `[start, start+len)`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<()> {
+        let range = UffdioRange { start, len };
+        // SAFETY: valid uffdio_range for the duration of the call.
+        let ret = unsafe { ioctl_with_ref(&self.fd, UFFDIO_WAKE(), &range) };
+        if ret < 0 {
+            return Err(UffdError::Wake {
+                start,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads up to `out.len()` page-fault events. Returns 0 when a non-blocking
+    /// descriptor has none. Events other than page faults are skipped.
+    pub fn read_faults(&self, out: &mut [PageFault]) -> Result<usize> {
+        const BATCH: usize = 64;
+        let mut msgs = [UffdMsg::default(); BATCH];
+        let want = out.len().min(BATCH);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = loop {
+            // SAFETY: reading into a buffer of `want` uffd_msg structs.
+            let ret = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr().cast(),
+                    want * std::mem::size_of::<UffdMsg>(),
+                )
+            };
+            if ret >= 0 {
+                break ret as usize / std::mem::size_of::<UffdMsg>();
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(0),
+                Some(libc::EINTR) => continue,
+                _ => return Err(UffdError::Read(err)),
+            }
+        };
+        let mut count = 0;
+        for msg in msgs.iter().take(n) {
+            if msg.event == UFFD_EVENT_PAGEFAULT {
+                out[count] = PageFault {
+                    address: msg.address,
+                    write: msg.flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                    thread_id: msg.ptid,
+                };
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl AsFd for Userfaultfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Userfaultfd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+
+    const PAGE: usize = 4096;
+
+    struct Anon {
+        ptr: *mut u8,
+        len: usize,
+    }
+    // SAFETY: the mapping is plain memory, shared deliberately between test threads.
+    unsafe impl Send for Anon {}
+    unsafe impl Sync for Anon {}
+
+    impl Anon {
+        fn new(len: usize) -> Anon {
+            // SAFETY: anonymous private mapping, checked below.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            Anon {
+                ptr: ptr.cast(),
+                len,
+            }
+        }
+        fn addr(&self) -> u64 {
+            self.ptr as u64
+        }
+    }
+    impl Drop for Anon {
+        fn drop(&mut self) {
+            // SAFETY: unmapping what new() mapped.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+
+    fn gettid() -> u32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() as u32 }
+    }
+
+    #[test]
+    fn reports_features_including_thread_id_and_sigbus() {
+        let (features, _) = Userfaultfd::available_features().expect("userfaultfd must be usable");
+        assert!(features.contains(Features::THREAD_ID));
+        assert!(features.contains(Features::SIGBUS));
+        assert!(features.names().contains(&"THREAD_ID"));
+    }
+
+    #[test]
+    fn fault_from_thread_is_resolved_by_copy_with_thread_id() {
+        let uffd = Userfaultfd::new(Features::THREAD_ID, false).unwrap();
+        let mem = Arc::new(Anon::new(4 * PAGE));
+        uffd.register_missing(mem.addr(), mem.len as u64).unwrap();
+
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let reader_mem = mem.clone();
+        let toucher = std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            // SAFETY: reading inside the mapping; the fault is resolved by the test.
+            unsafe { std::ptr::read_volatile(reader_mem.ptr.add(PAGE + 8) as *const u64) }
+        });
+        let tid = tid_rx.recv().unwrap();
+
+        let mut faults = [PageFault {
+            address: 0,
+            write: false,
+            thread_id: 0,
+        }; 4];
+        let n = uffd.read_faults(&mut faults).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(faults[0].address, mem.addr() + PAGE as u64);
+        assert!(!faults[0].write);
+        assert_eq!(faults[0].thread_id, tid);
+
+        let mut page = vec![0u8; PAGE];
+        page[8..16].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        // SAFETY: `page` is a live PAGE-sized buffer; the destination page is registered.
+        let fill = unsafe { uffd.copy(faults[0].address, page.as_ptr(), PAGE as u64, true) };
+        assert_eq!(fill.unwrap(), Fill::Filled);
+        assert_eq!(toucher.join().unwrap(), 0x1122_3344_5566_7788);
+
+        // Copying the same page again finds it present: EEXIST, treated as already filled.
+        // SAFETY: as above.
+        let again = unsafe { uffd.copy(faults[0].address, page.as_ptr(), PAGE as u64, true) };
+        assert_eq!(again.unwrap(), Fill::AlreadyPresent);
+    }
+
+    #[test]
+    fn write_fault_is_resolved_by_zeropage() {
+        let uffd = Userfaultfd::new(Features::THREAD_ID, false).unwrap();
+        let mem = Arc::new(Anon::new(2 * PAGE));
+        uffd.register_missing(mem.addr(), mem.len as u64).unwrap();
+        let writer_mem = mem.clone();
+        let writer = std::thread::spawn(move || {
+            // SAFETY: writing inside the mapping; the fault is resolved by the test.
+            unsafe { std::ptr::write_volatile(writer_mem.ptr as *mut u64, 42) };
+            // SAFETY: as above, now present.
+            unsafe { std::ptr::read_volatile(writer_mem.ptr as *const u64) }
+        });
+        let mut faults = [PageFault {
+            address: 0,
+            write: false,
+            thread_id: 0,
+        }; 1];
+        assert_eq!(uffd.read_faults(&mut faults).unwrap(), 1);
+        assert!(faults[0].write);
+        assert_eq!(faults[0].address, mem.addr());
+        // Zeropage maps the page read-only-shared; the write then takes an ordinary COW.
+        assert_eq!(
+            uffd.zeropage(mem.addr(), PAGE as u64).unwrap(),
+            Fill::Filled
+        );
+        assert_eq!(writer.join().unwrap(), 42);
+        assert_eq!(
+            uffd.zeropage(mem.addr(), PAGE as u64).unwrap(),
+            Fill::AlreadyPresent
+        );
+    }
+
+    #[test]
+    fn nonblocking_read_returns_zero_without_events() {
+        let uffd = Userfaultfd::new(Features::NONE, true).unwrap();
+        let mem = Anon::new(PAGE);
+        uffd.register_missing(mem.addr(), PAGE as u64).unwrap();
+        let mut faults = [PageFault {
+            address: 0,
+            write: false,
+            thread_id: 0,
+        }; 1];
+        assert_eq!(uffd.read_faults(&mut faults).unwrap(), 0);
+        uffd.unregister(mem.addr(), PAGE as u64).unwrap();
+        // Unregistered memory faults in normally again.
+        // SAFETY: reading an ordinary anonymous page.
+        assert_eq!(unsafe { std::ptr::read_volatile(mem.ptr as *const u64) }, 0);
+    }
+
+    #[test]
+    fn register_outside_a_mapping_names_the_range() {
+        let uffd = Userfaultfd::new(Features::NONE, true).unwrap();
+        let err = uffd.register_missing(0x1000, 0x1000).unwrap_err();
+        assert!(err.to_string().contains("0x1000"), "{err}");
+    }
+}

@@ -1,0 +1,553 @@
+//! One named thread per vCPU, running an explicit state machine (running, paused, stopped,
+//! plus the terminal done and failed). Control goes in as commands on a channel; a kick
+//! (immediate_exit plus a signal) makes a running vCPU leave KVM_RUN at once, even if the
+//! guest never exits by itself.
+//!
+//! Owns the VcpuFd for the thread's lifetime and the per-vCPU lock-free counters. May not
+//! block on anything shared with an observer.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use super::VmmError;
+use super::fault::{ExitPath, FillOutcome, MissingPageHandler};
+use super::layout::PAGE_SIZE;
+use super::memory::GuestRam;
+use super::state::VcpuState;
+use crate::guest::ports::{self, Report};
+
+/// How long a command waits for the vCPU thread to answer before calling it unresponsive.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The state a vCPU thread is in, as it last published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RunState {
+    Running = 0,
+    Paused = 1,
+    Stopped = 2,
+    /// A finite workload reported DONE; the vCPU no longer runs.
+    Done = 3,
+    /// An exit the thread could not handle; see [`VcpuHandle::failure`].
+    Failed = 4,
+}
+
+impl RunState {
+    fn from_u8(v: u8) -> RunState {
+        match v {
+            0 => RunState::Running,
+            1 => RunState::Paused,
+            2 => RunState::Stopped,
+            3 => RunState::Done,
+            _ => RunState::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopped => "stopped",
+            RunState::Done => "done",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// Lock-free per-vCPU counters, written by the vCPU thread, read by anyone.
+#[derive(Debug)]
+pub struct VcpuStats {
+    /// The guest's own access count at its last progress report.
+    pub guest_accesses: AtomicU64,
+    pub progress_reports: AtomicU64,
+    pub verify_mismatches: AtomicU64,
+    /// Gpa of the first page the guest found wrong (u64::MAX if none).
+    pub first_mismatch_gpa: AtomicU64,
+    /// All KVM_RUN returns, kicks included.
+    pub exits: AtomicU64,
+    /// Fault exits resolved on this thread, by [`ExitPath::index`].
+    pub fault_exits: [AtomicU64; 4],
+    /// Accesses the guest reported with DONE.
+    pub done_accesses: AtomicU64,
+}
+
+impl Default for VcpuStats {
+    fn default() -> Self {
+        VcpuStats {
+            guest_accesses: AtomicU64::new(0),
+            progress_reports: AtomicU64::new(0),
+            verify_mismatches: AtomicU64::new(0),
+            first_mismatch_gpa: AtomicU64::new(u64::MAX),
+            exits: AtomicU64::new(0),
+            fault_exits: Default::default(),
+            done_accesses: AtomicU64::new(0),
+        }
+    }
+}
+
+impl VcpuStats {
+    pub fn fault_exits_total(&self) -> u64 {
+        self.fault_exits
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn record(&self, report: Report) -> Option<RunState> {
+        match report {
+            Report::Progress { accesses } => {
+                self.guest_accesses.store(accesses, Ordering::Relaxed);
+                self.progress_reports.fetch_add(1, Ordering::Relaxed);
+            }
+            Report::VerifyMismatch { gpa } => {
+                self.verify_mismatches.fetch_add(1, Ordering::Relaxed);
+                let _ = self.first_mismatch_gpa.compare_exchange(
+                    u64::MAX,
+                    gpa,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Report::Done { accesses } => {
+                self.done_accesses.store(accesses, Ordering::Relaxed);
+                return Some(RunState::Done);
+            }
+            Report::Unknown { .. } => {}
+        }
+        None
+    }
+}
+
+/// What the vCPU thread and its controller share.
+#[derive(Debug)]
+pub struct VcpuShared {
+    pub id: usize,
+    pub stats: VcpuStats,
+    state: AtomicU8,
+    /// Kernel thread id of the vCPU thread (0 until it starts), to attribute uffd faults.
+    tid: AtomicU32,
+    failure: Mutex<Option<String>>,
+}
+
+impl VcpuShared {
+    pub fn state(&self) -> RunState {
+        RunState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn thread_id(&self) -> u32 {
+        self.tid.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, s: RunState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+enum Command {
+    Pause(Sender<()>),
+    Resume,
+    Stop,
+    Capture(Vec<u32>, Sender<Result<VcpuState, VmmError>>),
+    Restore(Box<VcpuState>, Sender<Result<(), VmmError>>),
+}
+
+/// Pointer to the vCPU's `kvm_run.immediate_exit`. The mapping lives as long as the
+/// VcpuFd, which the thread hands back through its join handle, so it outlives every kick.
+struct ImmediateExit(*mut u8);
+// SAFETY: a byte in a shared mapping the kernel reads with READ_ONCE; written volatile.
+unsafe impl Send for ImmediateExit {}
+unsafe impl Sync for ImmediateExit {}
+
+/// A pause in flight.
+pub struct PauseAck {
+    id: usize,
+    rx: Receiver<()>,
+}
+
+impl PauseAck {
+    pub fn wait(self) -> Result<(), VmmError> {
+        self.rx
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| VmmError::VcpuUnresponsive(self.id))
+    }
+}
+
+/// Controller side of one vCPU thread.
+pub struct VcpuHandle {
+    shared: Arc<VcpuShared>,
+    commands: Sender<Command>,
+    immediate_exit: ImmediateExit,
+    thread: Option<JoinHandle<VcpuFd>>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<(), VmmError> {
+    static ONCE: Once = Once::new();
+    static mut RESULT: Option<i32> = None;
+    ONCE.call_once(|| {
+        let r = register_signal_handler(kick_signal(), kick_handler);
+        // SAFETY: written once, inside call_once, before any read below.
+        unsafe { RESULT = r.err().map(|e| e.errno()) };
+    });
+    // SAFETY: call_once has completed, so RESULT is no longer written.
+    match unsafe { RESULT } {
+        None => Ok(()),
+        Some(errno) => Err(VmmError::Signal(std::io::Error::from_raw_os_error(errno))),
+    }
+}
+
+impl VcpuHandle {
+    /// Starts the thread for `fd`, paused.
+    pub(crate) fn spawn(
+        id: usize,
+        mut fd: VcpuFd,
+        ram: Arc<GuestRam>,
+        handler: Option<Arc<dyn MissingPageHandler>>,
+    ) -> Result<VcpuHandle, VmmError> {
+        install_kick_handler()?;
+        let immediate_exit = ImmediateExit(&mut fd.get_kvm_run().immediate_exit as *mut u8);
+        let shared = Arc::new(VcpuShared {
+            id,
+            stats: VcpuStats::default(),
+            state: AtomicU8::new(RunState::Paused as u8),
+            tid: AtomicU32::new(0),
+            failure: Mutex::new(None),
+        });
+        let (tx, rx) = unbounded();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let mut runner = Runner {
+                    fd,
+                    shared: thread_shared,
+                    ram,
+                    handler,
+                    commands: rx,
+                };
+                runner.run();
+                runner.fd
+            })
+            .map_err(VmmError::Thread)?;
+        let handle = VcpuHandle {
+            shared,
+            commands: tx,
+            immediate_exit,
+            thread: Some(thread),
+        };
+        // Wait for the thread to publish its tid, so uffd attribution works from the start.
+        while handle.shared.thread_id() == 0 {
+            std::thread::yield_now();
+        }
+        Ok(handle)
+    }
+
+    pub fn id(&self) -> usize {
+        self.shared.id
+    }
+
+    pub fn shared(&self) -> &Arc<VcpuShared> {
+        &self.shared
+    }
+
+    pub fn stats(&self) -> &VcpuStats {
+        &self.shared.stats
+    }
+
+    pub fn state(&self) -> RunState {
+        self.shared.state()
+    }
+
+    /// Why the vCPU failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), VmmError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| VmmError::VcpuGone(self.shared.id))
+    }
+
+    /// Makes the thread leave KVM_RUN now and look at its commands.
+    fn kick(&self) {
+        // SAFETY: the kvm_run mapping outlives this handle's thread (see ImmediateExit).
+        unsafe { std::ptr::write_volatile(self.immediate_exit.0, 1) };
+        if let Some(t) = &self.thread {
+            // A thread that has already returned cannot be signalled; that is fine.
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Asks the vCPU to stop running guest code; [`PauseAck::wait`] returns once it is out
+    /// of KVM_RUN. Lets a controller kick every vCPU before waiting for any.
+    pub fn begin_pause(&self) -> Result<PauseAck, VmmError> {
+        let (ack_tx, ack_rx) = bounded(1);
+        self.send(Command::Pause(ack_tx))?;
+        self.kick();
+        Ok(PauseAck {
+            id: self.shared.id,
+            rx: ack_rx,
+        })
+    }
+
+    /// Stops the vCPU from running guest code; returns once it is out of KVM_RUN.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        self.begin_pause()?.wait()
+    }
+
+    pub fn resume(&self) -> Result<(), VmmError> {
+        self.send(Command::Resume)
+    }
+
+    /// Captures the state of a paused vCPU.
+    pub fn capture(&self, msr_indices: &[u32]) -> Result<VcpuState, VmmError> {
+        let (tx, rx) = bounded(1);
+        self.send(Command::Capture(msr_indices.to_vec(), tx))?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| VmmError::VcpuUnresponsive(self.shared.id))?
+    }
+
+    /// Restores `state` into a paused vCPU.
+    pub fn restore(&self, state: VcpuState) -> Result<(), VmmError> {
+        let (tx, rx) = bounded(1);
+        self.send(Command::Restore(Box::new(state), tx))?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| VmmError::VcpuUnresponsive(self.shared.id))?
+    }
+
+    /// Ends the thread and waits for it.
+    pub fn stop(&mut self) {
+        if self.send(Command::Stop).is_ok() {
+            self.kick();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Runner {
+    fd: VcpuFd,
+    shared: Arc<VcpuShared>,
+    ram: Arc<GuestRam>,
+    handler: Option<Arc<dyn MissingPageHandler>>,
+    commands: Receiver<Command>,
+}
+
+/// What one exit means for the state machine.
+enum Outcome {
+    Continue,
+    Done,
+    Failed(String),
+}
+
+impl Runner {
+    fn run(&mut self) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        self.shared.tid.store(tid, Ordering::Release);
+        let mut state = RunState::Paused;
+        loop {
+            self.shared.publish(state);
+            match state {
+                RunState::Running => {
+                    // Clear before draining: a kick that lands after the drain keeps it set.
+                    self.fd.set_kvm_immediate_exit(0);
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        state = self.apply(cmd, state);
+                    }
+                    if state != RunState::Running {
+                        continue;
+                    }
+                    match self.run_once() {
+                        Outcome::Continue => {}
+                        Outcome::Done => state = RunState::Done,
+                        Outcome::Failed(why) => {
+                            if let Ok(mut f) = self.shared.failure.lock() {
+                                *f = Some(why);
+                            }
+                            state = RunState::Failed;
+                        }
+                    }
+                }
+                RunState::Stopped => return,
+                RunState::Paused | RunState::Done | RunState::Failed => {
+                    match self.commands.recv() {
+                        Ok(cmd) => state = self.apply(cmd, state),
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, state: RunState) -> RunState {
+        let not_running = state != RunState::Running;
+        match cmd {
+            Command::Pause(ack) => {
+                let _ = ack.send(());
+                if state == RunState::Running {
+                    RunState::Paused
+                } else {
+                    state
+                }
+            }
+            Command::Resume => {
+                if state == RunState::Paused {
+                    RunState::Running
+                } else {
+                    state
+                }
+            }
+            Command::Stop => RunState::Stopped,
+            Command::Capture(msrs, reply) => {
+                let r = if not_running {
+                    VcpuState::capture(&self.fd, &msrs)
+                } else {
+                    Err(VmmError::NotPaused(self.shared.id))
+                };
+                let _ = reply.send(r);
+                state
+            }
+            Command::Restore(vs, reply) => {
+                let r = if not_running {
+                    vs.restore(&self.fd)
+                } else {
+                    Err(VmmError::NotPaused(self.shared.id))
+                };
+                let _ = reply.send(r);
+                state
+            }
+        }
+    }
+
+    fn fill(&self, gpa: u64, path: ExitPath) -> Result<FillOutcome, String> {
+        fill_page(&self.handler, &self.shared, gpa, path)
+    }
+
+    fn run_once(&mut self) -> Outcome {
+        let id = self.shared.id;
+        let exit = self.fd.run();
+        self.shared.stats.exits.fetch_add(1, Ordering::Relaxed);
+        let result = match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                match self.shared.stats.record(ports::decode(port, data)) {
+                    Some(RunState::Done) => return Outcome::Done,
+                    _ => Ok(()),
+                }
+            }
+            Ok(VcpuExit::IoIn(_, data)) => {
+                data.fill(0xff);
+                Ok(())
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if self.ram.contains(addr, data.len() as u64) {
+                    // Fill, then complete the access against guest memory, now present.
+                    fill_page(&self.handler, &self.shared, addr, ExitPath::Mmio)
+                        .and_then(|_| self.ram.read(addr, data).map_err(|e| e.to_string()))
+                } else {
+                    Err(format!("guest read unmapped address {addr:#x}"))
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if self.ram.contains(addr, data.len() as u64) {
+                    fill_page(&self.handler, &self.shared, addr, ExitPath::Mmio)
+                        .and_then(|_| self.ram.write(addr, data).map_err(|e| e.to_string()))
+                } else {
+                    Err(format!("guest wrote unmapped address {addr:#x}"))
+                }
+            }
+            Ok(VcpuExit::MemoryFault { flags, gpa, .. }) => {
+                const KVM_MEMORY_EXIT_FLAG_USERFAULT: u64 = 1 << 4;
+                let path = if flags & KVM_MEMORY_EXIT_FLAG_USERFAULT != 0 {
+                    ExitPath::KvmUserfault
+                } else {
+                    ExitPath::MemoryFault
+                };
+                self.fill(gpa, path).map(|_| ())
+            }
+            Ok(VcpuExit::InternalError) => self.instruction_fetch_fault(),
+            Ok(VcpuExit::Shutdown) => Err(self.describe("shut down (triple fault)")),
+            Ok(VcpuExit::Hlt) => Err(self.describe("halted")),
+            Ok(VcpuExit::FailEntry(reason, _)) => Err(format!(
+                "KVM could not enter the guest (reason {reason:#x})"
+            )),
+            Ok(other) => {
+                let what = format!("made an unexpected exit {other:?}");
+                Err(self.describe(&what))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(format!("KVM_RUN failed: {e}")),
+        };
+        match result {
+            Ok(()) => Outcome::Continue,
+            Err(why) => Outcome::Failed(format!("vCPU {id}: {why}")),
+        }
+    }
+
+    /// On PVM an instruction fetch from a missing page is an emulation failure: find the
+    /// page through the guest's page tables, fill it, and let the vCPU retry.
+    fn instruction_fetch_fault(&mut self) -> Result<(), String> {
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let translated = self
+            .fd
+            .translate_gva(rip)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .map(|t| t.physical_address);
+        match translated {
+            Some(gpa) if self.ram.contains(gpa, 1) && self.handler.is_some() => {
+                match self.fill(gpa, ExitPath::InstructionFetch)? {
+                    FillOutcome::Filled => Ok(()),
+                    FillOutcome::AlreadyPresent => {
+                        Err(self.describe("hit an emulation failure on a present page"))
+                    }
+                }
+            }
+            _ => Err(self.describe("hit an emulation failure")),
+        }
+    }
+
+    fn describe(&self, what: &str) -> String {
+        match self.fd.get_regs() {
+            Ok(r) => format!("guest {what} at rip {:#x}", r.rip),
+            Err(_) => format!("guest {what}"),
+        }
+    }
+}
+
+/// Asks the handler to make the page of `gpa` present and counts the exit.
+fn fill_page(
+    handler: &Option<Arc<dyn MissingPageHandler>>,
+    shared: &VcpuShared,
+    gpa: u64,
+    path: ExitPath,
+) -> Result<FillOutcome, String> {
+    let Some(handler) = handler else {
+        return Err(format!(
+            "guest touched missing RAM at {gpa:#x} ({}) and no fault handler is installed",
+            path.as_str()
+        ));
+    };
+    let outcome = handler.fill(shared.id, gpa & !(PAGE_SIZE - 1), path)?;
+    shared.stats.fault_exits[path.index()].fetch_add(1, Ordering::Relaxed);
+    Ok(outcome)
+}

@@ -136,19 +136,19 @@ fn xorshift(a: &mut CodeAssembler) -> Result<(), IcedError> {
 fn emit_index(a: &mut CodeAssembler, pattern: Pattern) -> Result<(), IcedError> {
     match pattern {
         Pattern::Sequential | Pattern::Verify => {
+            // Wrap before taking the index, so a new pass begins with its first page.
             let mut no_wrap = a.create_label();
-            a.mov(rcx, r10)?;
-            a.inc(r10)?;
             a.cmp(r10, rsi)?;
             a.jb(no_wrap)?;
             a.xor(r10d, r10d)?;
             if pattern == Pattern::Verify {
-                // A new pass: pages now hold this generation's stamp.
+                // A new pass: every page now holds the previous generation's stamp.
                 a.inc(r9)?;
                 a.mov(r14, -1i64)?;
             }
             a.set_label(&mut no_wrap)?;
-            a.nop()?;
+            a.mov(rcx, r10)?;
+            a.inc(r10)?;
         }
         Pattern::Touch => {
             a.mov(rcx, r10)?;

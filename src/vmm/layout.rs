@@ -47,6 +47,13 @@ const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITE: u64 = 1 << 1;
 const PTE_HUGE: u64 = 1 << 7;
 
+// The boot region holds the largest page tables, the code and every vCPU's stack.
+const _: () = {
+    assert!(PD_GPA + (MAX_MEM_BYTES >> 30) * PAGE_SIZE <= CODE_GPA);
+    assert!(CODE_GPA + CODE_MAX <= STACKS_GPA);
+    assert!(STACKS_GPA + MAX_VCPUS as u64 * STACK_SIZE <= BOOT_SIZE);
+};
+
 /// Top of vCPU `i`'s stack.
 pub fn stack_top(i: usize) -> u64 {
     STACKS_GPA + (i as u64 + 1) * STACK_SIZE
@@ -156,13 +163,5 @@ mod tests {
         let last_pd = &writes[4];
         assert_eq!(last_pd.0, PD_GPA + 2 * PAGE_SIZE);
         assert_eq!(last_pd.1[1] & !0xfff, (2 << 30) | (1 << 21));
-    }
-
-    #[test]
-    fn boot_region_holds_stacks_for_every_vcpu_and_the_largest_tables() {
-        assert!(stack_top(MAX_VCPUS - 1) <= BOOT_SIZE);
-        assert!(CODE_GPA + CODE_MAX <= STACKS_GPA);
-        let pds = MAX_MEM_BYTES >> 30;
-        assert!(PD_GPA + pds * PAGE_SIZE <= CODE_GPA);
     }
 }

@@ -18,7 +18,7 @@ pub struct GuestRam {
 
 impl GuestRam {
     pub fn new(size: u64) -> Result<GuestRam, VmmError> {
-        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&size) || size % PAGE_SIZE != 0 {
+        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&size) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(VmmError::MemorySize {
                 size,
                 min: MIN_MEM_BYTES,
@@ -87,6 +87,25 @@ impl GuestRam {
         let mut b = [0u8; 8];
         self.read(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Copies all of `src` into this RAM (same size). Both must be fully present.
+    pub fn copy_all_from(&self, src: &GuestRam) -> Result<(), VmmError> {
+        if src.size != self.size {
+            return Err(VmmError::Memory(format!(
+                "cannot copy {} bytes of RAM into {} bytes",
+                src.size, self.size
+            )));
+        }
+        // SAFETY: two distinct live mappings of `size` bytes; present by the caller's promise.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.host_base as *const u8,
+                self.host_base as *mut u8,
+                self.size as usize,
+            )
+        };
+        Ok(())
     }
 
     /// The page at `gpa` as a slice of host memory.

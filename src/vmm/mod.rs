@@ -222,6 +222,8 @@ impl Vm {
         for (vcpu, start) in self.vcpus.iter().zip(&program.starts) {
             let mut state = vcpu.capture(&self.msr_indices)?;
             apply_start(&mut state.regs, start);
+            // Application processors wait for a SIPI otherwise.
+            state.mp_state.mp_state = kvm_bindings::KVM_MP_STATE_RUNNABLE;
             vcpu.restore(state)?;
         }
         Ok(())

@@ -403,12 +403,15 @@ impl Runner {
         let not_running = state != RunState::Running;
         match cmd {
             Command::Pause(ack) => {
-                let _ = ack.send(());
-                if state == RunState::Running {
+                let next = if state == RunState::Running {
                     RunState::Paused
                 } else {
                     state
-                }
+                };
+                // Publish before acking: whoever waited may look at the state next.
+                self.shared.publish(next);
+                let _ = ack.send(());
+                next
             }
             Command::Resume => {
                 if state == RunState::Paused {

@@ -1,0 +1,89 @@
+//! The `faultline` binary as a user runs it.
+
+use std::process::{Command, Output};
+
+fn faultline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_faultline"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn probe_json_reports_both_fault_modes_ok_on_this_host() {
+    let out = faultline().args(["probe", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kvm"]["available"], true);
+    assert_eq!(v["kvm"]["api_version"], 12);
+    assert!(
+        ["vmx", "svm", "pvm", "unknown"].contains(&v["kvm"]["flavour"].as_str().unwrap()),
+        "{v}"
+    );
+    assert!(v["kvm"]["caps"]["max_vcpus"].as_u64().unwrap() >= 1);
+    assert_eq!(v["uffd"]["available"], true);
+    let features: Vec<&str> = v["uffd"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(features.contains(&"THREAD_ID") && features.contains(&"SIGBUS"));
+    assert_eq!(v["fault_modes"]["uffd"]["ok"], true, "{v}");
+    assert_eq!(v["fault_modes"]["exit"]["ok"], true, "{v}");
+    assert!(
+        ["kvm-userfault", "memory-fault", "mmio", "instruction-fetch"]
+            .contains(&v["fault_modes"]["exit"]["path"].as_str().unwrap()),
+        "{v}"
+    );
+}
+
+#[test]
+fn probe_text_names_each_mode() {
+    let out = faultline().arg("probe").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("mode uffd    ok"), "{text}");
+    assert!(text.contains("mode exit    ok via"), "{text}");
+}
+
+#[test]
+fn missing_dev_kvm_is_a_one_line_error_with_exit_code_2() {
+    // A private mount namespace with an empty /dev: the real binary finds no /dev/kvm.
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" probe",
+        ])
+        .arg(env!("CARGO_BIN_EXE_faultline"))
+        .output()
+        .expect("unshare (util-linux) is needed for this test");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/dev/kvm does not exist"), "{err}");
+}
+
+#[test]
+fn unreadable_dev_kvm_says_permission_denied() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_faultline"))
+        .arg("probe")
+        .output()
+        .expect("setpriv (util-linux) is needed for this test");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+}
+
+#[test]
+fn unknown_flag_is_rejected_with_exit_code_2() {
+    let out = faultline().arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--bogus"));
+}

@@ -4,6 +4,10 @@
 //! See DESIGN.md in the repository for the map.
 
 pub mod guest;
+pub mod postcopy;
 pub mod probe;
+pub mod scenario;
+pub mod telemetry;
 pub mod uffd;
+pub mod units;
 pub mod vmm;

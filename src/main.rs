@@ -1,14 +1,22 @@
 //! The `faultline` command line.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use faultline::guest::{Sharing, Workload};
+use faultline::postcopy::{self, FaultMode, PostcopyError, RunConfig, RunStatus, Summary};
+use faultline::units::{self, Bytes, Rate};
+use faultline::{probe, scenario};
 
 #[derive(Parser)]
 #[command(
     name = "faultline",
     version,
-    about = "Watch a KVM guest live-migrate post-copy, fault by fault"
+    about = "Watch a KVM guest live-migrate post-copy, fault by fault",
+    long_about = "Watch a KVM guest live-migrate post-copy, fault by fault.\n\nWith no command, runs the built-in default scenario."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -17,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Migrate a running guest post-copy and report what every vCPU went through.
+    Run(RunArgs),
     /// Report what this host offers: KVM, userfaultfd, and which fault modes really work.
     Probe {
         /// Print one JSON object instead of text.
@@ -25,27 +35,277 @@ enum Command {
     },
 }
 
-fn probe(json: bool) -> anyhow::Result<()> {
-    let report = faultline::probe::run()?;
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Args, Default)]
+struct RunArgs {
+    /// A scenario file, or the name of a built-in (default, hotspot, throttled, many-vcpus,
+    /// inject-storm). Flags override what it says.
+    scenario: Option<String>,
+    /// Run without the TUI and print a summary at the end.
+    #[arg(long)]
+    headless: bool,
+    /// With --headless: print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    vcpus: Option<usize>,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(long, value_parser = parse_size)]
+    mem: Option<u64>,
+    /// PATTERN-OP (sequential, random, hotspot, stride x read, write, mixed), verify or touch.
+    #[arg(long)]
+    workload: Option<Workload>,
+    /// All vCPUs work on the same memory instead of their own slices.
+    #[arg(long)]
+    shared: bool,
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// uffd handler threads (uffd mode).
+    #[arg(long)]
+    readers: Option<usize>,
+    /// Limit on all page traffic, e.g. 40MiB/s or unlimited.
+    #[arg(long, value_parser = parse_rate)]
+    fetch_rate: Option<Rate>,
+    /// Delay added to each demand request, e.g. 200us.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    rtt: Option<Duration>,
+    /// How long the source runs before switchover, e.g. 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<Duration>,
+    /// How long the destination runs after switchover, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Background push of pages nobody asked for yet.
+    #[arg(long, value_enum)]
+    push: Option<OnOff>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Uffd,
+    Exit,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    units::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    units::parse_rate(s).map_err(|e| e.to_string())
+}
+
+/// An error that is the user's input, not the run: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
+    let mut c = match &args.scenario {
+        Some(s) => scenario::load(s).map_err(|e| UsageError(e.to_string()))?,
+        None => scenario::load("default").map_err(|e| UsageError(e.to_string()))?,
+    };
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(m) = args.mem {
+        c.mem_bytes = m;
+    }
+    if let Some(w) = args.workload {
+        let sharing = c.workload.sharing;
+        c.workload = w;
+        c.workload.sharing = sharing;
+    }
+    if args.shared {
+        c.workload.sharing = Sharing::Shared;
+    }
+    if let Some(m) = args.mode {
+        c.mode = match m {
+            Mode::Uffd => FaultMode::Uffd,
+            Mode::Exit => FaultMode::Exit,
+        };
+    }
+    if let Some(r) = args.readers {
+        c.readers = r;
+    }
+    if let Some(r) = args.fetch_rate {
+        c.fetch_rate = r;
+    }
+    if let Some(r) = args.rtt {
+        c.rtt = r;
+    }
+    if let Some(w) = args.warmup {
+        c.warmup = w;
+    }
+    if let Some(d) = args.duration {
+        c.duration = d;
+    }
+    if let Some(p) = args.push {
+        c.push = matches!(p, OnOff::On);
+    }
+    c.validate().map_err(|e| UsageError(e.to_string()))?;
+    Ok(c)
+}
+
+fn print_summary(s: &Summary) {
+    let verdict = if s.verified {
+        "verified"
+    } else {
+        "NOT VERIFIED"
+    };
+    println!(
+        "{}: {} vCPUs, {}, {} mode{}, workload {}",
+        s.scenario,
+        s.vcpus,
+        Bytes(s.mem_bytes),
+        s.mode,
+        s.exit_path.map(|p| format!(" via {p}")).unwrap_or_default(),
+        s.workload
+    );
+    println!(
+        "downtime {} us, post-copy {} ms{}, {} at {}/s (throttle {})",
+        s.downtime_us,
+        s.postcopy_ms,
+        if s.postcopy_complete {
+            ""
+        } else {
+            " (finished after the run)"
+        },
+        Bytes(s.bytes_transferred),
+        Bytes(s.transfer_bytes_per_sec),
+        s.throttle
+    );
+    println!(
+        "pages: {} total, {} boot, {} demand, {} pushed, {} injected, {} refetched",
+        s.pages_total,
+        s.pages_boot,
+        s.pages_demand,
+        s.pages_pushed,
+        s.pages_injected,
+        s.pages_refetched
+    );
+    println!(
+        "all vCPUs blocked {:.1} ms; fault latency p50 {} us, p99 {} us, max {} us",
+        s.blocktime_all_ms, s.latency_us.p50, s.latency_us.p99, s.latency_us.max
+    );
+    println!("vcpu  faults  stall ms   p50 us  p99 us  max us  guest accesses");
+    for v in &s.per_vcpu {
+        println!(
+            "{:>4} {:>7} {:>9.1} {:>8} {:>7} {:>7} {:>15}",
+            v.vcpu,
+            v.fault_exits,
+            v.stall_ms,
+            v.latency_us.p50,
+            v.latency_us.p99,
+            v.latency_us.max,
+            v.guest_progress
+        );
+    }
+    println!(
+        "{verdict}: {} pages checked, {} mismatches, {} guest errors, {} telemetry events dropped",
+        s.verify.pages_checked, s.verify.mismatches, s.verify.guest_errors, s.telemetry_dropped
+    );
+}
+
+/// One status line per second on stderr while a headless run goes on.
+fn report_progress(status: &RunStatus, start: Instant) {
+    let Some(dest) = status.destination() else {
+        eprintln!(
+            "[{:>5.1}s] {}",
+            start.elapsed().as_secs_f64(),
+            status.phase().as_str()
+        );
+        return;
+    };
+    let t = dest.telemetry();
+    let faults: u64 = t
+        .vcpus
+        .iter()
+        .map(|c| c.faults.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    let total = dest.pages().len() - faultline::vmm::layout::BOOT_PAGES;
+    let filled = total - dest.missing().min(total);
+    eprintln!(
+        "[{:>5.1}s] {:<10} {:>5.1}% filled, {} faults, throttle {}",
+        start.elapsed().as_secs_f64(),
+        status.phase().as_str(),
+        100.0 * filled as f64 / total.max(1) as f64,
+        faults,
+        dest.throttle.rate()
+    );
+}
+
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let config = config_from(&args)?;
+    // A missing or closed /dev/kvm is the user's to fix: say so before anything starts.
+    drop(faultline::vmm::open_kvm()?);
+    if !args.headless {
+        eprintln!("faultline: the live TUI is not built yet; running headless");
+    }
+    let status = Arc::new(RunStatus::default());
+    let engine = {
+        let status = status.clone();
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || postcopy::run(&config, &status, None))
+            .context("cannot start the engine thread")?
+    };
+    let start = Instant::now();
+    let mut last = Instant::now();
+    while !engine.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        if !args.json && last.elapsed() >= Duration::from_secs(1) {
+            report_progress(&status, start);
+            last = Instant::now();
+        }
+    }
+    let summary: Result<Summary, PostcopyError> = engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    let summary = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(summary.verified)
+}
+
+fn probe_cmd(json: bool) -> anyhow::Result<bool> {
+    let report = probe::run()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", faultline::probe::render_text(&report));
+        print!("{}", probe::render_text(&report));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Probe { json }) => probe(json),
-        None => probe(false),
+        Some(Command::Probe { json }) => probe_cmd(json),
+        Some(Command::Run(args)) => run(args),
+        None => run(RunArgs::default()),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("faultline: the run finished but could not prove that no data was lost");
+            ExitCode::from(1)
+        }
+        Err(e) if e.is::<UsageError>() || e.is::<faultline::vmm::VmmError>() => {
             eprintln!("faultline: {e:#}");
             ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("faultline: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -87,3 +87,117 @@ fn unknown_flag_is_rejected_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--bogus"));
 }
+
+fn quick_run(extra: &[&str]) -> Output {
+    faultline()
+        .args(["run", "--headless", "--mem", "64M", "--vcpus", "2"])
+        .args([
+            "--warmup",
+            "100ms",
+            "--duration",
+            "300ms",
+            "--fetch-rate",
+            "unlimited",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn headless_json_run_prints_the_summary_object() {
+    let out = quick_run(&["--json", "--mode", "uffd", "--workload", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "scenario",
+        "mode",
+        "exit_path",
+        "vcpus",
+        "mem_bytes",
+        "page_size",
+        "pages_total",
+        "pages_demand",
+        "pages_pushed",
+        "pages_injected",
+        "pages_refetched",
+        "downtime_us",
+        "postcopy_ms",
+        "bytes_transferred",
+        "blocktime_all_ms",
+        "verified",
+        "telemetry_dropped",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["scenario"], "default");
+    assert_eq!(v["mode"], "uffd");
+    assert_eq!(v["exit_path"], serde_json::Value::Null);
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["verify"]["mismatches"], 0);
+    assert_eq!(v["per_vcpu"].as_array().unwrap().len(), 2);
+    assert!(v["per_vcpu"][0]["latency_us"]["p99"].is_u64());
+}
+
+#[test]
+fn headless_text_run_ends_with_the_verdict() {
+    let out = quick_run(&["--mode", "exit"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("exit mode via"), "{text}");
+    assert!(
+        text.lines().last().unwrap().starts_with("verified:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_scenario_file_names_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("faultline-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "vcpus = 2\nmem = \"lots\"\n").unwrap();
+    let out = faultline()
+        .args(["run", "--headless"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("bad.toml:2:7: invalid size 'lots'"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_scenario_and_bad_values_exit_2() {
+    for args in [
+        vec!["run", "--headless", "no-such-scenario"],
+        vec!["run", "--headless", "--mem", "12Q"],
+        vec!["run", "--headless", "--vcpus", "0"],
+        vec!["run", "--headless", "--mem", "16M"],
+        vec!["run", "--headless", "--fetch-rate", "fast"],
+        vec!["run", "--headless", "--workload", "zigzag"],
+        vec!["run", "--headless", "--rtt", "soon"],
+    ] {
+        let out = faultline().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).is_empty());
+    }
+}
+
+#[test]
+fn run_without_dev_kvm_exits_2() {
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" run --headless",
+        ])
+        .arg(env!("CARGO_BIN_EXE_faultline"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/dev/kvm does not exist"));
+}

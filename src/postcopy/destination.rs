@@ -1,0 +1,421 @@
+//! The destination side of post-copy: guest RAM registered with userfaultfd, the page-state
+//! map, demand fills (from uffd handler threads or from vCPU threads in exit mode), the
+//! background push, and region injection.
+//!
+//! Owns every page copy into the destination. Never copies a page twice: a page is copied
+//! only by whoever claimed it in the page-state map.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::PostcopyError;
+use super::page_state::{PageState, PageStateMap};
+use super::source::PageSource;
+use super::throttle::Throttle;
+use crate::telemetry::{Event, FillCause, Telemetry};
+use crate::uffd::{Fill, PageFault, Userfaultfd};
+use crate::units::GpaRange;
+use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
+use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
+
+/// Largest contiguous run the push copies in one ioctl.
+const PUSH_BATCH_PAGES: u64 = 64;
+/// Pages after a demand fault that the push visits first.
+const NEIGHBOURHOOD_PAGES: u64 = 256;
+const PAGE: usize = PAGE_SIZE as usize;
+
+pub struct Destination {
+    ram: Arc<GuestRam>,
+    uffd: Arc<Userfaultfd>,
+    pages: PageStateMap,
+    /// Pages that have been injected at least once, to count refetches.
+    injected: Vec<AtomicBool>,
+    source: Arc<dyn PageSource>,
+    pub throttle: Throttle,
+    rtt_ns: AtomicU64,
+    telemetry: Arc<Telemetry>,
+    /// vCPU thread ids, index = vCPU, for uffd fault attribution.
+    vcpu_tids: RwLock<Vec<u32>>,
+    missing: AtomicU64,
+    demand_waiting: AtomicUsize,
+    push_enabled: AtomicBool,
+    /// Fills hold it shared; injection holds it exclusively while it drops pages.
+    fill_gate: RwLock<()>,
+    /// First page the push should visit next (a recent fault's neighbour), plus one.
+    push_hint: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Destination {
+    /// Registers `ram` beyond the boot region with `uffd`; those pages start missing.
+    pub fn new(
+        ram: Arc<GuestRam>,
+        uffd: Arc<Userfaultfd>,
+        source: Arc<dyn PageSource>,
+        throttle: Throttle,
+        rtt: Duration,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Destination, PostcopyError> {
+        let boot = BOOT_PAGES * PAGE_SIZE;
+        uffd.register_missing(ram.host_base() + boot, ram.size() - boot)?;
+        let total = ram.pages();
+        Ok(Destination {
+            pages: PageStateMap::new(total, BOOT_PAGES),
+            injected: (0..total).map(|_| AtomicBool::new(false)).collect(),
+            missing: AtomicU64::new(total - BOOT_PAGES),
+            ram,
+            uffd,
+            source,
+            throttle,
+            rtt_ns: AtomicU64::new(rtt.as_nanos() as u64),
+            telemetry,
+            vcpu_tids: RwLock::new(Vec::new()),
+            demand_waiting: AtomicUsize::new(0),
+            push_enabled: AtomicBool::new(true),
+            fill_gate: RwLock::new(()),
+            push_hint: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn pages(&self) -> &PageStateMap {
+        &self.pages
+    }
+
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Pages still missing.
+    pub fn missing(&self) -> u64 {
+        self.missing.load(Ordering::Acquire)
+    }
+
+    pub fn set_vcpu_tids(&self, tids: Vec<u32>) {
+        if let Ok(mut t) = self.vcpu_tids.write() {
+            *t = tids;
+        }
+    }
+
+    pub fn set_push(&self, on: bool) {
+        self.push_enabled.store(on, Ordering::Release);
+    }
+
+    pub fn push_enabled(&self) -> bool {
+        self.push_enabled.load(Ordering::Acquire)
+    }
+
+    pub fn rtt(&self) -> Duration {
+        Duration::from_nanos(self.rtt_ns.load(Ordering::Relaxed))
+    }
+
+    fn vcpu_of_tid(&self, tid: u32) -> Option<usize> {
+        self.vcpu_tids
+            .read()
+            .ok()
+            .and_then(|t| t.iter().position(|&x| x == tid))
+    }
+
+    /// Fetches `count` claimed pages from `page`, checks them and copies them in.
+    fn fetch_and_copy(
+        &self,
+        page: u64,
+        count: u64,
+        cause: FillCause,
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<(), PostcopyError> {
+        let gpa = page << PAGE_SHIFT;
+        let len = count * PAGE_SIZE;
+        buf.resize(len as usize, 0);
+        sums.clear();
+        self.throttle.acquire(len);
+        if cause == FillCause::Demand {
+            let rtt = self.rtt_ns.load(Ordering::Relaxed);
+            if rtt > 0 {
+                std::thread::sleep(Duration::from_nanos(rtt));
+            }
+        }
+        self.source.fetch(gpa, buf, sums)?;
+        for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
+            if crc32fast::hash(chunk) != *sum {
+                self.telemetry
+                    .run
+                    .checksum_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let host = self.ram.host_base() + gpa;
+        // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
+        let fill = unsafe { self.uffd.copy(host, buf.as_ptr(), len, true) }?;
+        let state = match cause {
+            FillCause::Demand => PageState::FilledByDemand,
+            FillCause::Push => PageState::FilledByPush,
+        };
+        let mut refetched = 0;
+        for p in page..page + count {
+            self.pages.set_filled(p, state);
+            refetched += u64::from(self.injected[p as usize].load(Ordering::Relaxed));
+        }
+        let run = &self.telemetry.run;
+        match cause {
+            FillCause::Demand => run.pages_demand.fetch_add(count, Ordering::Relaxed),
+            FillCause::Push => run.pages_pushed.fetch_add(count, Ordering::Relaxed),
+        };
+        run.pages_refetched.fetch_add(refetched, Ordering::Relaxed);
+        run.bytes_transferred.fetch_add(len, Ordering::Relaxed);
+        self.missing.fetch_sub(count, Ordering::AcqRel);
+        debug_assert!(fill == Fill::Filled || fill == Fill::AlreadyPresent);
+        self.telemetry.emit(Event::Fill {
+            gpa,
+            pages: count as u32,
+            cause,
+            at_ns: self.telemetry.now_ns(),
+        });
+        Ok(())
+    }
+
+    /// Makes the page of `gpa` present on behalf of a fault. With `wait`, returns only once
+    /// the page is present even if another party is copying it (exit mode needs that before
+    /// completing the access); without, a page in flight is left to its copier, whose copy
+    /// wakes the sleeping vCPU (uffd mode).
+    pub fn fill_demand(&self, gpa: u64, wait: bool) -> Result<FillOutcome, PostcopyError> {
+        let page = gpa >> PAGE_SHIFT;
+        let mut first = true;
+        loop {
+            let state = self.pages.get(page);
+            if state.is_present() {
+                if !wait {
+                    // The fault may have raced with the copy's wake-up: wake again, cheaply.
+                    self.uffd
+                        .wake(self.ram.host_base() + (page << PAGE_SHIFT), PAGE_SIZE)?;
+                }
+                return Ok(if first {
+                    FillOutcome::AlreadyPresent
+                } else {
+                    FillOutcome::Filled
+                });
+            }
+            first = false;
+            if state == PageState::Missing {
+                let _gate = self.fill_gate.read();
+                if self.pages.claim(page) {
+                    self.demand_waiting.fetch_add(1, Ordering::AcqRel);
+                    self.push_hint.store(page + 2, Ordering::Relaxed);
+                    let (mut buf, mut sums) = (Vec::with_capacity(PAGE), Vec::with_capacity(1));
+                    let r = self.fetch_and_copy(page, 1, FillCause::Demand, &mut buf, &mut sums);
+                    self.demand_waiting.fetch_sub(1, Ordering::AcqRel);
+                    if let Err(e) = r {
+                        self.pages.unclaim(page);
+                        return Err(e);
+                    }
+                    return Ok(FillOutcome::Filled);
+                }
+                continue;
+            }
+            if !wait {
+                return Ok(FillOutcome::Filled);
+            }
+            std::hint::spin_loop();
+            std::thread::yield_now();
+        }
+    }
+
+    /// Handles faults read from the userfaultfd until stopped (the `uffd` mode).
+    pub fn serve_uffd(&self) -> Result<(), PostcopyError> {
+        let mut faults = [PageFault {
+            address: 0,
+            write: false,
+            thread_id: 0,
+        }; 32];
+        let base = self.ram.host_base();
+        while !self.stop.load(Ordering::Acquire) {
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*self.uffd),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a timeout lets the loop notice `stop`.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
+            if ready <= 0 {
+                continue;
+            }
+            let n = self.uffd.read_faults(&mut faults)?;
+            for f in &faults[..n] {
+                let gpa = f.address.wrapping_sub(base);
+                let vcpu = self.vcpu_of_tid(f.thread_id);
+                let stall = self.telemetry.stall_begin(vcpu, gpa);
+                self.fill_demand(gpa, false)?;
+                self.telemetry.stall_end(stall);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims up to `PUSH_BATCH_PAGES` contiguous missing pages from `from`; returns the
+    /// first page and count, or None if none is missing from there to the end.
+    fn claim_run(&self, from: u64) -> Option<(u64, u64)> {
+        let total = self.pages.len();
+        let mut p = from.max(BOOT_PAGES);
+        while p < total {
+            if self.pages.claim(p) {
+                let mut n = 1;
+                while n < PUSH_BATCH_PAGES && p + n < total && self.pages.claim(p + n) {
+                    n += 1;
+                }
+                return Some((p, n));
+            }
+            p += 1;
+        }
+        None
+    }
+
+    /// Streams missing pages in the background until stopped: neighbours of recent faults
+    /// first, then in address order. Demand fetches go first: the push yields while any wait.
+    pub fn push(&self) -> Result<(), PostcopyError> {
+        let mut cursor = BOOT_PAGES;
+        let mut buf = Vec::with_capacity(PUSH_BATCH_PAGES as usize * PAGE);
+        let mut sums = Vec::with_capacity(PUSH_BATCH_PAGES as usize);
+        let mut near: Option<(u64, u64)> = None;
+        while !self.stop.load(Ordering::Acquire) {
+            if !self.push_enabled()
+                || self.demand_waiting.load(Ordering::Acquire) > 0
+                || self.missing() == 0
+            {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let hint = self.push_hint.swap(0, Ordering::Relaxed);
+            if hint > 0 {
+                near = Some((hint - 1, hint - 1 + NEIGHBOURHOOD_PAGES));
+            }
+            let _gate = self.fill_gate.read();
+            let claimed = match near {
+                Some((from, end)) => match self.claim_run(from) {
+                    Some((p, n)) if p < end => {
+                        near = Some((p + n, end));
+                        Some((p, n))
+                    }
+                    other => {
+                        near = None;
+                        other
+                    }
+                },
+                None => None,
+            }
+            .or_else(|| self.claim_run(cursor))
+            .or_else(|| self.claim_run(BOOT_PAGES));
+            let Some((page, count)) = claimed else {
+                continue;
+            };
+            if near.is_none() {
+                cursor = page + count;
+            }
+            if let Err(e) = self.fetch_and_copy(page, count, FillCause::Push, &mut buf, &mut sums) {
+                for p in page..page + count {
+                    self.pages.unclaim(p);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `range` missing again without losing data: the destination's content of every
+    /// present page goes back to the source first, then the pages are dropped. The caller
+    /// must have paused the vCPUs. Returns the number of pages dropped.
+    pub fn inject(&self, range: GpaRange) -> Result<u64, PostcopyError> {
+        let first_data = BOOT_PAGES * PAGE_SIZE;
+        if range.start < first_data || !self.ram.contains(range.start, range.len) {
+            return Err(PostcopyError::BadRange {
+                start: range.start,
+                len: range.len,
+                min: first_data,
+                max: self.ram.size(),
+            });
+        }
+        let first = range.start >> PAGE_SHIFT;
+        let end = range.end().div_ceil(PAGE_SIZE);
+        // No fill may be in flight while pages change hands.
+        let _gate = self
+            .fill_gate
+            .write()
+            .map_err(|_| PostcopyError::Poisoned)?;
+        let mut dropped = 0;
+        let mut p = first;
+        while p < end {
+            if !self.pages.get(p).is_present() {
+                p += 1;
+                continue;
+            }
+            let run_start = p;
+            while p < end && self.pages.get(p).is_present() {
+                p += 1;
+            }
+            let gpa = run_start << PAGE_SHIFT;
+            let len = (p - run_start) * PAGE_SIZE;
+            let mut data = vec![0u8; len as usize];
+            self.ram.read(gpa, &mut data)?;
+            self.source.put_back(gpa, &data)?;
+            let host = self.ram.host_base() + gpa;
+            // SAFETY: drops whole pages inside guest RAM; the next access faults to the uffd.
+            let r = unsafe {
+                libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
+            };
+            if r != 0 {
+                return Err(PostcopyError::Drop(std::io::Error::last_os_error()));
+            }
+            for q in run_start..p {
+                if self.pages.drop_page(q) {
+                    self.injected[q as usize].store(true, Ordering::Relaxed);
+                    dropped += 1;
+                }
+            }
+        }
+        self.missing.fetch_add(dropped, Ordering::AcqRel);
+        self.telemetry
+            .run
+            .pages_injected
+            .fetch_add(dropped, Ordering::Relaxed);
+        Ok(dropped)
+    }
+
+    /// Asks the handler and push threads to return.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl MissingPageHandler for Destination {
+    fn fill(&self, vcpu: usize, gpa: u64, _path: ExitPath) -> Result<FillOutcome, String> {
+        let stall = self.telemetry.stall_begin(Some(vcpu), gpa);
+        let r = self.fill_demand(gpa, true).map_err(|e| e.to_string());
+        self.telemetry.stall_end(stall);
+        r
+    }
+}
+
+/// Starts a named background thread running `f` on the destination.
+pub fn spawn(
+    name: String,
+    dest: Arc<Destination>,
+    f: fn(&Destination) -> Result<(), PostcopyError>,
+) -> Result<JoinHandle<Result<(), PostcopyError>>, PostcopyError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let r = f(&dest);
+            if r.is_err() {
+                // One failed worker ends the post-copy for everyone.
+                dest.stop();
+            }
+            r
+        })
+        .map_err(PostcopyError::Thread)
+}

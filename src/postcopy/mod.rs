@@ -1,0 +1,51 @@
+//! Post-copy live migration between two KVM VMs: the page source, the destination with its
+//! fault delivery, the background push, the throttle, region injection, and the run that
+//! ties them together with integrity checks.
+//!
+//! Uses `vmm`, `guest` and `telemetry`; knows nothing of the UI.
+
+pub mod destination;
+pub mod engine;
+pub mod page_state;
+pub mod source;
+pub mod throttle;
+
+pub use destination::Destination;
+pub use engine::{Action, FaultMode, Phase, RunConfig, RunStatus, Summary, TimedAction, run};
+pub use source::{InProcessSource, PageSource, SourceError};
+pub use throttle::Throttle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostcopyError {
+    #[error(transparent)]
+    Vmm(#[from] crate::vmm::VmmError),
+    #[error(transparent)]
+    Uffd(#[from] crate::uffd::UffdError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Guest(#[from] crate::guest::GuestError),
+    #[error(
+        "range {start:#x}+{len:#x} is outside guest data memory ({min:#x}..{max:#x}; the boot region cannot be made missing)"
+    )]
+    BadRange {
+        start: u64,
+        len: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("cannot drop pages of an injected range: {0}")]
+    Drop(#[source] std::io::Error),
+    #[error("cannot start a post-copy thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("a post-copy thread panicked")]
+    Panicked,
+    #[error("a lock was poisoned by a panicked thread")]
+    Poisoned,
+    #[error("the guest failed: {0}")]
+    GuestFailed(String),
+    #[error("cannot set up telemetry: {0}")]
+    Telemetry(String),
+    #[error("{0}")]
+    Config(String),
+}

@@ -1,0 +1,80 @@
+//! Where pages come from: the `PageSource` trait and its in-process implementation over
+//! the source VM's memory image. A TCP peer implements the same trait.
+
+use std::sync::Arc;
+
+use crate::vmm::GuestRam;
+use crate::vmm::layout::PAGE_SIZE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "page source cannot serve {len:#x} bytes at {gpa:#x}: outside its {size:#x}-byte image"
+    )]
+    OutOfRange { gpa: u64, len: u64, size: u64 },
+    #[error("page source failed: {0}")]
+    Io(String),
+}
+
+/// Serves pages of the guest's memory image as it was at switchover.
+pub trait PageSource: Send + Sync {
+    /// Reads whole pages `[gpa, gpa + buf.len())` into `buf` and appends one CRC32 per page,
+    /// computed at the source, to `checksums`.
+    fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError>;
+
+    /// Takes back the destination's current content of whole pages at `gpa`, so that a
+    /// range made missing again loses nothing.
+    fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), SourceError>;
+
+    /// A short name for reports.
+    fn describe(&self) -> String;
+}
+
+/// The source VM's RAM in this process. The source vCPUs stay paused after switchover.
+pub struct InProcessSource {
+    image: Arc<GuestRam>,
+}
+
+impl InProcessSource {
+    pub fn new(image: Arc<GuestRam>) -> InProcessSource {
+        InProcessSource { image }
+    }
+
+    pub fn image(&self) -> &Arc<GuestRam> {
+        &self.image
+    }
+
+    fn check(&self, gpa: u64, len: u64) -> Result<(), SourceError> {
+        if self.image.contains(gpa, len) && gpa.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE) {
+            Ok(())
+        } else {
+            Err(SourceError::OutOfRange {
+                gpa,
+                len,
+                size: self.image.size(),
+            })
+        }
+    }
+}
+
+impl PageSource for InProcessSource {
+    fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError> {
+        self.check(gpa, buf.len() as u64)?;
+        self.image
+            .read(gpa, buf)
+            .map_err(|e| SourceError::Io(e.to_string()))?;
+        checksums.extend(buf.chunks(PAGE_SIZE as usize).map(crc32fast::hash));
+        Ok(())
+    }
+
+    fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), SourceError> {
+        self.check(gpa, data.len() as u64)?;
+        self.image
+            .write(gpa, data)
+            .map_err(|e| SourceError::Io(e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        "in-process image".into()
+    }
+}

@@ -1,0 +1,295 @@
+//! Scenarios: TOML files (and built-ins under assets/scenarios/) that describe a run and a
+//! timeline of actions. Errors name the file, line and column and say what was expected.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::guest::{Sharing, Workload};
+use crate::postcopy::{Action, FaultMode, RunConfig, TimedAction};
+use crate::units::{self, Rate};
+
+/// Built-in scenarios, by name.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("default", include_str!("../assets/scenarios/default.toml")),
+    ("hotspot", include_str!("../assets/scenarios/hotspot.toml")),
+    (
+        "throttled",
+        include_str!("../assets/scenarios/throttled.toml"),
+    ),
+    (
+        "many-vcpus",
+        include_str!("../assets/scenarios/many-vcpus.toml"),
+    ),
+    (
+        "inject-storm",
+        include_str!("../assets/scenarios/inject-storm.toml"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScenarioError {
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("cannot read scenario {file}: {message}")]
+    Read { file: String, message: String },
+    #[error("no scenario file or built-in scenario named '{0}' (built-ins: {built_ins})", built_ins = built_in_names())]
+    NotFound(String),
+}
+
+fn built_in_names() -> String {
+    BUILT_IN
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[allow(dead_code)]
+    description: Option<String>,
+    vcpus: Option<Spanned<usize>>,
+    mem: Option<Spanned<String>>,
+    workload: Option<Spanned<String>>,
+    sharing: Option<Sharing>,
+    hot_pages: Option<u64>,
+    stride_pages: Option<u64>,
+    mode: Option<FaultMode>,
+    readers: Option<Spanned<usize>>,
+    fetch_rate: Option<Spanned<String>>,
+    rtt: Option<Spanned<String>>,
+    warmup: Option<Spanned<String>>,
+    duration: Option<Spanned<String>>,
+    push: Option<bool>,
+    #[serde(default)]
+    timeline: Vec<Spanned<Entry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    at: Spanned<String>,
+    inject: Option<Spanned<String>>,
+    throttle: Option<Spanned<String>>,
+    push: Option<bool>,
+}
+
+/// The configuration every scenario starts from.
+pub fn defaults() -> RunConfig {
+    RunConfig {
+        scenario: "custom".into(),
+        vcpus: 4,
+        mem_bytes: 1 << 30,
+        workload: Workload::new(
+            crate::guest::Pattern::Hotspot,
+            crate::guest::Operation::Mixed,
+        ),
+        mode: FaultMode::Exit,
+        readers: 2,
+        fetch_rate: Rate::Unlimited,
+        rtt: Duration::ZERO,
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs(10),
+        push: true,
+        timeline: Vec::new(),
+    }
+}
+
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, offset: usize, message: String) -> ScenarioError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ScenarioError::Invalid {
+            file: self.file.into(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn value<T, E: std::fmt::Display>(
+        &self,
+        v: &Spanned<String>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, ScenarioError> {
+        parse(v.get_ref()).map_err(|e| self.at(v.span().start, e.to_string()))
+    }
+
+    fn duration(&self, v: &Spanned<String>) -> Result<Duration, ScenarioError> {
+        self.value(v, |s| {
+            humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
+        })
+    }
+}
+
+/// Parses scenario `text`, named `file` in errors, over [`defaults`].
+pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
+    let loc = Locator { file, text };
+    let f: File = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        loc.at(offset, e.message().trim().to_string())
+    })?;
+    let mut c = defaults();
+    c.scenario = Path::new(file)
+        .file_stem()
+        .map_or_else(|| file.to_string(), |s| s.to_string_lossy().into_owned());
+    if let Some(v) = &f.vcpus {
+        if *v.get_ref() == 0 {
+            return Err(loc.at(v.span().start, "vcpus must be at least 1".into()));
+        }
+        c.vcpus = *v.get_ref();
+    }
+    if let Some(v) = &f.mem {
+        c.mem_bytes = loc.value(v, units::parse_size)?;
+    }
+    if let Some(v) = &f.workload {
+        c.workload = loc.value(v, str::parse::<Workload>)?;
+    }
+    if let Some(s) = f.sharing {
+        c.workload.sharing = s;
+    }
+    if let Some(h) = f.hot_pages {
+        c.workload.hot_pages = h;
+    }
+    if let Some(s) = f.stride_pages {
+        c.workload.stride_pages = s;
+    }
+    if let Some(m) = f.mode {
+        c.mode = m;
+    }
+    if let Some(r) = &f.readers {
+        if *r.get_ref() == 0 {
+            return Err(loc.at(r.span().start, "readers must be at least 1".into()));
+        }
+        c.readers = *r.get_ref();
+    }
+    if let Some(v) = &f.fetch_rate {
+        c.fetch_rate = loc.value(v, units::parse_rate)?;
+    }
+    if let Some(v) = &f.rtt {
+        c.rtt = loc.duration(v)?;
+    }
+    if let Some(v) = &f.warmup {
+        c.warmup = loc.duration(v)?;
+    }
+    if let Some(v) = &f.duration {
+        c.duration = loc.duration(v)?;
+    }
+    if let Some(p) = f.push {
+        c.push = p;
+    }
+    for entry in &f.timeline {
+        let e = entry.get_ref();
+        let at = loc.duration(&e.at)?;
+        let mut actions = Vec::new();
+        if let Some(r) = &e.inject {
+            actions.push(Action::Inject(loc.value(r, units::parse_range)?));
+        }
+        if let Some(r) = &e.throttle {
+            actions.push(Action::Throttle(loc.value(r, units::parse_rate)?));
+        }
+        if let Some(p) = e.push {
+            actions.push(Action::Push(p));
+        }
+        if actions.len() != 1 {
+            return Err(loc.at(
+                entry.span().start,
+                "each timeline entry needs exactly one of inject, throttle or push".into(),
+            ));
+        }
+        for action in actions {
+            c.timeline.push(TimedAction { at, action });
+        }
+    }
+    Ok(c)
+}
+
+/// Loads a scenario from a file path, or a built-in by name.
+pub fn load(name_or_path: &str) -> Result<RunConfig, ScenarioError> {
+    let path = Path::new(name_or_path);
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+            file: name_or_path.into(),
+            message: e.to_string(),
+        })?;
+        return parse(name_or_path, &text);
+    }
+    let name = name_or_path.strip_suffix(".toml").unwrap_or(name_or_path);
+    match BUILT_IN.iter().find(|(n, _)| *n == name) {
+        Some((n, text)) => {
+            let mut c = parse(&format!("assets/scenarios/{n}.toml"), text)?;
+            c.scenario = (*n).into();
+            Ok(c)
+        }
+        None => Err(ScenarioError::NotFound(name_or_path.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_parses() {
+        for (name, _) in BUILT_IN {
+            let c = load(name).unwrap();
+            assert_eq!(c.scenario, *name);
+        }
+        let storm = load("inject-storm").unwrap();
+        assert_eq!(storm.timeline.len(), 5);
+        assert_eq!(
+            load("throttled").unwrap().fetch_rate,
+            Rate::BytesPerSec(8 << 20)
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let err = parse("s.toml", "vcpus = 2\nvcpu = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("s.toml:2:1: "), "{text}");
+        assert!(text.contains("vcpu"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_points_at_the_value() {
+        let err = parse("s.toml", "vcpus = 2\nfetch_rate = \"fast\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("s.toml:2:14: invalid rate 'fast'"),
+            "{text}"
+        );
+        let err = parse("s.toml", "workload = \"zigzag\"").unwrap_err();
+        assert!(err.to_string().contains("unknown workload 'zigzag'"));
+        let err = parse("s.toml", "vcpus = \"four\"").unwrap_err();
+        assert!(err.to_string().starts_with("s.toml:1:9: "), "{err}");
+    }
+
+    #[test]
+    fn timeline_entry_with_two_actions_is_rejected() {
+        let text = "[[timeline]]\nat = \"1s\"\npush = false\nthrottle = \"1M\"\n";
+        let err = parse("t.toml", text).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn unknown_scenario_lists_the_built_ins() {
+        let err = load("nope").unwrap_err();
+        assert!(err.to_string().contains("default, hotspot"), "{err}");
+    }
+}

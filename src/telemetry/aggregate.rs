@@ -1,0 +1,71 @@
+//! Folds telemetry events into per-vCPU latency histograms, off the hot path.
+
+use hdrhistogram::{CreationError, Histogram};
+use serde::Serialize;
+
+use super::Event;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+pub struct Aggregate {
+    /// Fault latency in microseconds, per vCPU.
+    per_vcpu: Vec<Histogram<u64>>,
+    all: Histogram<u64>,
+}
+
+/// 1 µs to 1 h at 3 significant digits.
+fn histogram() -> Result<Histogram<u64>, CreationError> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+}
+
+impl Aggregate {
+    pub fn new(vcpus: usize) -> Result<Aggregate, CreationError> {
+        Ok(Aggregate {
+            per_vcpu: (0..vcpus).map(|_| histogram()).collect::<Result<_, _>>()?,
+            all: histogram()?,
+        })
+    }
+
+    pub fn fold(&mut self, e: &Event) {
+        if let Event::Fault {
+            vcpu: Some(v),
+            start_ns,
+            end_ns,
+            ..
+        } = *e
+        {
+            let us = (end_ns.saturating_sub(start_ns) / 1000).max(1);
+            if let Some(h) = self.per_vcpu.get_mut(usize::from(v)) {
+                h.saturating_record(us);
+            }
+            self.all.saturating_record(us);
+        }
+    }
+
+    fn summarize(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+
+    pub fn vcpu_latency(&self, vcpu: usize) -> LatencySummary {
+        self.per_vcpu
+            .get(vcpu)
+            .map(Self::summarize)
+            .unwrap_or_default()
+    }
+
+    pub fn latency(&self) -> LatencySummary {
+        Self::summarize(&self.all)
+    }
+}

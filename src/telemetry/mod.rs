@@ -1,0 +1,217 @@
+//! Telemetry from the hot paths: lock-free per-vCPU counters plus fault events through a
+//! bounded channel that never blocks (a full channel counts a drop). The aggregator folds
+//! events into histograms off the hot path.
+//!
+//! Owns the counters and the event stream. Knows nothing of KVM or of the UI.
+
+mod aggregate;
+
+pub use aggregate::{Aggregate, LatencySummary};
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use serde::Serialize;
+
+/// Capacity of the event channel: about a second of faults at full speed.
+const EVENT_CAPACITY: usize = 1 << 20;
+
+/// Why a page arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillCause {
+    Demand,
+    Push,
+}
+
+/// One thing that happened, with times in nanoseconds since the telemetry epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event {
+    /// A vCPU (None: a thread that is not a vCPU) waited for the page at `gpa`.
+    Fault {
+        vcpu: Option<u16>,
+        gpa: u64,
+        start_ns: u64,
+        end_ns: u64,
+    },
+    /// `pages` pages from `gpa` arrived.
+    Fill {
+        gpa: u64,
+        pages: u32,
+        cause: FillCause,
+        at_ns: u64,
+    },
+    /// A range was made missing again; the vCPUs were paused for `pause_ns`.
+    Inject {
+        gpa: u64,
+        pages: u64,
+        at_ns: u64,
+        pause_ns: u64,
+    },
+}
+
+/// Live per-vCPU counters.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    pub faults: AtomicU64,
+    pub stall_ns: AtomicU64,
+    /// When the current stall began (ns since epoch + 1), 0 when running.
+    pub stalled_since: AtomicU64,
+    pub stalled_gpa: AtomicU64,
+}
+
+/// Live run-wide counters.
+#[derive(Debug, Default)]
+pub struct RunCounters {
+    pub pages_demand: AtomicU64,
+    pub pages_pushed: AtomicU64,
+    pub pages_injected: AtomicU64,
+    pub pages_refetched: AtomicU64,
+    pub bytes_transferred: AtomicU64,
+    pub checksum_mismatches: AtomicU64,
+    /// Faults from threads that are not vCPUs.
+    pub unattributed_faults: AtomicU64,
+}
+
+pub struct Telemetry {
+    epoch: Instant,
+    events: Sender<Event>,
+    receiver: Receiver<Event>,
+    dropped: AtomicU64,
+    pub vcpus: Vec<VcpuCounters>,
+    pub run: RunCounters,
+    stalled_now: AtomicUsize,
+    all_blocked_since: AtomicU64,
+    blocktime_all_ns: AtomicU64,
+}
+
+/// A stall in progress, returned by [`Telemetry::stall_begin`].
+#[derive(Debug, Clone, Copy)]
+pub struct Stall {
+    vcpu: Option<usize>,
+    gpa: u64,
+    start_ns: u64,
+}
+
+impl Telemetry {
+    pub fn new(vcpus: usize) -> Telemetry {
+        let (events, receiver) = bounded(EVENT_CAPACITY);
+        Telemetry {
+            epoch: Instant::now(),
+            events,
+            receiver,
+            dropped: AtomicU64::new(0),
+            vcpus: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
+            run: RunCounters::default(),
+            stalled_now: AtomicUsize::new(0),
+            all_blocked_since: AtomicU64::new(0),
+            blocktime_all_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Where the aggregator reads events.
+    pub fn receiver(&self) -> Receiver<Event> {
+        self.receiver.clone()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn emit(&self, e: Event) {
+        if let Err(TrySendError::Full(_)) = self.events.try_send(e) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A vCPU starts waiting for the page at `gpa`.
+    pub fn stall_begin(&self, vcpu: Option<usize>, gpa: u64) -> Stall {
+        let start_ns = self.now_ns();
+        if let Some(c) = vcpu.and_then(|v| self.vcpus.get(v)) {
+            c.stalled_gpa.store(gpa, Ordering::Relaxed);
+            c.stalled_since.store(start_ns + 1, Ordering::Release);
+            if self.stalled_now.fetch_add(1, Ordering::AcqRel) + 1 == self.vcpus.len() {
+                self.all_blocked_since.store(start_ns, Ordering::Release);
+            }
+        }
+        Stall {
+            vcpu,
+            gpa,
+            start_ns,
+        }
+    }
+
+    /// The page of `stall` is present; the vCPU runs again.
+    pub fn stall_end(&self, stall: Stall) {
+        let end_ns = self.now_ns();
+        match stall.vcpu.and_then(|v| self.vcpus.get(v).map(|c| (v, c))) {
+            Some((_, c)) => {
+                c.stalled_since.store(0, Ordering::Release);
+                c.faults.fetch_add(1, Ordering::Relaxed);
+                c.stall_ns
+                    .fetch_add(end_ns - stall.start_ns, Ordering::Relaxed);
+                if self.stalled_now.fetch_sub(1, Ordering::AcqRel) == self.vcpus.len() {
+                    // Every vCPU was blocked until now (QEMU's postcopy blocktime).
+                    let since = self.all_blocked_since.load(Ordering::Acquire);
+                    self.blocktime_all_ns
+                        .fetch_add(end_ns.saturating_sub(since), Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.run.unattributed_faults.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.emit(Event::Fault {
+            vcpu: stall.vcpu.map(|v| v as u16),
+            gpa: stall.gpa,
+            start_ns: stall.start_ns,
+            end_ns,
+        });
+    }
+
+    pub fn blocktime_all_ns(&self) -> u64 {
+        self.blocktime_all_ns.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalls_add_up_per_vcpu_and_all_blocked_time_is_counted() {
+        let t = Telemetry::new(2);
+        let a = t.stall_begin(Some(0), 0x1000);
+        let b = t.stall_begin(Some(1), 0x2000);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        t.stall_end(a);
+        t.stall_end(b);
+        assert_eq!(t.vcpus[0].faults.load(Ordering::Relaxed), 1);
+        assert!(t.vcpus[1].stall_ns.load(Ordering::Relaxed) >= 2_000_000);
+        assert!(t.blocktime_all_ns() >= 1_000_000);
+        assert_eq!(t.receiver().len(), 2);
+    }
+
+    #[test]
+    fn a_full_channel_counts_drops_instead_of_blocking() {
+        let t = Telemetry::new(1);
+        for _ in 0..EVENT_CAPACITY + 3 {
+            t.emit(Event::Fill {
+                gpa: 0,
+                pages: 1,
+                cause: FillCause::Push,
+                at_ns: 0,
+            });
+        }
+        assert_eq!(t.dropped(), 3);
+    }
+}

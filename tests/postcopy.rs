@@ -1,0 +1,187 @@
+//! Post-copy migration on the real /dev/kvm and userfaultfd, through the library.
+
+use std::time::Duration;
+
+use faultline::guest::Workload;
+use faultline::postcopy::{self, Action, FaultMode, RunConfig, RunStatus, Summary, TimedAction};
+use faultline::units::{GpaRange, Rate};
+
+fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
+    RunConfig {
+        scenario: "test".into(),
+        vcpus,
+        mem_bytes: 64 << 20,
+        workload: workload.parse::<Workload>().unwrap(),
+        mode,
+        readers: 2,
+        fetch_rate: Rate::Unlimited,
+        rtt: Duration::ZERO,
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(400),
+        push: true,
+        timeline: vec![],
+    }
+}
+
+fn run(c: &RunConfig) -> Summary {
+    postcopy::run(c, &RunStatus::default(), None).unwrap()
+}
+
+fn check_migration(workload: &str, mode: FaultMode, vcpus: usize) {
+    let s = run(&config(workload, mode, vcpus));
+    assert!(s.verified, "{s:#?}");
+    assert_eq!(s.verify.mismatches, 0);
+    assert_eq!(s.verify.guest_errors, 0);
+    assert_eq!(
+        s.pages_demand + s.pages_pushed,
+        s.pages_total - s.pages_boot,
+        "{s:#?}"
+    );
+    assert_eq!(s.per_vcpu.len(), vcpus);
+    for v in &s.per_vcpu {
+        assert!(v.fault_exits > 0, "vCPU {} never faulted: {s:#?}", v.vcpu);
+        assert!(v.stall_ms > 0.0);
+        assert!(v.latency_us.p50 <= v.latency_us.p99 && v.latency_us.p99 <= v.latency_us.max);
+    }
+    let total_faults: u64 = s.per_vcpu.iter().map(|v| v.fault_exits).sum();
+    assert!(total_faults >= s.pages_demand, "{s:#?}");
+    match mode {
+        FaultMode::Uffd => assert_eq!(s.exit_path, None),
+        FaultMode::Exit => assert!(s.exit_path.is_some()),
+    }
+}
+
+macro_rules! migration_tests {
+    ($($name:ident: $workload:expr,)*) => {$(
+        mod $name {
+            use faultline::postcopy::FaultMode;
+            #[test]
+            fn uffd_one_vcpu() { super::check_migration($workload, FaultMode::Uffd, 1); }
+            #[test]
+            fn uffd_four_vcpus() { super::check_migration($workload, FaultMode::Uffd, 4); }
+            #[test]
+            fn exit_one_vcpu() { super::check_migration($workload, FaultMode::Exit, 1); }
+            #[test]
+            fn exit_four_vcpus() { super::check_migration($workload, FaultMode::Exit, 4); }
+        }
+    )*};
+}
+
+migration_tests! {
+    sequential_read: "sequential-read",
+    sequential_write: "sequential-write",
+    sequential_mixed: "sequential-mixed",
+    random_read: "random-read",
+    random_write: "random-write",
+    random_mixed: "random-mixed",
+    hotspot_read: "hotspot-read",
+    hotspot_write: "hotspot-write",
+    hotspot_mixed: "hotspot-mixed",
+    stride_read: "stride-read",
+    stride_write: "stride-write",
+    stride_mixed: "stride-mixed",
+    verify: "verify",
+}
+
+#[test]
+fn read_only_guest_leaves_destination_identical_to_source() {
+    let s = run(&config("random-read", FaultMode::Exit, 2));
+    assert!(s.verified);
+    // Every data page was compared byte for byte.
+    assert_eq!(s.verify.pages_checked, s.pages_total - s.pages_boot);
+}
+
+fn check_injection(mode: FaultMode) {
+    let mut c = config("verify", mode, 4);
+    c.fetch_rate = Rate::BytesPerSec(64 << 20);
+    c.duration = Duration::from_millis(1500);
+    let range = GpaRange {
+        start: 8 << 20,
+        len: 16 << 20,
+    };
+    c.timeline = vec![TimedAction {
+        at: Duration::from_millis(700),
+        action: Action::Inject(range),
+    }];
+    let s = run(&c);
+    assert!(s.verified, "{s:#?}");
+    assert_eq!(s.injections.len(), 1);
+    assert!(s.pages_injected > 0, "{s:#?}");
+    assert!(s.pages_injected <= range.len / 4096);
+    // Dropped pages come back, and the guest's own stamps prove none came back stale.
+    assert_eq!(s.pages_refetched, s.pages_injected, "{s:#?}");
+    assert_eq!(
+        s.pages_demand + s.pages_pushed,
+        s.pages_total - s.pages_boot + s.pages_injected
+    );
+}
+
+#[test]
+fn injection_refetches_the_range_and_still_verifies_uffd() {
+    check_injection(FaultMode::Uffd);
+}
+
+#[test]
+fn injection_refetches_the_range_and_still_verifies_exit() {
+    check_injection(FaultMode::Exit);
+}
+
+#[test]
+fn throttle_holds_the_transfer_rate() {
+    let mut c = config("random-read", FaultMode::Exit, 2);
+    let limit = 20u64 << 20;
+    c.fetch_rate = Rate::BytesPerSec(limit);
+    c.duration = Duration::from_secs(5);
+    let s = run(&c);
+    assert!(s.verified);
+    assert!(
+        s.postcopy_complete,
+        "62 MiB at 20 MiB/s fits in 5 s: {s:#?}"
+    );
+    let rate = s.transfer_bytes_per_sec as f64;
+    assert!(
+        (rate - limit as f64).abs() <= 0.25 * limit as f64,
+        "transfer rate {rate} vs limit {limit}"
+    );
+}
+
+#[test]
+fn push_off_leaves_only_demand_fills_until_the_end() {
+    let mut c = config("hotspot-read", FaultMode::Uffd, 2);
+    c.push = false;
+    c.duration = Duration::from_millis(300);
+    let s = run(&c);
+    // The hot set is demand-filled; the rest arrives only in the final drain.
+    assert!(!s.postcopy_complete);
+    assert!(s.pages_demand > 0);
+    assert!(s.verified);
+}
+
+#[test]
+fn operator_actions_arrive_through_the_control_channel() {
+    let mut c = config("sequential-read", FaultMode::Exit, 1);
+    c.fetch_rate = Rate::BytesPerSec(4 << 20);
+    c.duration = Duration::from_secs(2);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    tx.send(Action::Throttle(Rate::Unlimited)).unwrap();
+    let s = postcopy::run(&c, &RunStatus::default(), Some(&rx)).unwrap();
+    // At 4 MiB/s, 62 MiB could never have been filled in 2 s.
+    assert!(s.postcopy_complete, "{s:#?}");
+}
+
+#[test]
+fn injection_outside_data_memory_is_refused_before_the_run() {
+    let mut c = config("sequential-read", FaultMode::Exit, 1);
+    c.timeline = vec![TimedAction {
+        at: Duration::ZERO,
+        action: Action::Inject(GpaRange {
+            start: 0,
+            len: 4096,
+        }),
+    }];
+    let err = postcopy::run(&c, &RunStatus::default(), None).unwrap_err();
+    assert!(
+        err.to_string().contains("outside guest data memory"),
+        "{err}"
+    );
+}

@@ -45,7 +45,10 @@ impl InProcessSource {
     }
 
     fn check(&self, gpa: u64, len: u64) -> Result<(), SourceError> {
-        if self.image.contains(gpa, len) && gpa.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE) {
+        if self.image.contains(gpa, len)
+            && gpa.is_multiple_of(PAGE_SIZE)
+            && len.is_multiple_of(PAGE_SIZE)
+        {
             Ok(())
         } else {
             Err(SourceError::OutOfRange {

@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VmFd};
 pub use fault::{ExitPath, FillOutcome, MissingPageHandler};
 pub use memory::GuestRam;
 pub use state::VcpuState;
-pub use vcpu::{PauseAck, RunState, VcpuHandle, VcpuShared, VcpuStats};
+pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats};
 
 use crate::guest::{GuestProgram, VcpuStart};
 
@@ -243,23 +243,28 @@ impl Vm {
         self.vcpus.iter().try_for_each(|v| v.resume())
     }
 
-    /// The state of every vCPU; all must be paused.
+    /// The state of every vCPU; all must be paused. All vCPU threads work at once.
     pub fn capture_all(&self) -> Result<Vec<VcpuState>, VmmError> {
-        self.vcpus
+        let replies = self
+            .vcpus
             .iter()
-            .map(|v| v.capture(&self.msr_indices))
-            .collect()
+            .map(|v| v.begin_capture(&self.msr_indices))
+            .collect::<Result<Vec<_>, _>>()?;
+        replies.into_iter().map(|r| r.wait()).collect()
     }
 
-    /// Restores one state per vCPU; all must be paused.
+    /// Restores one state per vCPU; all must be paused. All vCPU threads work at once.
     pub fn restore_all(&self, states: Vec<VcpuState>) -> Result<(), VmmError> {
         if states.len() != self.vcpus.len() {
             return Err(VmmError::StateCount(states.len(), self.vcpus.len()));
         }
-        self.vcpus
+        let replies = self
+            .vcpus
             .iter()
             .zip(states)
-            .try_for_each(|(v, s)| v.restore(s))
+            .map(|(v, s)| v.begin_restore(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        replies.into_iter().try_for_each(|r| r.wait())
     }
 
     /// The first vCPU failure, if any.

@@ -178,6 +178,20 @@ impl PauseAck {
     }
 }
 
+/// The answer to a capture or restore in flight.
+pub struct Reply<T> {
+    id: usize,
+    rx: Receiver<Result<T, VmmError>>,
+}
+
+impl<T> Reply<T> {
+    pub fn wait(self) -> Result<T, VmmError> {
+        self.rx
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| VmmError::VcpuUnresponsive(self.id))?
+    }
+}
+
 /// Controller side of one vCPU thread.
 pub struct VcpuHandle {
     shared: Arc<VcpuShared>,
@@ -311,20 +325,35 @@ impl VcpuHandle {
         self.send(Command::Resume)
     }
 
-    /// Captures the state of a paused vCPU.
-    pub fn capture(&self, msr_indices: &[u32]) -> Result<VcpuState, VmmError> {
+    /// Asks a paused vCPU for its state; the answer comes on the returned channel, so a
+    /// controller can ask every vCPU before waiting for any.
+    pub fn begin_capture(&self, msr_indices: &[u32]) -> Result<Reply<VcpuState>, VmmError> {
         let (tx, rx) = bounded(1);
         self.send(Command::Capture(msr_indices.to_vec(), tx))?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| VmmError::VcpuUnresponsive(self.shared.id))?
+        Ok(Reply {
+            id: self.shared.id,
+            rx,
+        })
+    }
+
+    /// Captures the state of a paused vCPU.
+    pub fn capture(&self, msr_indices: &[u32]) -> Result<VcpuState, VmmError> {
+        self.begin_capture(msr_indices)?.wait()
+    }
+
+    /// Restores `state` into a paused vCPU; the outcome comes on the returned channel.
+    pub fn begin_restore(&self, state: VcpuState) -> Result<Reply<()>, VmmError> {
+        let (tx, rx) = bounded(1);
+        self.send(Command::Restore(Box::new(state), tx))?;
+        Ok(Reply {
+            id: self.shared.id,
+            rx,
+        })
     }
 
     /// Restores `state` into a paused vCPU.
     pub fn restore(&self, state: VcpuState) -> Result<(), VmmError> {
-        let (tx, rx) = bounded(1);
-        self.send(Command::Restore(Box::new(state), tx))?;
-        rx.recv_timeout(COMMAND_TIMEOUT)
-            .map_err(|_| VmmError::VcpuUnresponsive(self.shared.id))?
+        self.begin_restore(state)?.wait()
     }
 
     /// Ends the thread and waits for it.

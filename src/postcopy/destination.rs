@@ -6,7 +6,7 @@
 //! only by whoever claimed it in the page-state map.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,14 +30,12 @@ pub struct Destination {
     ram: Arc<GuestRam>,
     uffd: Arc<Userfaultfd>,
     pages: PageStateMap,
-    /// Pages that have been injected at least once, to count refetches.
-    injected: Vec<AtomicBool>,
     source: Arc<dyn PageSource>,
     pub throttle: Throttle,
     rtt_ns: AtomicU64,
     telemetry: Arc<Telemetry>,
     /// vCPU thread ids, index = vCPU, for uffd fault attribution.
-    vcpu_tids: RwLock<Vec<u32>>,
+    vcpu_tids: OnceLock<Vec<u32>>,
     missing: AtomicU64,
     demand_waiting: AtomicUsize,
     push_enabled: AtomicBool,
@@ -63,7 +61,6 @@ impl Destination {
         let total = ram.pages();
         Ok(Destination {
             pages: PageStateMap::new(total, BOOT_PAGES),
-            injected: (0..total).map(|_| AtomicBool::new(false)).collect(),
             missing: AtomicU64::new(total - BOOT_PAGES),
             ram,
             uffd,
@@ -71,7 +68,7 @@ impl Destination {
             throttle,
             rtt_ns: AtomicU64::new(rtt.as_nanos() as u64),
             telemetry,
-            vcpu_tids: RwLock::new(Vec::new()),
+            vcpu_tids: OnceLock::new(),
             demand_waiting: AtomicUsize::new(0),
             push_enabled: AtomicBool::new(true),
             fill_gate: RwLock::new(()),
@@ -97,10 +94,9 @@ impl Destination {
         self.missing.load(Ordering::Acquire)
     }
 
+    /// Tells the uffd handlers which thread is which vCPU (once, before switchover).
     pub fn set_vcpu_tids(&self, tids: Vec<u32>) {
-        if let Ok(mut t) = self.vcpu_tids.write() {
-            *t = tids;
-        }
+        let _ = self.vcpu_tids.set(tids);
     }
 
     pub fn set_push(&self, on: bool) {
@@ -117,8 +113,7 @@ impl Destination {
 
     fn vcpu_of_tid(&self, tid: u32) -> Option<usize> {
         self.vcpu_tids
-            .read()
-            .ok()
+            .get()
             .and_then(|t| t.iter().position(|&x| x == tid))
     }
 
@@ -161,7 +156,7 @@ impl Destination {
         let mut refetched = 0;
         for p in page..page + count {
             self.pages.set_filled(p, state);
-            refetched += u64::from(self.injected[p as usize].load(Ordering::Relaxed));
+            refetched += u64::from(self.pages.was_injected(p));
         }
         let run = &self.telemetry.run;
         match cause {
@@ -372,10 +367,7 @@ impl Destination {
                 return Err(PostcopyError::Drop(std::io::Error::last_os_error()));
             }
             for q in run_start..p {
-                if self.pages.drop_page(q) {
-                    self.injected[q as usize].store(true, Ordering::Relaxed);
-                    dropped += 1;
-                }
+                dropped += u64::from(self.pages.drop_page(q));
             }
         }
         self.missing.fetch_add(dropped, Ordering::AcqRel);

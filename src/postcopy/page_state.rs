@@ -1,5 +1,7 @@
-//! The state of every guest page on the destination, one atomic byte per page. Claiming a
-//! missing page is a compare-and-swap, so exactly one party ever copies a page in.
+//! The state of every guest page on the destination, in one atomic byte per page: the low
+//! bits hold the state, the top bit remembers that the page was injected (made missing
+//! again) at least once. Claiming a missing page is a compare-and-swap, so exactly one
+//! party ever copies a page in.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -15,9 +17,13 @@ pub enum PageState {
     Boot = 4,
 }
 
+/// Set once a page has been injected; kept through later transitions.
+const INJECTED: u8 = 0x80;
+const STATE: u8 = 0x07;
+
 impl PageState {
     fn from_u8(v: u8) -> PageState {
-        match v {
+        match v & STATE {
             0 => PageState::Missing,
             1 => PageState::Requested,
             2 => PageState::FilledByDemand,
@@ -62,60 +68,71 @@ impl PageStateMap {
         self.pages.is_empty()
     }
 
+    fn raw(&self, page: u64) -> Option<&AtomicU8> {
+        self.pages.get(page as usize)
+    }
+
     pub fn get(&self, page: u64) -> PageState {
-        self.pages.get(page as usize).map_or(PageState::Boot, |p| {
+        self.raw(page).map_or(PageState::Boot, |p| {
             PageState::from_u8(p.load(Ordering::Acquire))
         })
     }
 
-    /// Claims a missing page for fetching. False if someone else has it or it is present.
-    pub fn claim(&self, page: u64) -> bool {
-        self.pages.get(page as usize).is_some_and(|p| {
-            p.compare_exchange(
-                PageState::Missing as u8,
-                PageState::Requested as u8,
+    /// Whether the page has ever been made missing again.
+    pub fn was_injected(&self, page: u64) -> bool {
+        self.raw(page)
+            .is_some_and(|p| p.load(Ordering::Relaxed) & INJECTED != 0)
+    }
+
+    /// Moves the page from state `from` to `to`, keeping the injected mark.
+    fn transition(&self, page: u64, from: PageState, to: u8) -> bool {
+        let Some(p) = self.raw(page) else {
+            return false;
+        };
+        let mut cur = p.load(Ordering::Acquire);
+        loop {
+            if PageState::from_u8(cur) != from {
+                return false;
+            }
+            match p.compare_exchange_weak(
+                cur,
+                (cur & INJECTED) | to,
                 Ordering::AcqRel,
                 Ordering::Acquire,
-            )
-            .is_ok()
-        })
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Claims a missing page for fetching. False if someone else has it or it is present.
+    pub fn claim(&self, page: u64) -> bool {
+        self.transition(page, PageState::Missing, PageState::Requested as u8)
     }
 
     /// Marks a claimed page as filled.
     pub fn set_filled(&self, page: u64, by: PageState) {
-        if let Some(p) = self.pages.get(page as usize) {
-            p.store(by as u8, Ordering::Release);
-        }
+        self.transition(page, PageState::Requested, by as u8);
     }
 
     /// Returns a claimed page to missing (its fetch failed or was abandoned).
     pub fn unclaim(&self, page: u64) {
-        if let Some(p) = self.pages.get(page as usize) {
-            p.store(PageState::Missing as u8, Ordering::Release);
-        }
+        self.transition(page, PageState::Requested, PageState::Missing as u8);
     }
 
-    /// Makes a present page missing again; returns whether it was present.
+    /// Makes a filled page missing again and marks it injected; returns whether it was filled.
     pub fn drop_page(&self, page: u64) -> bool {
-        match self.pages.get(page as usize) {
-            Some(p) => {
-                let old = PageState::from_u8(p.load(Ordering::Acquire));
-                if matches!(old, PageState::FilledByDemand | PageState::FilledByPush) {
-                    p.store(PageState::Missing as u8, Ordering::Release);
-                    true
-                } else {
-                    false
-                }
-            }
-            None => false,
-        }
+        [PageState::FilledByDemand, PageState::FilledByPush]
+            .into_iter()
+            .any(|from| self.transition(page, from, INJECTED | PageState::Missing as u8))
     }
 
     /// Pages in each state: (missing, requested, demand, push, boot).
     pub fn counts(&self) -> [u64; 5] {
         let mut c = [0u64; 5];
         for p in &self.pages {
-            c[p.load(Ordering::Relaxed).min(4) as usize] += 1;
+            c[PageState::from_u8(p.load(Ordering::Relaxed)) as usize] += 1;
         }
         c
     }
@@ -135,8 +152,13 @@ mod tests {
         m.set_filled(5, PageState::FilledByDemand);
         assert!(m.get(5).is_present());
         assert!(!m.claim(5));
+        assert!(!m.was_injected(5));
         assert!(m.drop_page(5));
+        assert!(!m.drop_page(5), "a missing page cannot be dropped");
         assert!(m.claim(5));
-        assert_eq!(m.counts(), [5, 1, 0, 0, 2]);
+        m.set_filled(5, PageState::FilledByPush);
+        assert!(m.was_injected(5), "the injected mark survives a refetch");
+        assert_eq!(m.get(5), PageState::FilledByPush);
+        assert_eq!(m.counts(), [5, 0, 0, 1, 2]);
     }
 }

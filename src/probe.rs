@@ -182,11 +182,8 @@ impl ProbeGuest {
             &workload,
             1,
             &guest::Placement {
-                code_gpa: layout::CODE_GPA,
-                code_max: layout::CODE_MAX,
-                data_gpa: layout::data_gpa(),
                 data_pages: PROBE_PAGES,
-                stack_top: layout::stack_top,
+                ..layout::placement(PROBE_MEM)
             },
         )
         .map_err(|e| e.to_string())?;

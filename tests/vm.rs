@@ -10,16 +10,6 @@ use faultline::vmm::{RunState, Vm, VmConfig, layout};
 const MEM: u64 = 64 << 20;
 const WAIT: Duration = Duration::from_secs(20);
 
-fn placement(mem: u64) -> guest::Placement {
-    guest::Placement {
-        code_gpa: layout::CODE_GPA,
-        code_max: layout::CODE_MAX,
-        data_gpa: layout::data_gpa(),
-        data_pages: (mem - layout::data_gpa()) / layout::PAGE_SIZE,
-        stack_top: layout::stack_top,
-    }
-}
-
 fn started(workload: &str, vcpus: usize) -> Vm {
     let w: Workload = workload.parse().unwrap();
     let vm = Vm::new(VmConfig {
@@ -27,7 +17,7 @@ fn started(workload: &str, vcpus: usize) -> Vm {
         mem_bytes: MEM,
     })
     .unwrap();
-    let program = guest::assemble(&w, vcpus, &placement(MEM)).unwrap();
+    let program = guest::assemble(&w, vcpus, &layout::placement(MEM)).unwrap();
     vm.load(&program).unwrap();
     vm.resume_all().unwrap();
     vm
@@ -122,7 +112,7 @@ fn touch_workload_finishes_and_reports_every_page() {
             assert!(start.elapsed() < WAIT, "touch did not finish");
             std::thread::sleep(Duration::from_millis(2));
         }
-        let slice = placement(MEM).data_pages / vcpus as u64;
+        let slice = layout::placement(MEM).data_pages / vcpus as u64;
         for v in vm.vcpus() {
             assert_eq!(v.stats().done_accesses.load(Ordering::Relaxed), slice);
         }
@@ -138,7 +128,7 @@ fn shared_memory_workload_runs_on_every_vcpu() {
         mem_bytes: MEM,
     })
     .unwrap();
-    vm.load(&guest::assemble(&w, 4, &placement(MEM)).unwrap())
+    vm.load(&guest::assemble(&w, 4, &layout::placement(MEM)).unwrap())
         .unwrap();
     vm.resume_all().unwrap();
     wait_for_progress(&vm, &[0; 4], 2);

@@ -218,16 +218,6 @@ impl RunStatus {
     }
 }
 
-fn placement(mem: u64) -> guest::Placement {
-    guest::Placement {
-        code_gpa: layout::CODE_GPA,
-        code_max: layout::CODE_MAX,
-        data_gpa: layout::data_gpa(),
-        data_pages: (mem - layout::data_gpa()) / PAGE_SIZE,
-        stack_top: layout::stack_top,
-    }
-}
-
 /// Sleeps up to `d`, returning early with an error if a vCPU of `vm` fails.
 fn run_for(vm: &Vm, d: Duration) -> Result<(), PostcopyError> {
     let end = Instant::now() + d;
@@ -286,7 +276,11 @@ pub fn run(
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
     };
-    let program = guest::assemble(&config.workload, config.vcpus, &placement(config.mem_bytes))?;
+    let program = guest::assemble(
+        &config.workload,
+        config.vcpus,
+        &layout::placement(config.mem_bytes),
+    )?;
 
     // The source runs the workload for the warm-up.
     status.set_phase(Phase::Warmup);

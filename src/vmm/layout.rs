@@ -64,6 +64,17 @@ pub fn data_gpa() -> u64 {
     BOOT_SIZE
 }
 
+/// Where a workload goes in a VM of `mem_bytes`: code in the boot region, data after it.
+pub fn placement(mem_bytes: u64) -> crate::guest::Placement {
+    crate::guest::Placement {
+        code_gpa: CODE_GPA,
+        code_max: CODE_MAX,
+        data_gpa: data_gpa(),
+        data_pages: mem_bytes.saturating_sub(data_gpa()) / PAGE_SIZE,
+        stack_top,
+    }
+}
+
 /// A GDT entry from flags, base and limit (the usual packed x86 format).
 fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
     ((u64::from(base) & 0xff00_0000) << 32)

@@ -26,6 +26,12 @@ const PUSH_BATCH_PAGES: u64 = 64;
 const NEIGHBOURHOOD_PAGES: u64 = 256;
 const PAGE: usize = PAGE_SIZE as usize;
 
+thread_local! {
+    /// Each faulting thread's page buffer and checksum list: no allocation per fault.
+    static DEMAND_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u32>)> =
+        std::cell::RefCell::new((Vec::with_capacity(PAGE), Vec::with_capacity(1)));
+}
+
 pub struct Destination {
     ram: Arc<GuestRam>,
     uffd: Arc<Userfaultfd>,
@@ -203,8 +209,9 @@ impl Destination {
                 if self.pages.claim(page) {
                     self.demand_waiting.fetch_add(1, Ordering::AcqRel);
                     self.push_hint.store(page + 2, Ordering::Relaxed);
-                    let (mut buf, mut sums) = (Vec::with_capacity(PAGE), Vec::with_capacity(1));
-                    let r = self.fetch_and_copy(page, 1, FillCause::Demand, &mut buf, &mut sums);
+                    let r = DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| {
+                        self.fetch_and_copy(page, 1, FillCause::Demand, buf, sums)
+                    });
                     self.demand_waiting.fetch_sub(1, Ordering::AcqRel);
                     if let Err(e) = r {
                         self.pages.unclaim(page);

@@ -15,7 +15,7 @@ use super::page_state::{PageState, PageStateMap};
 use super::source::PageSource;
 use super::throttle::Throttle;
 use crate::telemetry::{Event, FillCause, Telemetry};
-use crate::uffd::{Fill, PageFault, Userfaultfd};
+use crate::uffd::{PageFault, Userfaultfd};
 use crate::units::GpaRange;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
@@ -154,7 +154,7 @@ impl Destination {
         }
         let host = self.ram.host_base() + gpa;
         // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
-        let fill = unsafe { self.uffd.copy(host, buf.as_ptr(), len, true) }?;
+        unsafe { self.uffd.copy(host, buf.as_ptr(), len, true) }?;
         let state = match cause {
             FillCause::Demand => PageState::FilledByDemand,
             FillCause::Push => PageState::FilledByPush,
@@ -172,7 +172,6 @@ impl Destination {
         run.pages_refetched.fetch_add(refetched, Ordering::Relaxed);
         run.bytes_transferred.fetch_add(len, Ordering::Relaxed);
         self.missing.fetch_sub(count, Ordering::AcqRel);
-        debug_assert!(fill == Fill::Filled || fill == Fill::AlreadyPresent);
         self.telemetry.emit(Event::Fill {
             gpa,
             pages: count as u32,

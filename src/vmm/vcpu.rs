@@ -7,7 +7,7 @@
 //! block on anything shared with an observer.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -207,17 +207,16 @@ fn kick_signal() -> libc::c_int {
 }
 
 fn install_kick_handler() -> Result<(), VmmError> {
-    static ONCE: Once = Once::new();
-    static mut RESULT: Option<i32> = None;
-    ONCE.call_once(|| {
-        let r = register_signal_handler(kick_signal(), kick_handler);
-        // SAFETY: written once, inside call_once, before any read below.
-        unsafe { RESULT = r.err().map(|e| e.errno()) };
+    // Registered once per process; every later caller sees the first outcome.
+    static INSTALLED: OnceLock<Option<i32>> = OnceLock::new();
+    let failed = INSTALLED.get_or_init(|| {
+        register_signal_handler(kick_signal(), kick_handler)
+            .err()
+            .map(|e| e.errno())
     });
-    // SAFETY: call_once has completed, so RESULT is no longer written.
-    match unsafe { RESULT } {
+    match failed {
         None => Ok(()),
-        Some(errno) => Err(VmmError::Signal(std::io::Error::from_raw_os_error(errno))),
+        Some(errno) => Err(VmmError::Signal(std::io::Error::from_raw_os_error(*errno))),
     }
 }
 

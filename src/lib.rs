@@ -7,6 +7,7 @@ pub mod guest;
 pub mod postcopy;
 pub mod probe;
 pub mod scenario;
+pub mod snapshot;
 pub mod telemetry;
 pub mod uffd;
 pub mod units;

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::PostcopyError;
 use super::destination::{self, Destination};
@@ -144,14 +144,14 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifySummary {
     pub pages_checked: u64,
     pub mismatches: u64,
     pub guest_errors: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VcpuSummary {
     pub vcpu: usize,
     pub fault_exits: u64,
@@ -160,18 +160,18 @@ pub struct VcpuSummary {
     pub guest_progress: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InjectionSummary {
     pub gpa: u64,
     pub pages: u64,
     pub pause_us: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub scenario: String,
-    pub mode: &'static str,
-    pub exit_path: Option<&'static str>,
+    pub mode: String,
+    pub exit_path: Option<String>,
     pub workload: String,
     pub vcpus: usize,
     pub mem_bytes: u64,
@@ -454,8 +454,8 @@ pub fn run(
     let pages_total = dest_ram.pages();
     Ok(Summary {
         scenario: config.scenario.clone(),
-        mode: config.mode.as_str(),
-        exit_path,
+        mode: config.mode.as_str().to_string(),
+        exit_path: exit_path.map(str::to_string),
         workload: config.workload.to_string(),
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,

@@ -1,11 +1,11 @@
 //! Folds telemetry events into per-vCPU latency histograms, off the hot path.
 
 use hdrhistogram::{CreationError, Histogram};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Event;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub p50: u64,
     pub p99: u64,

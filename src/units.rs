@@ -53,7 +53,8 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 }
 
 /// A transfer rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Rate {
     Unlimited,
     BytesPerSec(u64),
@@ -116,7 +117,7 @@ impl fmt::Display for Rate {
 }
 
 /// A guest-physical range `[start, start + len)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpaRange {
     pub start: u64,
     pub len: u64,

@@ -40,11 +40,17 @@ impl FaultMode {
 }
 
 /// Something the operator or a scenario's timeline does to a running migration.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
+    /// Make a range missing again on the destination.
     Inject(GpaRange),
+    /// Set the fetch-rate limit.
     Throttle(Rate),
+    /// Pause (false) or resume (true) the background push.
     Push(bool),
+    /// Migrate the running guest again, from the current destination to a new one.
+    Remigrate,
 }
 
 /// An action at a time after switchover.
@@ -495,6 +501,8 @@ fn apply(
     match action {
         Action::Throttle(rate) => dest.throttle.set_rate(rate),
         Action::Push(on) => dest.set_push(on),
+        // Handled by the run loop, which owns the VMs.
+        Action::Remigrate => {}
         Action::Inject(range) => {
             let t = Instant::now();
             vm.pause_all()?;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use faultline::guest::{Sharing, Workload};
 use faultline::postcopy::{self, FaultMode, PostcopyError, RunConfig, RunStatus, Summary};
+use faultline::snapshot::Snapshot;
 use faultline::units::{self, Bytes, Rate};
 use faultline::{probe, scenario};
 
@@ -163,7 +164,10 @@ fn print_summary(s: &Summary) {
         s.vcpus,
         Bytes(s.mem_bytes),
         s.mode,
-        s.exit_path.as_ref().map(|p| format!(" via {p}")).unwrap_or_default(),
+        s.exit_path
+            .as_ref()
+            .map(|p| format!(" via {p}"))
+            .unwrap_or_default(),
         s.workload
     );
     println!(
@@ -211,31 +215,22 @@ fn print_summary(s: &Summary) {
     );
 }
 
-/// One status line per second on stderr while a headless run goes on.
-fn report_progress(status: &RunStatus, start: Instant) {
-    let Some(dest) = status.destination() else {
-        eprintln!(
-            "[{:>5.1}s] {}",
-            start.elapsed().as_secs_f64(),
-            status.phase().as_str()
-        );
-        return;
-    };
-    let t = dest.telemetry();
-    let faults: u64 = t
-        .vcpus
-        .iter()
-        .map(|c| c.faults.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
-    let total = dest.pages().len() - faultline::vmm::layout::BOOT_PAGES;
-    let filled = total - dest.missing().min(total);
+/// One status line on stderr from a snapshot, while a headless run goes on.
+fn report_progress(s: &Snapshot) {
+    let data = s.pages.total - s.pages.boot;
+    let filled = data - s.pages.missing.min(data);
+    let faults: u64 = s.vcpus.iter().map(|v| v.faults).sum();
     eprintln!(
         "[{:>5.1}s] {:<10} {:>5.1}% filled, {} faults, throttle {}",
-        start.elapsed().as_secs_f64(),
-        status.phase().as_str(),
-        100.0 * filled as f64 / total.max(1) as f64,
+        s.elapsed_ms as f64 / 1000.0,
+        s.phase.as_str(),
+        100.0 * filled as f64 / data.max(1) as f64,
         faults,
-        dest.throttle.rate()
+        if s.throttle.is_empty() {
+            "-"
+        } else {
+            &s.throttle
+        }
     );
 }
 
@@ -247,6 +242,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         eprintln!("faultline: the live TUI is not built yet; running headless");
     }
     let status = Arc::new(RunStatus::default());
+    let snapshots = status.subscribe();
     let engine = {
         let status = status.clone();
         let config = config.clone();
@@ -255,13 +251,14 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             .spawn(move || postcopy::run(&config, &status, None))
             .context("cannot start the engine thread")?
     };
-    let start = Instant::now();
-    let mut last = Instant::now();
+    let mut last_report = Instant::now();
     while !engine.is_finished() {
-        std::thread::sleep(Duration::from_millis(20));
-        if !args.json && last.elapsed() >= Duration::from_secs(1) {
-            report_progress(&status, start);
-            last = Instant::now();
+        if let Some(s) = snapshots.recv_timeout(Duration::from_millis(50))
+            && !args.json
+            && last_report.elapsed() >= Duration::from_secs(1)
+        {
+            report_progress(&s);
+            last_report = Instant::now();
         }
     }
     let summary: Result<Summary, PostcopyError> = engine

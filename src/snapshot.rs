@@ -26,16 +26,30 @@ pub const TOP_REGIONS: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[repr(u8)]
 pub enum Phase {
-    Warmup,
-    Switchover,
-    Postcopy,
-    Complete,
-    Finished,
-    Failed,
+    Warmup = 0,
+    Switchover = 1,
+    Postcopy = 2,
+    /// Every page is on the destination; the guest runs on.
+    Complete = 3,
+    /// The run has ended and been checked.
+    Finished = 4,
+    Failed = 5,
 }
 
 impl Phase {
+    pub fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Warmup,
+            1 => Phase::Switchover,
+            2 => Phase::Postcopy,
+            3 => Phase::Complete,
+            4 => Phase::Finished,
+            _ => Phase::Failed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Warmup => "warm-up",

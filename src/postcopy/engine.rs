@@ -2,7 +2,7 @@
 //! and the duration is over, then prove nothing was lost and summarize.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::PostcopyError;
 use super::destination::{self, Destination};
+use super::monitor::Monitor;
 use super::source::InProcessSource;
+use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
 use crate::guest::{self, Workload};
+pub use crate::snapshot::Phase;
+use crate::snapshot::RunInfo;
 use crate::telemetry::{Aggregate, Event, LatencySummary, Telemetry};
 use crate::uffd::{Features, Userfaultfd};
 use crate::units::{GpaRange, Rate};
@@ -118,38 +122,6 @@ impl RunConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Warmup = 0,
-    Switchover = 1,
-    Postcopy = 2,
-    Complete = 3,
-    Finished = 4,
-}
-
-impl Phase {
-    pub fn from_u8(v: u8) -> Phase {
-        match v {
-            0 => Phase::Warmup,
-            1 => Phase::Switchover,
-            2 => Phase::Postcopy,
-            3 => Phase::Complete,
-            _ => Phase::Finished,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Warmup => "warm-up",
-            Phase::Switchover => "switchover",
-            Phase::Postcopy => "post-copy",
-            Phase::Complete => "complete",
-            Phase::Finished => "finished",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifySummary {
     pub pages_checked: u64,
@@ -188,6 +160,8 @@ pub struct Summary {
     pub pages_pushed: u64,
     pub pages_injected: u64,
     pub pages_refetched: u64,
+    /// Migrations in this run (the operator can start more); the figures are the last one's.
+    pub migrations: u32,
     pub downtime_us: u64,
     pub postcopy_ms: u64,
     pub postcopy_complete: bool,
@@ -201,27 +175,6 @@ pub struct Summary {
     pub telemetry_dropped: u64,
     pub latency_us: LatencySummary,
     pub per_vcpu: Vec<VcpuSummary>,
-}
-
-/// Live view of a run for observers: the phase, and the destination once post-copy begins.
-#[derive(Default)]
-pub struct RunStatus {
-    phase: AtomicU8,
-    destination: std::sync::OnceLock<Arc<Destination>>,
-}
-
-impl RunStatus {
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
-    }
-
-    fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Release);
-    }
-
-    pub fn destination(&self) -> Option<&Arc<Destination>> {
-        self.destination.get()
-    }
 }
 
 /// Sleeps up to `d`, returning early with an error if a vCPU of `vm` fails.
@@ -260,6 +213,10 @@ impl Workers {
         }
         result
     }
+
+    fn any_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
 }
 
 impl Drop for Workers {
@@ -271,30 +228,51 @@ impl Drop for Workers {
     }
 }
 
-/// Runs a whole migration; `controls` carries operator actions while it runs.
-pub fn run(
+/// One migration: the destination VM that now runs the guest, and what serves it.
+struct Leg {
+    number: u32,
+    vm: Vm,
+    dest: Arc<Destination>,
+    source: Arc<InProcessSource>,
+    workers: Workers,
+    switched_at: Instant,
+    downtime: Duration,
+}
+
+impl Leg {
+    /// Brings in every missing page at full speed; the guest keeps running.
+    fn fill_rest(&self) {
+        self.dest.throttle.set_rate(Rate::Unlimited);
+        self.dest.set_push(true);
+        while self.dest.missing() > 0 && !self.workers.any_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Pages that differ between source and destination, and pages compared: every data
+    /// page for a read-only guest, none for a writing one (its stamps are checked instead).
+    fn compare(&self, config: &RunConfig) -> (u64, u64) {
+        let run = &self.dest.telemetry().run;
+        if config.workload.writes() {
+            let n =
+                run.pages_demand.load(Ordering::Relaxed) + run.pages_pushed.load(Ordering::Relaxed);
+            return (run.checksum_mismatches.load(Ordering::Relaxed), n);
+        }
+        let (m, n) = compare_data(self.source.image(), self.dest.ram());
+        (m + run.checksum_mismatches.load(Ordering::Relaxed), n)
+    }
+}
+
+/// Moves the guest from `source_vm` to a new destination VM whose memory is all missing,
+/// and starts serving it. Downtime runs from the source's pause to the destination's resume.
+fn switch_over(
     config: &RunConfig,
+    source_vm: Vm,
+    number: u32,
+    baseline: &[f64],
     status: &RunStatus,
-    controls: Option<&Receiver<Action>>,
-) -> Result<Summary, PostcopyError> {
-    config.validate()?;
-    let vm_config = VmConfig {
-        vcpus: config.vcpus,
-        mem_bytes: config.mem_bytes,
-    };
-    let program = guest::assemble(
-        &config.workload,
-        config.vcpus,
-        &layout::placement(config.mem_bytes),
-    )?;
-
-    // The source runs the workload for the warm-up.
-    status.set_phase(Phase::Warmup);
-    let source_vm = Vm::new(vm_config)?;
-    source_vm.load(&program)?;
-    source_vm.resume_all()?;
-    run_for(&source_vm, config.warmup)?;
-
+) -> Result<Leg, PostcopyError> {
+    let vm_config = source_vm.config();
     // The destination is made ready before the source stops, like QEMU's -incoming.
     let features = match config.mode {
         FaultMode::Uffd => Features::THREAD_ID,
@@ -304,27 +282,25 @@ pub fn run(
     let dest_ram = Arc::new(GuestRam::new(config.mem_bytes)?);
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+    let (rate, push) = match status.destination() {
+        Some(prev) => (prev.throttle.rate(), prev.push_enabled()),
+        None => (config.fetch_rate, config.push),
+    };
     let dest = Arc::new(Destination::new(
         dest_ram.clone(),
         uffd,
         source.clone(),
-        Throttle::new(config.fetch_rate),
+        Throttle::new(rate),
         config.rtt,
-        telemetry.clone(),
+        telemetry,
     )?);
-    dest.set_push(config.push);
+    dest.set_push(push);
     let handler: Option<Arc<dyn MissingPageHandler>> = match config.mode {
         FaultMode::Uffd => None,
         FaultMode::Exit => Some(dest.clone()),
     };
-    let dest_vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
-    dest.set_vcpu_tids(
-        dest_vm
-            .vcpus()
-            .iter()
-            .map(|v| v.shared().thread_id())
-            .collect(),
-    );
+    let vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
+    dest.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
     let mut workers = Workers {
         dest: dest.clone(),
         threads: Vec::new(),
@@ -343,9 +319,7 @@ pub fn run(
         dest.clone(),
         Destination::push,
     )?);
-    let _ = status.destination.set(dest.clone());
 
-    // Switchover: downtime runs from the source's pause to the destination's resume.
     status.set_phase(Phase::Switchover);
     let t0 = Instant::now();
     source_vm.pause_all()?;
@@ -353,23 +327,160 @@ pub fn run(
     let mut boot = vec![0u8; BOOT_SIZE as usize];
     source_vm.ram().read(0, &mut boot)?;
     dest_ram.write(0, &boot)?;
-    dest_vm.restore_all(states)?;
-    dest_vm.resume_all()?;
+    vm.restore_all(states)?;
+    vm.resume_all()?;
     let downtime = t0.elapsed();
     let switched_at = Instant::now();
     drop(source_vm);
+    status.set_live(LiveMigration {
+        number,
+        vcpus: shared(&vm),
+        dest: Some(dest.clone()),
+        switched_at: Some(switched_at),
+        downtime: Some(downtime),
+        baseline_per_sec: baseline.to_vec(),
+    });
     status.set_phase(Phase::Postcopy);
+    status.note(format!(
+        "migration {number}: switched over, downtime {} us",
+        downtime.as_micros()
+    ));
+    Ok(Leg {
+        number,
+        vm,
+        dest,
+        source,
+        workers,
+        switched_at,
+        downtime,
+    })
+}
 
+fn shared(vm: &Vm) -> Vec<Arc<crate::vmm::VcpuShared>> {
+    vm.vcpus().iter().map(|v| v.shared().clone()).collect()
+}
+
+/// How the migrations went, for the summary: the last destination and the checks of all.
+struct Outcome {
+    number: u32,
+    vm: Vm,
+    dest: Arc<Destination>,
+    downtime: Duration,
+    injections: Vec<InjectionSummary>,
+    postcopy: Duration,
+    postcopy_complete: bool,
+    mismatches: u64,
+    pages_checked: u64,
+}
+
+fn run_info(config: &RunConfig) -> RunInfo {
+    RunInfo {
+        scenario: config.scenario.clone(),
+        mode: config.mode.as_str().to_string(),
+        workload: config.workload.to_string(),
+        vcpus: config.vcpus,
+        mem_bytes: config.mem_bytes,
+        page_size: PAGE_SIZE,
+    }
+}
+
+/// Runs a whole migration; `controls` carries operator actions while it runs. Snapshots go
+/// to `status`'s subscribers all along, the last one with the summary or the error.
+pub fn run(
+    config: &RunConfig,
+    status: &RunStatus,
+    controls: Option<&Receiver<Action>>,
+) -> Result<Summary, PostcopyError> {
+    config.validate()?;
+    let monitor = Monitor::new(run_info(config))?;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn_scoped(s, || monitor.run(status, &stop))
+            .map_err(PostcopyError::Thread)?;
+        let outcome = migrate(config, status, controls);
+        stop.store(true, Ordering::Release);
+        let mut monitor = handle.join().map_err(|_| PostcopyError::Panicked)?;
+        // Fold the last events in before the latency figures are read.
+        monitor.catch_up();
+        match outcome {
+            Ok(o) => {
+                let summary = summarize(config, &o, monitor.aggregate());
+                status.set_phase(Phase::Finished);
+                let verdict = if summary.verified {
+                    format!(
+                        "finished: verified, {} pages checked",
+                        summary.verify.pages_checked
+                    )
+                } else {
+                    format!(
+                        "finished: NOT verified ({} mismatches, {} guest errors)",
+                        summary.verify.mismatches, summary.verify.guest_errors
+                    )
+                };
+                monitor.finish(status, Some(summary.clone()), Some(verdict));
+                Ok(summary)
+            }
+            Err(e) => {
+                status.set_phase(Phase::Failed);
+                monitor.finish(status, None, Some(format!("run failed: {e}")));
+                Err(e)
+            }
+        }
+    })
+}
+
+fn migrate(
+    config: &RunConfig,
+    status: &RunStatus,
+    controls: Option<&Receiver<Action>>,
+) -> Result<Outcome, PostcopyError> {
+    let vm_config = VmConfig {
+        vcpus: config.vcpus,
+        mem_bytes: config.mem_bytes,
+    };
+    let program = guest::assemble(
+        &config.workload,
+        config.vcpus,
+        &layout::placement(config.mem_bytes),
+    )?;
+
+    // The source runs the workload for the warm-up; its pace is each vCPU's baseline.
+    status.set_phase(Phase::Warmup);
+    let source_vm = Vm::new(vm_config)?;
+    source_vm.load(&program)?;
+    status.set_live(LiveMigration {
+        number: 0,
+        vcpus: shared(&source_vm),
+        dest: None,
+        switched_at: None,
+        downtime: None,
+        baseline_per_sec: Vec::new(),
+    });
+    let warm_start = Instant::now();
+    source_vm.resume_all()?;
+    run_for(&source_vm, config.warmup)?;
+    let warm_secs = warm_start.elapsed().as_secs_f64();
+    let baseline: Vec<f64> = source_vm
+        .vcpus()
+        .iter()
+        .map(|v| v.stats().guest_accesses.load(Ordering::Relaxed) as f64 / warm_secs)
+        .collect();
+
+    let mut leg = switch_over(config, source_vm, 1, &baseline, status)?;
+    let first_switch = leg.switched_at;
     let mut timeline = config.timeline.clone();
     timeline.sort_by_key(|a| a.at);
     let mut timeline = timeline.into_iter().peekable();
     let mut injections = Vec::new();
     let mut complete_at: Option<Duration> = None;
+    let (mut mismatches, mut pages_checked) = (0, 0);
     loop {
-        if let Some(f) = dest_vm.failure() {
+        if let Some(f) = leg.vm.failure() {
             return Err(PostcopyError::GuestFailed(f));
         }
-        let elapsed = switched_at.elapsed();
+        let elapsed = first_switch.elapsed();
         let mut actions = Vec::new();
         while timeline.peek().is_some_and(|a| a.at <= elapsed) {
             if let Some(a) = timeline.next() {
@@ -380,72 +491,115 @@ pub fn run(
             actions.extend(rx.try_iter());
         }
         for action in actions {
-            if let Some(inj) = apply(&dest, &dest_vm, action)? {
+            if action == Action::Remigrate {
+                status.note(format!(
+                    "migration {}: filling the rest before migrating again",
+                    leg.number
+                ));
+                leg.fill_rest();
+                let (m, n) = leg.compare(config);
+                mismatches += m;
+                pages_checked += n;
+                let Leg {
+                    number,
+                    vm,
+                    workers,
+                    ..
+                } = leg;
+                workers.finish()?;
+                leg = switch_over(config, vm, number + 1, &baseline, status)?;
+                injections.clear();
                 complete_at = None;
-                injections.push(inj);
+                continue;
+            }
+            match apply(&leg.dest, &leg.vm, action) {
+                Ok(Some(inj)) => {
+                    status.note(format!(
+                        "injected {} pages at {:#x}; guest paused {} us",
+                        inj.pages, inj.gpa, inj.pause_us
+                    ));
+                    complete_at = None;
+                    injections.push(inj);
+                }
+                Ok(None) => status.note(describe(action)),
+                // An operator's bad range is reported; the run goes on.
+                Err(e @ PostcopyError::BadRange { .. }) => status.note(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
-        if dest.missing() == 0 {
+        if leg.dest.missing() == 0 {
             if complete_at.is_none() {
-                complete_at = Some(elapsed);
+                complete_at = Some(leg.switched_at.elapsed());
                 status.set_phase(Phase::Complete);
             }
         } else if complete_at.is_some() {
             complete_at = None;
             status.set_phase(Phase::Postcopy);
         }
-        if elapsed >= config.duration {
+        if elapsed >= config.duration || status.stop_requested() {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 
     // Stop the guest; bring in whatever is still missing so the checks see every page.
-    dest_vm.pause_all()?;
+    leg.vm.pause_all()?;
     let postcopy_complete = complete_at.is_some();
-    if dest.missing() > 0 {
-        dest.throttle.set_rate(Rate::Unlimited);
-        dest.set_push(true);
-        while dest.missing() > 0 {
-            if workers.threads.iter().any(|t| t.is_finished()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        complete_at = Some(switched_at.elapsed());
+    if leg.dest.missing() > 0 {
+        leg.fill_rest();
+        complete_at = Some(leg.switched_at.elapsed());
     }
+    let (m, n) = leg.compare(config);
+    let Leg {
+        number,
+        vm,
+        dest,
+        workers,
+        switched_at,
+        downtime,
+        ..
+    } = leg;
     workers.finish()?;
-    status.set_phase(Phase::Finished);
+    Ok(Outcome {
+        number,
+        vm,
+        dest,
+        downtime,
+        injections,
+        postcopy: complete_at.unwrap_or_else(|| switched_at.elapsed()),
+        postcopy_complete,
+        mismatches: mismatches + m,
+        pages_checked: pages_checked + n,
+    })
+}
 
-    let mut aggregate =
-        Aggregate::new(config.vcpus).map_err(|e| PostcopyError::Telemetry(e.to_string()))?;
-    for e in telemetry.receiver().try_iter() {
-        aggregate.fold(&e);
+fn describe(action: Action) -> String {
+    match action {
+        Action::Throttle(r) => format!("fetch rate set to {r}"),
+        Action::Push(true) => "background push resumed".into(),
+        Action::Push(false) => "background push paused: only demand fetches run".into(),
+        Action::Inject(r) => format!("inject {:#x}+{:#x}", r.start, r.len),
+        Action::Remigrate => "new migration".into(),
     }
+}
 
-    // Integrity: checksums were checked on arrival; a read-only guest must have left the
-    // destination identical to the source image; a verify guest checks its own stamps.
+fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary {
+    let leg = o;
+    let telemetry = leg.dest.telemetry();
     let run = &telemetry.run;
-    let mut mismatches = run.checksum_mismatches.load(Ordering::Relaxed);
-    let mut pages_checked =
-        run.pages_demand.load(Ordering::Relaxed) + run.pages_pushed.load(Ordering::Relaxed);
-    if !config.workload.writes() {
-        let (m, n) = compare_data(source.image(), &dest_ram);
-        mismatches += m;
-        pages_checked = n;
-    }
-    let guest_errors: u64 = dest_vm
+    let guest_errors: u64 = leg
+        .vm
         .vcpus()
         .iter()
         .map(|v| v.stats().verify_mismatches.load(Ordering::Relaxed))
         .sum();
     let exit_path = match config.mode {
         FaultMode::Uffd => None,
-        FaultMode::Exit => dominant_exit_path(&dest_vm),
+        FaultMode::Exit => dominant_exit_path(&leg.vm),
     };
-    let postcopy = complete_at.unwrap_or_else(|| switched_at.elapsed());
     let bytes = run.bytes_transferred.load(Ordering::Relaxed);
-    let per_vcpu = dest_vm
+    let per_vcpu = leg
+        .vm
         .vcpus()
         .iter()
         .enumerate()
@@ -457,8 +611,7 @@ pub fn run(
             guest_progress: v.stats().guest_accesses.load(Ordering::Relaxed),
         })
         .collect();
-    let pages_total = dest_ram.pages();
-    Ok(Summary {
+    Summary {
         scenario: config.scenario.clone(),
         mode: config.mode.as_str().to_string(),
         exit_path: exit_path.map(str::to_string),
@@ -466,30 +619,31 @@ pub fn run(
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         page_size: PAGE_SIZE,
-        pages_total,
+        pages_total: leg.dest.ram().pages(),
         pages_boot: layout::BOOT_PAGES,
         pages_demand: run.pages_demand.load(Ordering::Relaxed),
         pages_pushed: run.pages_pushed.load(Ordering::Relaxed),
         pages_injected: run.pages_injected.load(Ordering::Relaxed),
         pages_refetched: run.pages_refetched.load(Ordering::Relaxed),
-        downtime_us: downtime.as_micros() as u64,
-        postcopy_ms: postcopy.as_millis() as u64,
-        postcopy_complete,
+        migrations: leg.number,
+        downtime_us: leg.downtime.as_micros() as u64,
+        postcopy_ms: o.postcopy.as_millis() as u64,
+        postcopy_complete: o.postcopy_complete,
         bytes_transferred: bytes,
-        transfer_bytes_per_sec: (bytes as f64 / postcopy.as_secs_f64().max(1e-9)) as u64,
+        transfer_bytes_per_sec: (bytes as f64 / o.postcopy.as_secs_f64().max(1e-9)) as u64,
         throttle: config.fetch_rate.to_string(),
         blocktime_all_ms: telemetry.blocktime_all_ns() as f64 / 1e6,
-        injections,
-        verified: mismatches == 0 && guest_errors == 0 && dest.missing() == 0,
+        injections: o.injections.clone(),
+        verified: o.mismatches == 0 && guest_errors == 0 && leg.dest.missing() == 0,
         verify: VerifySummary {
-            pages_checked,
-            mismatches,
+            pages_checked: o.pages_checked,
+            mismatches: o.mismatches,
             guest_errors,
         },
         telemetry_dropped: telemetry.dropped(),
         latency_us: aggregate.latency(),
         per_vcpu,
-    })
+    }
 }
 
 /// Applies one action; an injection pauses the vCPUs while pages change hands.

@@ -6,13 +6,17 @@
 
 pub mod destination;
 pub mod engine;
+pub mod monitor;
 pub mod page_state;
 pub mod source;
+pub mod status;
 pub mod throttle;
 
 pub use destination::Destination;
-pub use engine::{Action, FaultMode, Phase, RunConfig, RunStatus, Summary, TimedAction, run};
+pub use engine::{Action, FaultMode, Phase, RunConfig, Summary, TimedAction, run};
+pub use monitor::Monitor;
 pub use source::{InProcessSource, PageSource, SourceError};
+pub use status::{LiveMigration, RunStatus};
 pub use throttle::Throttle;
 
 #[derive(Debug, thiserror::Error)]

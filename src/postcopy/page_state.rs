@@ -128,13 +128,31 @@ impl PageStateMap {
             .any(|from| self.transition(page, from, INJECTED | PageState::Missing as u8))
     }
 
-    /// Pages in each state: (missing, requested, demand, push, boot).
-    pub fn counts(&self) -> [u64; 5] {
-        let mut c = [0u64; 5];
-        for p in &self.pages {
-            c[PageState::from_u8(p.load(Ordering::Relaxed)) as usize] += 1;
+    /// Pages of `pages` (clipped to the map) in each state, and how many were ever injected.
+    pub fn tally(&self, pages: std::ops::Range<u64>) -> Tally {
+        let end = pages.end.min(self.len()) as usize;
+        let start = (pages.start as usize).min(end);
+        let mut t = Tally::default();
+        for p in &self.pages[start..end] {
+            let v = p.load(Ordering::Relaxed);
+            t.by_state[PageState::from_u8(v) as usize] += 1;
+            t.injected += u64::from(v & INJECTED != 0);
         }
-        c
+        t
+    }
+}
+
+/// Page counts by state over a range, from [`PageStateMap::tally`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Indexed by `PageState as usize`: missing, requested, demand, push, boot.
+    pub by_state: [u64; 5],
+    pub injected: u64,
+}
+
+impl Tally {
+    pub fn get(&self, s: PageState) -> u64 {
+        self.by_state[s as usize]
     }
 }
 
@@ -159,6 +177,14 @@ mod tests {
         m.set_filled(5, PageState::FilledByPush);
         assert!(m.was_injected(5), "the injected mark survives a refetch");
         assert_eq!(m.get(5), PageState::FilledByPush);
-        assert_eq!(m.counts(), [5, 0, 0, 1, 2]);
+        let all = m.tally(0..8);
+        assert_eq!(all.by_state, [5, 0, 0, 1, 2]);
+        assert_eq!(all.injected, 1);
+        assert_eq!(
+            m.tally(4..100).get(PageState::FilledByPush),
+            1,
+            "clipped to the map"
+        );
+        assert_eq!(m.tally(6..8).by_state, [2, 0, 0, 0, 0]);
     }
 }

@@ -1,0 +1,567 @@
+//! The monitor: at a fixed rate it reads the live counters and folds the telemetry events
+//! of the current migration into a [`Snapshot`] for every subscriber. It runs on its own
+//! thread; fault paths never wait for it, and it never waits for a subscriber.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::PostcopyError;
+use super::page_state::PageState;
+use super::status::{LiveMigration, RunStatus};
+use crate::postcopy::Summary;
+use crate::snapshot::{
+    Activity, FAULT_HEATMAP_ROWS, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap, InjectionRecord,
+    Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase, RegionStall,
+    RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
+};
+use crate::telemetry::{Aggregate, Event, LatencySummary};
+use crate::vmm::layout::{BOOT_PAGES, PAGE_SIZE};
+use crate::vmm::{ExitPath, RunState};
+
+/// Time between snapshots.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Samples kept for "the last second" rates.
+const WINDOW: usize = 11;
+const MAX_INJECTIONS: usize = 16;
+
+/// One sample of a vCPU's cumulative counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct VcpuSample {
+    at: Option<Instant>,
+    faults: u64,
+    stalled_ns: u64,
+    accesses: u64,
+}
+
+#[derive(Debug, Default)]
+struct VcpuTrack {
+    window: VecDeque<VcpuSample>,
+    histogram: LatencyBuckets,
+    /// Stall ns and faults per memory-map region.
+    regions: Vec<(u64, u64)>,
+    /// Faults per heatmap column, oldest first.
+    spark: VecDeque<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RunSample {
+    at: Instant,
+    bytes: u64,
+    filled: u64,
+}
+
+pub struct Monitor {
+    info: RunInfo,
+    start: Instant,
+    seq: u64,
+    leg: Option<Arc<LiveMigration>>,
+    aggregate: Aggregate,
+    vcpus: Vec<VcpuTrack>,
+    window: VecDeque<RunSample>,
+    histogram: LatencyBuckets,
+    map_region_bytes: u64,
+    fault_region_bytes: u64,
+    /// Index (since start) of the newest heatmap column.
+    column: u64,
+    stall_columns: VecDeque<Vec<u64>>,
+    fault_columns: VecDeque<Vec<u32>>,
+    injections: VecDeque<InjectionRecord>,
+    message: Option<String>,
+}
+
+fn region_size(mem: u64, parts: usize) -> u64 {
+    mem.div_ceil(parts as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE
+}
+
+fn latency(l: LatencySummary) -> Latency {
+    Latency {
+        p50_us: l.p50,
+        p99_us: l.p99,
+        max_us: l.max,
+    }
+}
+
+impl Monitor {
+    pub fn new(info: RunInfo) -> Result<Monitor, PostcopyError> {
+        let vcpus = info.vcpus;
+        let map_region_bytes = region_size(info.mem_bytes, MAP_CELLS);
+        let cells = info.mem_bytes.div_ceil(map_region_bytes) as usize;
+        let fault_region_bytes = region_size(info.mem_bytes, FAULT_HEATMAP_ROWS);
+        let fault_rows = info.mem_bytes.div_ceil(fault_region_bytes) as usize;
+        let mut m = Monitor {
+            aggregate: Aggregate::new(vcpus)
+                .map_err(|e| PostcopyError::Telemetry(e.to_string()))?,
+            vcpus: (0..vcpus).map(|_| VcpuTrack::default()).collect(),
+            info,
+            start: Instant::now(),
+            seq: 0,
+            leg: None,
+            window: VecDeque::with_capacity(WINDOW),
+            histogram: LatencyBuckets::empty(),
+            map_region_bytes,
+            fault_region_bytes,
+            column: 0,
+            stall_columns: VecDeque::from([vec![0; vcpus]]),
+            fault_columns: VecDeque::from([vec![0; fault_rows]]),
+            injections: VecDeque::new(),
+            message: None,
+        };
+        for t in &mut m.vcpus {
+            t.regions = vec![(0, 0); cells];
+            t.histogram = LatencyBuckets::empty();
+            t.spark.push_back(0);
+        }
+        Ok(m)
+    }
+
+    /// Folds the events not yet seen, without making a snapshot.
+    pub fn catch_up(&mut self) {
+        self.fold_events();
+    }
+
+    /// Latency histograms of the current migration, for the run's summary.
+    pub fn aggregate(&self) -> &Aggregate {
+        &self.aggregate
+    }
+
+    /// Snapshots every [`TICK`] until `stop` is set; returns itself for the final word.
+    pub fn run(mut self, status: &RunStatus, stop: &AtomicBool) -> Monitor {
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            let s = self.tick(status);
+            status.publish(Arc::new(s));
+            next += TICK;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+        self
+    }
+
+    /// The last snapshot of a run: its end phase, the summary, and why it ended.
+    pub fn finish(
+        &mut self,
+        status: &RunStatus,
+        summary: Option<Summary>,
+        message: Option<String>,
+    ) -> Arc<Snapshot> {
+        let mut s = self.tick(status);
+        s.phase = status.phase();
+        s.summary = summary;
+        if message.is_some() {
+            s.message = message;
+        }
+        let s = Arc::new(s);
+        status.publish(s.clone());
+        s
+    }
+
+    /// Folds what happened since the last tick and builds a snapshot.
+    pub fn tick(&mut self, status: &RunStatus) -> Snapshot {
+        let now = Instant::now();
+        self.advance_columns(now);
+        if let Some(live) = status.live()
+            && self.leg.as_ref().is_none_or(|l| l.number != live.number)
+        {
+            self.start_leg(live);
+        }
+        for n in status.take_notes() {
+            self.message = Some(n);
+        }
+        self.fold_events();
+        let leg = self.leg.clone();
+        let vcpus = self.sample_vcpus(leg.as_deref(), now);
+        let (pages, memory_map) = self.sample_pages(leg.as_deref());
+        let dest = leg.as_ref().and_then(|l| l.dest.as_ref());
+        let bytes = dest.map_or(0, |d| {
+            d.telemetry().run.bytes_transferred.load(Ordering::Relaxed)
+        });
+        let filled = pages.demand + pages.pushed;
+        push_window(
+            &mut self.window,
+            RunSample {
+                at: now,
+                bytes,
+                filled,
+            },
+        );
+        let (transfer, fill_rate) = match (self.window.front(), self.window.back()) {
+            (Some(a), Some(b)) if b.at > a.at => {
+                let dt = (b.at - a.at).as_secs_f64();
+                (
+                    (b.bytes.saturating_sub(a.bytes) as f64 / dt) as u64,
+                    b.filled.saturating_sub(a.filled) as f64 / dt,
+                )
+            }
+            _ => (0, 0.0),
+        };
+        let phase = status.phase();
+        let eta_ms = (phase == Phase::Postcopy && fill_rate > 0.0)
+            .then(|| (pages.missing as f64 / fill_rate * 1000.0) as u64);
+        self.seq += 1;
+        Snapshot {
+            seq: self.seq,
+            elapsed_ms: self.start.elapsed().as_millis() as u64,
+            run: self.info.clone(),
+            phase,
+            migration: leg.as_ref().map_or(0, |l| l.number),
+            postcopy_ms: leg
+                .as_ref()
+                .and_then(|l| l.switched_at)
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            exit_path: self.exit_path(leg.as_deref()),
+            throttle: dest.map_or_else(String::new, |d| d.throttle.rate().to_string()),
+            throttle_bytes_per_sec: dest.and_then(|d| d.throttle.rate().bytes_per_sec()),
+            transfer_bytes_per_sec: transfer,
+            downtime_us: leg
+                .as_ref()
+                .and_then(|l| l.downtime)
+                .map(|d| d.as_micros() as u64),
+            push_enabled: dest.is_some_and(|d| d.push_enabled()),
+            pages,
+            fill_pages_per_sec: fill_rate,
+            eta_ms,
+            blocktime_all_ms: dest.map_or(0.0, |d| d.telemetry().blocktime_all_ns() as f64 / 1e6),
+            telemetry_dropped: dest.map_or(0, |d| d.telemetry().dropped()),
+            vcpus,
+            latency: latency(self.aggregate.latency()),
+            histogram: self.histogram.clone(),
+            memory_map,
+            stall_heatmap: self.stall_heatmap(),
+            fault_heatmap: Heatmap {
+                column_ms: HEATMAP_COLUMN_MS,
+                rows: transpose(&self.fault_columns),
+            },
+            fault_region_bytes: self.fault_region_bytes,
+            injections: self.injections.iter().copied().collect(),
+            message: self.message.clone(),
+            summary: None,
+        }
+    }
+
+    /// A new VM runs the guest: counters restart, heatmaps carry on.
+    fn start_leg(&mut self, live: Arc<LiveMigration>) {
+        self.fold_events();
+        if live.dest.is_some()
+            && let Ok(a) = Aggregate::new(self.info.vcpus)
+        {
+            self.aggregate = a;
+            self.histogram = LatencyBuckets::empty();
+            for t in &mut self.vcpus {
+                t.histogram = LatencyBuckets::empty();
+                t.regions.iter_mut().for_each(|r| *r = (0, 0));
+            }
+        }
+        for t in &mut self.vcpus {
+            t.window.clear();
+        }
+        self.window.clear();
+        self.leg = Some(live);
+    }
+
+    fn advance_columns(&mut self, now: Instant) {
+        let column = ((now - self.start).as_millis() / u128::from(HEATMAP_COLUMN_MS)) as u64;
+        while self.column < column {
+            self.column += 1;
+            let vcpus = self.info.vcpus;
+            let rows = self.fault_columns.back().map_or(0, Vec::len);
+            roll(&mut self.stall_columns, vec![0; vcpus], HEATMAP_COLUMNS);
+            roll(&mut self.fault_columns, vec![0; rows], HEATMAP_COLUMNS);
+            for t in &mut self.vcpus {
+                roll(&mut t.spark, 0, SPARKLINE_POINTS);
+            }
+        }
+    }
+
+    fn fold_events(&mut self) {
+        let Some(dest) = self.leg.as_ref().and_then(|l| l.dest.clone()) else {
+            return;
+        };
+        for e in dest.telemetry().receiver().try_iter() {
+            self.aggregate.fold(&e);
+            match e {
+                Event::Fault {
+                    vcpu,
+                    gpa,
+                    start_ns,
+                    end_ns,
+                } => {
+                    let ns = end_ns.saturating_sub(start_ns);
+                    let us = (ns / 1000).max(1);
+                    self.histogram.record(us);
+                    if let Some(row) = self
+                        .fault_columns
+                        .back_mut()
+                        .and_then(|c| c.get_mut((gpa / self.fault_region_bytes) as usize))
+                    {
+                        *row += 1;
+                    }
+                    if let Some(t) = vcpu.and_then(|v| self.vcpus.get_mut(usize::from(v))) {
+                        t.histogram.record(us);
+                        if let Some(r) = t.regions.get_mut((gpa / self.map_region_bytes) as usize) {
+                            r.0 += ns;
+                            r.1 += 1;
+                        }
+                    }
+                }
+                Event::Inject {
+                    gpa,
+                    pages,
+                    at_ns,
+                    pause_ns,
+                } => {
+                    roll(
+                        &mut self.injections,
+                        InjectionRecord {
+                            gpa,
+                            pages,
+                            pause_us: pause_ns / 1000,
+                            at_ms: at_ns / 1_000_000,
+                        },
+                        MAX_INJECTIONS,
+                    );
+                }
+                Event::Fill { .. } => {}
+            }
+        }
+    }
+
+    fn sample_vcpus(&mut self, leg: Option<&LiveMigration>, now: Instant) -> Vec<VcpuSnapshot> {
+        let telemetry = leg
+            .and_then(|l| l.dest.as_ref())
+            .map(|d| d.telemetry().clone());
+        let now_ns = telemetry.as_ref().map_or(0, |t| t.now_ns());
+        let mut out = Vec::with_capacity(self.vcpus.len());
+        for (i, track) in self.vcpus.iter_mut().enumerate() {
+            let shared = leg.and_then(|l| l.vcpus.get(i));
+            let counters = telemetry.as_ref().and_then(|t| t.vcpus.get(i));
+            let since = counters.map_or(0, |c| c.stalled_since.load(Ordering::Acquire));
+            let ongoing = if since > 0 {
+                now_ns.saturating_sub(since - 1)
+            } else {
+                0
+            };
+            let sample = VcpuSample {
+                at: Some(now),
+                faults: counters.map_or(0, |c| c.faults.load(Ordering::Relaxed)),
+                stalled_ns: counters.map_or(0, |c| c.stall_ns.load(Ordering::Relaxed)) + ongoing,
+                accesses: shared.map_or(0, |s| s.stats.guest_accesses.load(Ordering::Relaxed)),
+            };
+            let prev = track
+                .window
+                .back()
+                .copied()
+                .unwrap_or(VcpuSample { at: None, ..sample });
+            if let Some(c) = self.stall_columns.back_mut().and_then(|c| c.get_mut(i)) {
+                *c += sample.stalled_ns.saturating_sub(prev.stalled_ns);
+            }
+            if let Some(s) = track.spark.back_mut() {
+                *s += sample.faults.saturating_sub(prev.faults) as u32;
+            }
+            push_window(&mut track.window, sample);
+            let (faults_per_sec, stall_share, progress_per_sec) = rates(&track.window);
+            let activity = match shared.map(|s| s.state()) {
+                None => Activity::Paused,
+                Some(RunState::Done) => Activity::Done,
+                Some(RunState::Failed) => Activity::Failed,
+                Some(RunState::Paused | RunState::Stopped) => Activity::Paused,
+                Some(RunState::Running) if since > 0 => Activity::Stalled {
+                    gpa: counters.map_or(0, |c| c.stalled_gpa.load(Ordering::Relaxed)),
+                    for_us: ongoing / 1000,
+                },
+                Some(RunState::Running) => Activity::Running,
+            };
+            let mut top: Vec<RegionStall> = track
+                .regions
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.1 > 0)
+                .map(|(k, r)| RegionStall {
+                    gpa: k as u64 * self.map_region_bytes,
+                    bytes: self.map_region_bytes,
+                    stall_us: r.0 / 1000,
+                    faults: r.1,
+                })
+                .collect();
+            top.sort_unstable_by(|a, b| b.stall_us.cmp(&a.stall_us).then(a.gpa.cmp(&b.gpa)));
+            top.truncate(TOP_REGIONS);
+            out.push(VcpuSnapshot {
+                id: i,
+                activity,
+                faults: sample.faults,
+                faults_per_sec,
+                stall_share,
+                stall_ms: sample.stalled_ns as f64 / 1e6,
+                latency: latency(self.aggregate.vcpu_latency(i)),
+                progress_per_sec,
+                baseline_per_sec: leg
+                    .and_then(|l| l.baseline_per_sec.get(i).copied())
+                    .unwrap_or(0.0),
+                sparkline: track.spark.iter().copied().collect(),
+                histogram: track.histogram.clone(),
+                top_regions: top,
+            });
+        }
+        out
+    }
+
+    /// Page counts and the memory map, read from the page-state map (one byte a page).
+    fn sample_pages(&self, leg: Option<&LiveMigration>) -> (PageCounts, MemoryMap) {
+        let total = self.info.mem_bytes / PAGE_SIZE;
+        let per_cell = self.map_region_bytes / PAGE_SIZE;
+        let cells = total.div_ceil(per_cell);
+        let Some(dest) = leg.and_then(|l| l.dest.as_ref()) else {
+            // Before the switchover the destination holds nothing but what comes with it.
+            let map = (0..cells)
+                .map(|c| {
+                    let pages = (c * per_cell..((c + 1) * per_cell).min(total)).count() as u64;
+                    let boot = BOOT_PAGES.saturating_sub(c * per_cell).min(pages);
+                    MapCell {
+                        missing: (pages - boot) as u32,
+                        boot: boot as u32,
+                        ..MapCell::default()
+                    }
+                })
+                .collect();
+            let counts = PageCounts {
+                total,
+                boot: BOOT_PAGES,
+                missing: total - BOOT_PAGES,
+                ..PageCounts::default()
+            };
+            return (
+                counts,
+                MemoryMap {
+                    region_bytes: self.map_region_bytes,
+                    cells: map,
+                },
+            );
+        };
+        let mut in_flight = 0;
+        let map = (0..cells)
+            .map(|c| {
+                let t = dest.pages().tally(c * per_cell..(c + 1) * per_cell);
+                in_flight += t.get(PageState::Requested);
+                MapCell {
+                    missing: t.get(PageState::Missing) as u32,
+                    in_flight: t.get(PageState::Requested) as u32,
+                    demand: t.get(PageState::FilledByDemand) as u32,
+                    pushed: t.get(PageState::FilledByPush) as u32,
+                    boot: t.get(PageState::Boot) as u32,
+                    injected: t.injected as u32,
+                }
+            })
+            .collect();
+        let run = &dest.telemetry().run;
+        let counts = PageCounts {
+            total,
+            boot: BOOT_PAGES,
+            demand: run.pages_demand.load(Ordering::Relaxed),
+            pushed: run.pages_pushed.load(Ordering::Relaxed),
+            injected: run.pages_injected.load(Ordering::Relaxed),
+            missing: dest.missing(),
+            in_flight,
+        };
+        (
+            counts,
+            MemoryMap {
+                region_bytes: self.map_region_bytes,
+                cells: map,
+            },
+        )
+    }
+
+    fn exit_path(&self, leg: Option<&LiveMigration>) -> Option<String> {
+        if self.info.mode != "exit" {
+            return None;
+        }
+        let vcpus = &leg?.vcpus;
+        ExitPath::ALL
+            .iter()
+            .map(|p| {
+                let n: u64 = vcpus
+                    .iter()
+                    .map(|v| v.stats.fault_exits[p.index()].load(Ordering::Relaxed))
+                    .sum();
+                (n, p.as_str())
+            })
+            .filter(|(n, _)| *n > 0)
+            .max()
+            .map(|(_, s)| s.to_string())
+    }
+
+    fn stall_heatmap(&self) -> Heatmap<u8> {
+        let column_ns = HEATMAP_COLUMN_MS * 1_000_000;
+        // The newest column has only run for part of its length.
+        let newest_ns = ((self.start.elapsed().as_nanos() as u64) % column_ns).max(1);
+        let last = self.stall_columns.len().saturating_sub(1);
+        let cols: VecDeque<Vec<u8>> = self
+            .stall_columns
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let len = if k == last { newest_ns } else { column_ns };
+                c.iter()
+                    .map(|ns| (ns.saturating_mul(100) / len).min(100) as u8)
+                    .collect()
+            })
+            .collect();
+        Heatmap {
+            column_ms: HEATMAP_COLUMN_MS,
+            rows: transpose(&cols),
+        }
+    }
+}
+
+/// Faults/s, share of time stalled and guest accesses/s over the window.
+fn rates(w: &VecDeque<VcpuSample>) -> (f64, f64, f64) {
+    let (Some(a), Some(b)) = (w.front(), w.back()) else {
+        return (0.0, 0.0, 0.0);
+    };
+    let (Some(ta), Some(tb)) = (a.at, b.at) else {
+        return (0.0, 0.0, 0.0);
+    };
+    let dt = (tb - ta).as_secs_f64();
+    if dt <= 0.0 {
+        return (0.0, 0.0, 0.0);
+    }
+    // A new VM's progress counter reads 0 until the guest's first report there.
+    let progress = w
+        .iter()
+        .find(|s| s.accesses > 0)
+        .and_then(|s| Some((s.at?, s.accesses)))
+        .filter(|(t, _)| tb > *t)
+        .map_or(0.0, |(t, acc)| {
+            b.accesses.saturating_sub(acc) as f64 / (tb - t).as_secs_f64()
+        });
+    (
+        b.faults.saturating_sub(a.faults) as f64 / dt,
+        (b.stalled_ns.saturating_sub(a.stalled_ns) as f64 / 1e9 / dt).min(1.0),
+        progress,
+    )
+}
+
+fn push_window<T>(w: &mut VecDeque<T>, v: T) {
+    roll(w, v, WINDOW);
+}
+
+/// Appends `v`, dropping the oldest beyond `cap`.
+fn roll<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
+    q.push_back(v);
+    while q.len() > cap {
+        q.pop_front();
+    }
+}
+
+/// Columns of rows into rows of columns.
+fn transpose<T: Copy>(cols: &VecDeque<Vec<T>>) -> Vec<Vec<T>> {
+    let rows = cols.back().map_or(0, Vec::len);
+    (0..rows)
+        .map(|r| cols.iter().filter_map(|c| c.get(r).copied()).collect())
+        .collect()
+}

@@ -3,6 +3,7 @@
 //! The library holds every part; the `faultline` binary is a thin command line over it.
 //! See DESIGN.md in the repository for the map.
 
+pub mod bench;
 pub mod guest;
 pub mod postcopy;
 pub mod probe;

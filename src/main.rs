@@ -1,5 +1,7 @@
 //! The `faultline` command line.
 
+mod cli;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Migrate a running guest post-copy and report what every vCPU went through.
     Run(RunArgs),
+    /// Measure demand paging: pages/s per fault mode and vCPU count, and the observer's cost.
+    Bench(cli::bench::BenchArgs),
     /// Report what this host offers: KVM, userfaultfd, and which fault modes really work.
     Probe {
         /// Print one JSON object instead of text.
@@ -92,7 +96,7 @@ enum Mode {
     Exit,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_size(s).map_err(|e| e.to_string())
 }
 
@@ -103,7 +107,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 /// An error that is the user's input, not the run: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub(crate) struct UsageError(pub(crate) String);
 
 fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     let mut c = match &args.scenario {
@@ -287,6 +291,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Probe { json }) => probe_cmd(json),
+        Some(Command::Bench(args)) => cli::bench::run(args),
         Some(Command::Run(args)) => run(args),
         None => run(RunArgs::default()),
     };

@@ -39,6 +39,8 @@ pub struct Destination {
     source: Arc<dyn PageSource>,
     pub throttle: Throttle,
     rtt_ns: AtomicU64,
+    /// After a fault, uffd readers keep reading this long before they sleep in poll.
+    reader_spin_ns: AtomicU64,
     telemetry: Arc<Telemetry>,
     /// vCPU thread ids, index = vCPU, for uffd fault attribution.
     vcpu_tids: OnceLock<Vec<u32>>,
@@ -73,6 +75,7 @@ impl Destination {
             source,
             throttle,
             rtt_ns: AtomicU64::new(rtt.as_nanos() as u64),
+            reader_spin_ns: AtomicU64::new(0),
             telemetry,
             vcpu_tids: OnceLock::new(),
             demand_waiting: AtomicUsize::new(0),
@@ -103,6 +106,12 @@ impl Destination {
     /// Tells the uffd handlers which thread is which vCPU (once, before switchover).
     pub fn set_vcpu_tids(&self, tids: Vec<u32>) {
         let _ = self.vcpu_tids.set(tids);
+    }
+
+    /// Readers that spin briefly catch the next fault without a wake-up, at a core's cost.
+    pub fn set_reader_spin(&self, d: Duration) {
+        self.reader_spin_ns
+            .store(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn set_push(&self, on: bool) {
@@ -172,12 +181,14 @@ impl Destination {
         run.pages_refetched.fetch_add(refetched, Ordering::Relaxed);
         run.bytes_transferred.fetch_add(len, Ordering::Relaxed);
         self.missing.fetch_sub(count, Ordering::AcqRel);
-        self.telemetry.emit(Event::Fill {
-            gpa,
-            pages: count as u32,
-            cause,
-            at_ns: self.telemetry.now_ns(),
-        });
+        if self.telemetry.enabled() {
+            self.telemetry.emit(Event::Fill {
+                gpa,
+                pages: count as u32,
+                cause,
+                at_ns: self.telemetry.now_ns(),
+            });
+        }
         Ok(())
     }
 
@@ -236,21 +247,32 @@ impl Destination {
             thread_id: 0,
         }; 32];
         let base = self.ram.host_base();
+        let spin = Duration::from_nanos(self.reader_spin_ns.load(Ordering::Relaxed));
+        let mut last_fault = std::time::Instant::now();
         while !self.stop.load(Ordering::Acquire) {
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&*self.uffd),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd; a timeout lets the loop notice `stop`.
-            let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
-            if ready <= 0 {
-                continue;
+            if last_fault.elapsed() >= spin {
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&*self.uffd),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; a timeout lets the loop notice `stop`.
+                let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
+                if ready <= 0 {
+                    continue;
+                }
             }
             let n = self.uffd.read_faults(&mut faults)?;
+            if n > 0 {
+                last_fault = std::time::Instant::now();
+            }
             for f in &faults[..n] {
                 let gpa = f.address.wrapping_sub(base);
-                let vcpu = self.vcpu_of_tid(f.thread_id);
+                let vcpu = if self.telemetry.enabled() {
+                    self.vcpu_of_tid(f.thread_id)
+                } else {
+                    None
+                };
                 let stall = self.telemetry.stall_begin(vcpu, gpa);
                 self.fill_demand(gpa, false)?;
                 self.telemetry.stall_end(stall);
@@ -280,7 +302,14 @@ impl Destination {
     /// Streams missing pages in the background until stopped: neighbours of recent faults
     /// first, then in address order. Demand fetches go first: the push yields while any wait.
     pub fn push(&self) -> Result<(), PostcopyError> {
-        let mut cursor = BOOT_PAGES;
+        self.push_part(0, 1)
+    }
+
+    /// One of `parts` push threads: starts at its own share of memory so the threads do
+    /// not fight over the same pages, then takes whatever is left anywhere.
+    pub fn push_part(&self, part: u64, parts: u64) -> Result<(), PostcopyError> {
+        let data = self.pages.len() - BOOT_PAGES;
+        let mut cursor = BOOT_PAGES + data / parts.max(1) * part;
         let mut buf = Vec::with_capacity(PUSH_BATCH_PAGES as usize * PAGE);
         let mut sums = Vec::with_capacity(PUSH_BATCH_PAGES as usize);
         let mut near: Option<(u64, u64)> = None;
@@ -403,7 +432,7 @@ impl MissingPageHandler for Destination {
 pub fn spawn(
     name: String,
     dest: Arc<Destination>,
-    f: fn(&Destination) -> Result<(), PostcopyError>,
+    f: impl FnOnce(&Destination) -> Result<(), PostcopyError> + Send + 'static,
 ) -> Result<JoinHandle<Result<(), PostcopyError>>, PostcopyError> {
     std::thread::Builder::new()
         .name(name)

@@ -75,6 +75,8 @@ pub struct RunCounters {
 }
 
 pub struct Telemetry {
+    /// Off: no stall accounting, no events (the benchmark's baseline for the observer cost).
+    enabled: bool,
     epoch: Instant,
     events: Sender<Event>,
     receiver: Receiver<Event>,
@@ -96,8 +98,14 @@ pub struct Stall {
 
 impl Telemetry {
     pub fn new(vcpus: usize) -> Telemetry {
-        let (events, receiver) = bounded(EVENT_CAPACITY);
+        Telemetry::with_capacity(vcpus, EVENT_CAPACITY, true)
+    }
+
+    /// `capacity` events may wait for the aggregator; `enabled` false turns the observer off.
+    pub fn with_capacity(vcpus: usize, capacity: usize, enabled: bool) -> Telemetry {
+        let (events, receiver) = bounded(capacity.max(1));
         Telemetry {
+            enabled,
             epoch: Instant::now(),
             events,
             receiver,
@@ -127,7 +135,14 @@ impl Telemetry {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn emit(&self, e: Event) {
+        if !self.enabled {
+            return;
+        }
         if let Err(TrySendError::Full(_)) = self.events.try_send(e) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -135,6 +150,13 @@ impl Telemetry {
 
     /// A vCPU starts waiting for the page at `gpa`.
     pub fn stall_begin(&self, vcpu: Option<usize>, gpa: u64) -> Stall {
+        if !self.enabled {
+            return Stall {
+                vcpu,
+                gpa,
+                start_ns: 0,
+            };
+        }
         let start_ns = self.now_ns();
         if let Some(c) = vcpu.and_then(|v| self.vcpus.get(v)) {
             c.stalled_gpa.store(gpa, Ordering::Relaxed);
@@ -152,6 +174,9 @@ impl Telemetry {
 
     /// The page of `stall` is present; the vCPU runs again.
     pub fn stall_end(&self, stall: Stall) {
+        if !self.enabled {
+            return;
+        }
         let end_ns = self.now_ns();
         match stall.vcpu.and_then(|v| self.vcpus.get(v).map(|c| (v, c))) {
             Some((_, c)) => {
@@ -213,5 +238,15 @@ mod tests {
             });
         }
         assert_eq!(t.dropped(), 3);
+    }
+
+    #[test]
+    fn disabled_telemetry_records_nothing() {
+        let t = Telemetry::with_capacity(1, 16, false);
+        let s = t.stall_begin(Some(0), 0x1000);
+        t.stall_end(s);
+        assert_eq!(t.vcpus[0].faults.load(Ordering::Relaxed), 0);
+        assert_eq!(t.vcpus[0].stalled_since.load(Ordering::Relaxed), 0);
+        assert!(t.receiver().is_empty());
     }
 }

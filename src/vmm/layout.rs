@@ -59,6 +59,17 @@ pub fn stack_top(i: usize) -> u64 {
     STACKS_GPA + (i as u64 + 1) * STACK_SIZE
 }
 
+/// The parts of the boot region a running guest (or the CPU walking its page tables) can
+/// change: GDT and page tables, and the vCPUs' stacks. The rest is written once at load,
+/// so a switchover can copy it ahead and move only these while the guest is paused.
+pub fn live_boot_ranges(mem_bytes: u64, vcpus: usize) -> [(u64, u64); 2] {
+    let page_dirs = mem_bytes.div_ceil(1 << 30);
+    [
+        (0, PD_GPA + page_dirs * PAGE_SIZE),
+        (STACKS_GPA, vcpus as u64 * STACK_SIZE),
+    ]
+}
+
 /// First gpa after the boot region: where workload data begins.
 pub fn data_gpa() -> u64 {
     BOOT_SIZE

@@ -108,6 +108,26 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Copies `[gpa, gpa + len)` from `src` into the same range here, in one memcpy.
+    pub fn copy_from(&self, src: &GuestRam, gpa: u64, len: u64) -> Result<(), VmmError> {
+        if !src.contains(gpa, len) || !self.contains(gpa, len) {
+            return Err(VmmError::Memory(format!(
+                "cannot copy {len:#x} bytes at {gpa:#x}: outside guest RAM"
+            )));
+        }
+        // SAFETY: both ranges are inside distinct live mappings (checked above); the range
+        // is never registered with a userfaultfd (the caller copies only the boot region
+        // or fully present memory).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (src.host_base + gpa) as *const u8,
+                (self.host_base + gpa) as *mut u8,
+                len as usize,
+            )
+        };
+        Ok(())
+    }
+
     /// The page at `gpa` as a slice of host memory.
     ///
     /// # Safety

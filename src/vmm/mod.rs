@@ -253,6 +253,23 @@ impl Vm {
         replies.into_iter().map(|r| r.wait()).collect()
     }
 
+    /// Pauses every vCPU and captures its state in one round trip per vCPU: the capture is
+    /// queued behind the pause, so each thread does both without waiting to be woken twice.
+    pub fn pause_and_capture_all(&self) -> Result<Vec<VcpuState>, VmmError> {
+        let pending = self
+            .vcpus
+            .iter()
+            .map(|v| Ok((v.begin_pause()?, v.begin_capture(&self.msr_indices)?)))
+            .collect::<Result<Vec<_>, VmmError>>()?;
+        pending
+            .into_iter()
+            .map(|(ack, state)| {
+                ack.wait()?;
+                state.wait()
+            })
+            .collect()
+    }
+
     /// Restores one state per vCPU; all must be paused. All vCPU threads work at once.
     pub fn restore_all(&self, states: Vec<VcpuState>) -> Result<(), VmmError> {
         if states.len() != self.vcpus.len() {

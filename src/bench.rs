@@ -1,0 +1,450 @@
+//! `faultline bench`: the demand-paging benchmark, after the kernel's demand_paging_test.
+//! Each vCPU writes every page of its own slice once, and every page is missing at the
+//! start: a fault per page, resolved by uffd handler threads (`uffd`), by the vCPU thread
+//! itself (`exit`), or never missing at all (`prefill`, the ceiling).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::guest::{self, Workload};
+use crate::postcopy::{Destination, InProcessSource, PostcopyError, Throttle, destination};
+use crate::telemetry::{Aggregate, Telemetry};
+use crate::uffd::{Features, Userfaultfd};
+use crate::units::Rate;
+use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
+use crate::vmm::{GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
+
+/// A trial that has not finished by then is a failure, not a slow result.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Postcopy(#[from] PostcopyError),
+    #[error(transparent)]
+    Uffd(#[from] crate::uffd::UffdError),
+    #[error("guest code: {0}")]
+    Guest(#[from] crate::guest::GuestError),
+    #[error(transparent)]
+    Workload(#[from] crate::guest::WorkloadError),
+    #[error("{0}")]
+    Config(String),
+    #[error("vCPU failed during the trial: {0}")]
+    GuestFailed(String),
+    #[error("the trial did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Memory present before the vCPUs start: the ceiling.
+    Prefill,
+    /// vCPUs sleep in the kernel; handler threads read the userfaultfd.
+    Uffd,
+    /// KVM_RUN returns to the vCPU thread, which fills the page itself.
+    Exit,
+}
+
+impl BenchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchMode::Prefill => "prefill",
+            BenchMode::Uffd => "uffd",
+            BenchMode::Exit => "exit",
+        }
+    }
+}
+
+impl std::str::FromStr for BenchMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "prefill" => Ok(BenchMode::Prefill),
+            "uffd" => Ok(BenchMode::Uffd),
+            "exit" => Ok(BenchMode::Exit),
+            _ => Err(format!(
+                "unknown mode '{s}' (expected prefill, uffd or exit)"
+            )),
+        }
+    }
+}
+
+/// One configuration to measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialConfig {
+    pub mode: BenchMode,
+    pub vcpus: usize,
+    pub mem_per_vcpu: u64,
+    /// uffd handler threads (uffd mode only).
+    pub readers: usize,
+    pub rtt: Duration,
+    /// How long uffd readers keep reading after a fault before sleeping in poll.
+    pub reader_spin: Duration,
+    pub telemetry: bool,
+}
+
+impl TrialConfig {
+    pub fn mem_bytes(&self) -> u64 {
+        BOOT_SIZE + self.vcpus as u64 * self.mem_per_vcpu
+    }
+
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if self.vcpus == 0 || self.vcpus > layout::MAX_VCPUS {
+            return Err(BenchError::Config(format!(
+                "--vcpus {}: must be 1 to {}",
+                self.vcpus,
+                layout::MAX_VCPUS
+            )));
+        }
+        if self.mem_per_vcpu < 2 << 20 || !self.mem_per_vcpu.is_multiple_of(2 << 20) {
+            return Err(BenchError::Config(format!(
+                "--mem-per-vcpu {}: must be a multiple of 2 MiB",
+                crate::units::Bytes(self.mem_per_vcpu)
+            )));
+        }
+        let mem = self.mem_bytes().max(layout::MIN_MEM_BYTES);
+        if mem > layout::MAX_MEM_BYTES {
+            return Err(BenchError::Config(format!(
+                "{} vCPUs x {} is more guest memory than {}",
+                self.vcpus,
+                crate::units::Bytes(self.mem_per_vcpu),
+                crate::units::Bytes(layout::MAX_MEM_BYTES)
+            )));
+        }
+        if self.readers == 0 {
+            return Err(BenchError::Config("--readers must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What one trial measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    pub pages: u64,
+    pub secs: f64,
+    /// Each vCPU's pages over its own time to finish.
+    pub per_vcpu_pages_per_sec: Vec<f64>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub telemetry_dropped: u64,
+}
+
+impl Trial {
+    pub fn pages_per_sec(&self) -> f64 {
+        self.pages as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// Makes every page of `ram` present by writing one byte to it.
+fn prefill(ram: &GuestRam) -> Result<(), VmmError> {
+    let mut gpa = BOOT_SIZE;
+    while gpa < ram.size() {
+        ram.write(gpa, &[1])?;
+        gpa += PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// Runs one trial: a fresh VM, every data page missing (unless prefill), the touch guest.
+pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
+    c.validate()?;
+    let mem = c.mem_bytes().max(layout::MIN_MEM_BYTES);
+    let vm_config = VmConfig {
+        vcpus: c.vcpus,
+        mem_bytes: mem,
+    };
+    let workload: Workload = "touch".parse()?;
+    let program = guest::assemble(&workload, c.vcpus, &layout::placement(mem))?;
+    let ram = Arc::new(GuestRam::new(mem)?);
+    let data_pages = (mem - BOOT_SIZE) / PAGE_SIZE;
+    // Room for every event (a fault and a fill per page): the aggregator reads them after
+    // the trial, not during.
+    let telemetry = Arc::new(Telemetry::with_capacity(
+        c.vcpus,
+        2 * data_pages as usize + 1024,
+        c.telemetry,
+    ));
+    let mut dest = None;
+    let mut workers = Vec::new();
+    let handler: Option<Arc<dyn MissingPageHandler>> = match c.mode {
+        BenchMode::Prefill => {
+            prefill(&ram)?;
+            None
+        }
+        BenchMode::Uffd | BenchMode::Exit => {
+            let features = match c.mode {
+                BenchMode::Uffd => Features::THREAD_ID,
+                _ => Features::SIGBUS,
+            };
+            let uffd = Arc::new(Userfaultfd::new(features, true)?);
+            // A source image in real memory, as a migration's would be.
+            let image = GuestRam::new(mem)?;
+            prefill(&image)?;
+            let source = Arc::new(InProcessSource::new(Arc::new(image)));
+            let d = Arc::new(Destination::new(
+                ram.clone(),
+                uffd,
+                source,
+                Throttle::new(Rate::Unlimited),
+                c.rtt,
+                telemetry.clone(),
+            )?);
+            d.set_push(false);
+            d.set_reader_spin(c.reader_spin);
+            let h: Option<Arc<dyn MissingPageHandler>> =
+                (c.mode == BenchMode::Exit).then(|| d.clone() as Arc<dyn MissingPageHandler>);
+            dest = Some(d);
+            h
+        }
+    };
+    let vm = Vm::with_ram(vm_config, ram, handler)?;
+    vm.load(&program)?;
+    if let Some(d) = &dest {
+        d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
+        if c.mode == BenchMode::Uffd {
+            for i in 0..c.readers {
+                workers.push(destination::spawn(
+                    format!("uffd-reader{i}"),
+                    d.clone(),
+                    Destination::serve_uffd,
+                )?);
+            }
+        }
+    }
+
+    let start = Instant::now();
+    vm.resume_all()?;
+    let mut done_at: Vec<Option<f64>> = vec![None; c.vcpus];
+    while done_at.iter().any(Option::is_none) {
+        if let Some(f) = vm.failure() {
+            return Err(BenchError::GuestFailed(f));
+        }
+        if start.elapsed() > TRIAL_TIMEOUT {
+            return Err(BenchError::Timeout(TRIAL_TIMEOUT));
+        }
+        for (i, v) in vm.vcpus().iter().enumerate() {
+            if done_at[i].is_none() && v.state() == RunState::Done {
+                done_at[i] = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        // Coarse polling: the trial lasts far longer, and a busy poller would steal a core.
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(d) = &dest {
+        d.stop();
+    }
+    for w in workers {
+        w.join()
+            .map_err(|_| BenchError::GuestFailed("a uffd reader panicked".into()))??;
+    }
+    let pages_per_vcpu = data_pages / c.vcpus as u64;
+    let per_vcpu_pages_per_sec = done_at
+        .iter()
+        .map(|t| pages_per_vcpu as f64 / t.unwrap_or(secs).max(1e-9))
+        .collect();
+    let mut aggregate =
+        Aggregate::new(c.vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;
+    for e in telemetry.receiver().try_iter() {
+        aggregate.fold(&e);
+    }
+    let latency = aggregate.latency();
+    Ok(Trial {
+        pages: pages_per_vcpu * c.vcpus as u64,
+        secs,
+        per_vcpu_pages_per_sec,
+        p50_us: latency.p50,
+        p99_us: latency.p99,
+        telemetry_dropped: telemetry.dropped(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencyUs {
+    pub p50: u64,
+    pub p99: u64,
+}
+
+/// One configuration over its repeats: the median trial, with the spread.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchResult {
+    pub mode: BenchMode,
+    pub vcpus: usize,
+    pub readers: usize,
+    pub reader_spin_us: u64,
+    pub telemetry: bool,
+    pub pages: u64,
+    pub secs: f64,
+    pub pages_per_sec: f64,
+    pub pages_per_sec_min: f64,
+    pub pages_per_sec_max: f64,
+    pub per_vcpu_pages_per_sec: f64,
+    pub latency_us: LatencyUs,
+    pub repeats: usize,
+    pub telemetry_dropped: u64,
+}
+
+/// Runs `repeat` trials of `c` and keeps the median by pages/s.
+pub fn measure(c: &TrialConfig, repeat: usize) -> Result<BenchResult, BenchError> {
+    let mut trials = (0..repeat.max(1))
+        .map(|_| run_trial(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    trials.sort_by(|a, b| a.pages_per_sec().total_cmp(&b.pages_per_sec()));
+    let min = trials.first().map_or(0.0, Trial::pages_per_sec);
+    let max = trials.last().map_or(0.0, Trial::pages_per_sec);
+    let median = &trials[trials.len() / 2];
+    let per_vcpu = median.per_vcpu_pages_per_sec.iter().sum::<f64>()
+        / median.per_vcpu_pages_per_sec.len().max(1) as f64;
+    Ok(BenchResult {
+        mode: c.mode,
+        vcpus: c.vcpus,
+        readers: if c.mode == BenchMode::Uffd {
+            c.readers
+        } else {
+            0
+        },
+        reader_spin_us: if c.mode == BenchMode::Uffd {
+            c.reader_spin.as_micros() as u64
+        } else {
+            0
+        },
+        telemetry: c.telemetry,
+        pages: median.pages,
+        secs: median.secs,
+        pages_per_sec: median.pages_per_sec(),
+        pages_per_sec_min: min,
+        pages_per_sec_max: max,
+        per_vcpu_pages_per_sec: per_vcpu,
+        latency_us: LatencyUs {
+            p50: median.p50_us,
+            p99: median.p99_us,
+        },
+        repeats: trials.len(),
+        telemetry_dropped: median.telemetry_dropped,
+    })
+}
+
+/// Background push alone: how fast the destination fills when no vCPU asks for anything.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PushResult {
+    pub threads: usize,
+    pub bytes: u64,
+    pub secs: f64,
+    pub bytes_per_sec: f64,
+    pub bytes_per_sec_min: f64,
+    pub bytes_per_sec_max: f64,
+}
+
+/// The median of `repeat` push trials, with the spread.
+pub fn measure_push(
+    mem_bytes: u64,
+    threads: usize,
+    repeat: usize,
+) -> Result<PushResult, BenchError> {
+    let mut trials = (0..repeat.max(1))
+        .map(|_| run_push_trial(mem_bytes, threads))
+        .collect::<Result<Vec<_>, _>>()?;
+    trials.sort_by(|a, b| a.bytes_per_sec.total_cmp(&b.bytes_per_sec));
+    let mut median = trials[trials.len() / 2];
+    median.bytes_per_sec_min = trials[0].bytes_per_sec;
+    median.bytes_per_sec_max = trials[trials.len() - 1].bytes_per_sec;
+    Ok(median)
+}
+
+/// Pushes `mem_bytes` of guest memory at an unlimited rate into a destination no vCPU
+/// touches, and times it until no page is missing.
+pub fn run_push_trial(mem_bytes: u64, threads: usize) -> Result<PushResult, BenchError> {
+    let mem = mem_bytes.max(layout::MIN_MEM_BYTES);
+    let image = GuestRam::new(mem)?;
+    prefill(&image)?;
+    let ram = Arc::new(GuestRam::new(mem)?);
+    let dest = Arc::new(Destination::new(
+        ram,
+        Arc::new(Userfaultfd::new(Features::NONE, true)?),
+        Arc::new(InProcessSource::new(Arc::new(image))),
+        Throttle::new(Rate::Unlimited),
+        Duration::ZERO,
+        Arc::new(Telemetry::new(1)),
+    )?);
+    let bytes = dest.missing() * PAGE_SIZE;
+    let start = Instant::now();
+    let parts = threads.max(1) as u64;
+    let pushers = (0..parts)
+        .map(|i| {
+            destination::spawn(format!("push{i}"), dest.clone(), move |d| {
+                d.push_part(i, parts)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    while dest.missing() > 0 && !pushers.iter().any(|p| p.is_finished()) {
+        if start.elapsed() > TRIAL_TIMEOUT {
+            dest.stop();
+            return Err(BenchError::Timeout(TRIAL_TIMEOUT));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    dest.stop();
+    for p in pushers {
+        p.join()
+            .map_err(|_| BenchError::GuestFailed("a push thread panicked".into()))??;
+    }
+    Ok(PushResult {
+        threads: parts as usize,
+        bytes,
+        secs,
+        bytes_per_sec: bytes as f64 / secs.max(1e-9),
+        bytes_per_sec_min: 0.0,
+        bytes_per_sec_max: 0.0,
+    })
+}
+
+/// Switchover downtime of the real engine, from the source's pause to the destination's
+/// resume, over several runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DowntimeResult {
+    pub vcpus: usize,
+    pub runs: usize,
+    pub median_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+}
+
+pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, BenchError> {
+    let config = crate::postcopy::RunConfig {
+        scenario: "bench-downtime".into(),
+        vcpus,
+        mem_bytes: 256 << 20,
+        workload: "hotspot-mixed".parse()?,
+        mode: crate::postcopy::FaultMode::Exit,
+        readers: 1,
+        fetch_rate: Rate::Unlimited,
+        rtt: Duration::ZERO,
+        warmup: Duration::from_millis(200),
+        duration: Duration::ZERO,
+        push: true,
+        timeline: Vec::new(),
+    };
+    let mut downtimes = (0..runs.max(1))
+        .map(|_| {
+            crate::postcopy::run(&config, &crate::postcopy::RunStatus::default(), None)
+                .map(|s| s.downtime_us)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    downtimes.sort_unstable();
+    Ok(DowntimeResult {
+        vcpus,
+        runs: downtimes.len(),
+        median_us: downtimes[downtimes.len() / 2],
+        min_us: downtimes[0],
+        max_us: downtimes[downtimes.len() - 1],
+    })
+}

@@ -1,0 +1,228 @@
+//! `faultline bench`: arguments, the sweep over configurations, and the report.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use faultline::bench::{self, BenchMode, BenchResult, DowntimeResult, PushResult, TrialConfig};
+use faultline::units::Bytes;
+use serde::Serialize;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TelemetryArg {
+    On,
+    Off,
+    Both,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// vCPU counts to measure, e.g. 1,2,4,8,16.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    vcpus: Vec<usize>,
+    /// Memory each vCPU touches, e.g. 128M.
+    #[arg(long, value_parser = crate::parse_size, default_value = "128M")]
+    mem_per_vcpu: u64,
+    /// Fault modes to measure: prefill (memory present, the ceiling), uffd, exit.
+    #[arg(long, value_delimiter = ',', default_value = "prefill,uffd,exit")]
+    mode: Vec<BenchMode>,
+    /// uffd handler threads; default one per vCPU.
+    #[arg(long)]
+    readers: Option<usize>,
+    /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    reader_spin: Duration,
+    /// Delay added to each demand fetch, e.g. 100us.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    rtt: Duration,
+    /// Measure with the observer on, off, or both (and their ratio).
+    #[arg(long, value_enum, default_value = "on")]
+    telemetry: TelemetryArg,
+    /// Trials per configuration; the median is reported, with min and max.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Also time the background push alone over this much memory (0 to skip), e.g. 1G.
+    #[arg(long, value_parser = crate::parse_size, default_value = "1G")]
+    push_mem: u64,
+    /// Push threads for the push measurement.
+    #[arg(long, default_value_t = 2)]
+    push_threads: usize,
+    /// Also measure switchover downtime with this many vCPUs (0 to skip).
+    #[arg(long, default_value_t = 4)]
+    downtime_vcpus: usize,
+    /// Print one JSON object with a `results` list.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Ratio {
+    mode: BenchMode,
+    vcpus: usize,
+    /// pages/s with telemetry on over pages/s with it off.
+    telemetry_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    mem_per_vcpu: u64,
+    repeat: usize,
+    results: Vec<BenchResult>,
+    telemetry_ratios: Vec<Ratio>,
+    push: Option<PushResult>,
+    downtime: Option<DowntimeResult>,
+}
+
+fn k(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else {
+        format!("{:.1}k", v / 1e3)
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    let telemetry: &[bool] = match args.telemetry {
+        TelemetryArg::On => &[true],
+        TelemetryArg::Off => &[false],
+        TelemetryArg::Both => &[true, false],
+    };
+    let mut configs = Vec::new();
+    for &vcpus in &args.vcpus {
+        for &mode in &args.mode {
+            // The observer has nothing to observe when no page is ever missing.
+            let telem: &[bool] = if mode == BenchMode::Prefill {
+                &[false]
+            } else {
+                telemetry
+            };
+            for &t in telem {
+                configs.push(TrialConfig {
+                    mode,
+                    vcpus,
+                    mem_per_vcpu: args.mem_per_vcpu,
+                    readers: args.readers.unwrap_or(vcpus),
+                    rtt: args.rtt,
+                    reader_spin: args.reader_spin,
+                    telemetry: t,
+                });
+            }
+        }
+    }
+    for c in &configs {
+        c.validate().map_err(|e| crate::UsageError(e.to_string()))?;
+    }
+    drop(faultline::vmm::open_kvm()?);
+    if !args.json {
+        println!(
+            "demand paging: each vCPU writes {} once; median of {} trials",
+            Bytes(args.mem_per_vcpu),
+            args.repeat.max(1)
+        );
+        println!(
+            "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
+            "mode",
+            "vcpus",
+            "readers",
+            "telemetry",
+            "pages",
+            "secs",
+            "pages/s",
+            "(min - max)",
+            "per vCPU",
+            "p50 us",
+            "p99 us"
+        );
+    }
+    let mut results = Vec::new();
+    for c in &configs {
+        let r = bench::measure(c, args.repeat)?;
+        if !args.json {
+            println!(
+                "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
+                r.mode.as_str(),
+                r.vcpus,
+                if r.mode == BenchMode::Uffd {
+                    r.readers.to_string()
+                } else {
+                    "-".into()
+                },
+                if r.mode == BenchMode::Prefill {
+                    "-"
+                } else if r.telemetry {
+                    "on"
+                } else {
+                    "off"
+                },
+                r.pages,
+                r.secs,
+                k(r.pages_per_sec),
+                format!("({} - {})", k(r.pages_per_sec_min), k(r.pages_per_sec_max)),
+                k(r.per_vcpu_pages_per_sec),
+                r.latency_us.p50,
+                r.latency_us.p99
+            );
+            if r.telemetry_dropped > 0 {
+                println!("  ({} telemetry events dropped)", r.telemetry_dropped);
+            }
+        }
+        results.push(r);
+    }
+    let ratios: Vec<Ratio> = results
+        .iter()
+        .filter(|r| r.telemetry)
+        .filter_map(|on| {
+            let off = results
+                .iter()
+                .find(|o| !o.telemetry && o.mode == on.mode && o.vcpus == on.vcpus)?;
+            Some(Ratio {
+                mode: on.mode,
+                vcpus: on.vcpus,
+                telemetry_ratio: on.pages_per_sec / off.pages_per_sec.max(1e-9),
+            })
+        })
+        .collect();
+    let push = (args.push_mem > 0)
+        .then(|| bench::measure_push(args.push_mem, args.push_threads, args.repeat))
+        .transpose()?;
+    let downtime = (args.downtime_vcpus > 0)
+        .then(|| bench::measure_downtime(args.downtime_vcpus, args.repeat.max(5)))
+        .transpose()?;
+    if args.json {
+        let report = Report {
+            push,
+            downtime,
+            mem_per_vcpu: args.mem_per_vcpu,
+            repeat: args.repeat.max(1),
+            results,
+            telemetry_ratios: ratios,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &ratios {
+            println!(
+                "telemetry on/off, {} at {} vCPUs: {:.3}",
+                r.mode.as_str(),
+                r.vcpus,
+                r.telemetry_ratio
+            );
+        }
+        if let Some(p) = push {
+            println!(
+                "push alone, {} threads: {} in {:.3} s = {:.2} GB/s (min {:.2}, max {:.2})",
+                p.threads,
+                Bytes(p.bytes),
+                p.secs,
+                p.bytes_per_sec / 1e9,
+                p.bytes_per_sec_min / 1e9,
+                p.bytes_per_sec_max / 1e9
+            );
+        }
+        if let Some(d) = downtime {
+            println!(
+                "switchover downtime, {} vCPUs: median {} us (min {}, max {}) over {} runs",
+                d.vcpus, d.median_us, d.min_us, d.max_us, d.runs
+            );
+        }
+    }
+    Ok(true)
+}

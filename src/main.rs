@@ -163,7 +163,10 @@ fn print_summary(s: &Summary) {
         s.vcpus,
         Bytes(s.mem_bytes),
         s.mode,
-        s.exit_path.as_ref().map(|p| format!(" via {p}")).unwrap_or_default(),
+        s.exit_path
+            .as_ref()
+            .map(|p| format!(" via {p}"))
+            .unwrap_or_default(),
         s.workload
     );
     println!(

@@ -37,6 +37,24 @@ impl fmt::Display for Count {
     }
 }
 
+/// A size as the shortest exact form `parse_size` reads back: `0`, `128M`, `2G`, else hex.
+pub struct ShortSize(pub u64);
+
+impl fmt::Display for ShortSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b == 0 {
+            return write!(f, "0");
+        }
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if b.trailing_zeros() >= shift {
+                return write!(f, "{}{unit}", b >> shift);
+            }
+        }
+        write!(f, "{b:#x}")
+    }
+}
+
 /// Milliseconds as whole seconds in humantime form (`1m 12s`).
 pub fn whole_secs(ms: u64) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(ms / 1_000))
@@ -72,6 +90,10 @@ mod tests {
         assert_eq!(Micros(1_500_000).to_string(), "1.5s");
         assert_eq!(Count(1234).to_string(), "1234");
         assert_eq!(Count(1_234_567).to_string(), "1234k");
+        assert_eq!(ShortSize(0).to_string(), "0");
+        assert_eq!(ShortSize(384 << 20).to_string(), "384M");
+        assert_eq!(ShortSize(2 << 30).to_string(), "2G");
+        assert_eq!(ShortSize(0x1234).to_string(), "0x1234");
         assert_eq!(whole_secs(72_900).to_string(), "1m 12s");
         assert_eq!(BucketLabel(0).to_string(), "1us");
         assert_eq!(BucketLabel(10).to_string(), "1ms");

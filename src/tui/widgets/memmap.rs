@@ -6,6 +6,7 @@ use std::fmt::Write;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 
+use super::format::ShortSize;
 use super::{put, text};
 use crate::snapshot::{MapCell, MemoryMap};
 use crate::tui::theme::{MapState, Theme};
@@ -117,10 +118,16 @@ pub fn cell_bytes(map: &MemoryMap, g: &MapGeometry, i: usize, mem_bytes: u64) ->
     (start, end)
 }
 
-/// Columns of the widest row label (`0x3f0000000`) plus a space.
-fn label_width(mem_bytes: u64) -> u16 {
-    let hex_digits = (64 - mem_bytes.max(1).leading_zeros()).div_ceil(4) as u16;
-    2 + hex_digits + 1
+/// Columns of the widest row label (`896M`) plus a space.
+fn label_width(g: &MapGeometry, region_bytes: u64, scratch: &mut String) -> u16 {
+    let row_bytes = usize::from(g.cols) as u64 * g.per as u64 * region_bytes;
+    let mut w = 0;
+    for r in 0..u64::from(g.rows()) {
+        scratch.clear();
+        let _ = write!(scratch, "{}", ShortSize(r * row_bytes));
+        w = w.max(scratch.len() as u16);
+    }
+    w + 1
 }
 
 const LEGEND_LONG: [(MapState, &str); 6] = [
@@ -154,15 +161,24 @@ impl MemoryMapView<'_> {
         let info = self.focused && area.height >= 4;
         let text_rows = if info { 2 } else { u16::from(area.height >= 2) };
         let grid_h = area.height - text_rows;
-        let lw = label_width(self.mem_bytes);
-        let lw = if area.width >= lw + 16 { lw } else { 0 };
-        let grid = Rect::new(area.x + lw, area.y, area.width - lw, grid_h);
-        let g = MapGeometry::fit(self.map.cells.len(), grid)?;
+        let mut g = MapGeometry::fit(
+            self.map.cells.len(),
+            Rect {
+                height: grid_h,
+                ..area
+            },
+        )?;
+        let mut label = String::new();
+        // Row labels (sizes the inject prompt reads back) only where they cost no column.
+        let lw = label_width(&g, self.map.region_bytes, &mut label);
+        let lw = if area.width >= lw + g.cols { lw } else { 0 };
+        g.grid.x += lw;
+        g.grid.width -= lw;
+        let grid = g.grid;
         let cells = &self.map.cells;
         let cursor = self
             .focused
             .then(|| (self.cursor_source / g.per).min(g.count.saturating_sub(1)));
-        let mut label = String::new();
         for i in 0..g.count {
             let (c, r) = (
                 (i % usize::from(g.cols)) as u16,
@@ -172,7 +188,7 @@ impl MemoryMapView<'_> {
             if c == 0 && lw > 0 {
                 label.clear();
                 let gpa = (i * g.per) as u64 * self.map.region_bytes;
-                let _ = write!(label, "{gpa:#x}");
+                let _ = write!(label, "{}", ShortSize(gpa));
                 text(buf, area, area.x, y, &label, self.theme.dim());
             }
             let (ch, mut style) = self
@@ -311,11 +327,11 @@ mod tests {
         let g = view.render(buf.area, &mut buf).unwrap();
         assert_eq!(
             (g.grid, g.cols, g.per, g.count),
-            (Rect::new(9, 0, 16, 2), 16, 1, 32)
+            (Rect::new(3, 0, 22, 2), 16, 1, 32)
         );
         let mut expected = Buffer::with_lines([
-            "0x0      ########█▓▒×░░░░",
-            "0x400000 ░░░░█░░░░░░░░░░░",
+            "0  ########█▓▒×░░░░      ",
+            "4M ░░░░█░░░░░░░░░░░      ",
             "▸ 0x2c0000+256.0 KiB  mis",
             "░miss ▒fly █dem ▓push #bo",
         ]);
@@ -324,19 +340,19 @@ mod tests {
         let demand = Style::new().fg(Color::Cyan);
         let pushed = Style::new().fg(Color::Green);
         let fly = Style::new().fg(Color::Yellow);
-        expected.set_style(Rect::new(0, 0, 3, 1), dim);
-        expected.set_style(Rect::new(0, 1, 8, 1), dim);
-        expected.set_style(Rect::new(9, 0, 8, 1), boot);
-        expected.set_style(Rect::new(17, 0, 1, 1), demand);
-        expected.set_style(Rect::new(18, 0, 1, 1), pushed);
-        expected.set_style(Rect::new(19, 0, 1, 1), fly);
+        expected.set_style(Rect::new(0, 0, 1, 1), dim);
+        expected.set_style(Rect::new(0, 1, 2, 1), dim);
+        expected.set_style(Rect::new(3, 0, 8, 1), boot);
+        expected.set_style(Rect::new(11, 0, 1, 1), demand);
+        expected.set_style(Rect::new(12, 0, 1, 1), pushed);
+        expected.set_style(Rect::new(13, 0, 1, 1), fly);
         let cursor = Style::new()
             .fg(Color::White)
             .add_modifier(Modifier::BOLD | Modifier::REVERSED);
-        expected.set_style(Rect::new(20, 0, 1, 1), cursor);
-        expected.set_style(Rect::new(21, 0, 4, 1), dim);
-        expected.set_style(Rect::new(9, 1, 16, 1), dim);
-        expected.set_style(Rect::new(13, 1, 1, 1), demand);
+        expected.set_style(Rect::new(14, 0, 1, 1), cursor);
+        expected.set_style(Rect::new(15, 0, 4, 1), dim);
+        expected.set_style(Rect::new(3, 1, 16, 1), dim);
+        expected.set_style(Rect::new(7, 1, 1, 1), demand);
         // Legend: each glyph in its state's style, names dimmed, gaps plain.
         for (x, glyph, name_len) in [
             (0, dim, 4),

@@ -1,9 +1,14 @@
 //! The panes of the TUI, each drawn from borrowed snapshot data into a buffer area.
 
+pub mod detail;
+pub mod fill;
 pub mod format;
+pub mod header;
 pub mod heatmap;
+pub mod help;
 pub mod histogram;
 pub mod memmap;
+pub mod status;
 pub mod vcpus;
 
 use ratatui::buffer::Buffer;

@@ -68,7 +68,7 @@ impl Col {
             Col::P99 => "p99",
             Col::Max => "max",
             Col::Progress => "prog",
-            Col::Spark => "faults over time",
+            Col::Spark => "fault history",
         }
     }
 
@@ -319,7 +319,7 @@ mod tests {
                 "stall",
                 "p99",
                 "prog",
-                "faults over time"
+                "fault history"
             ]
         );
         assert_eq!(columns(78).last(), Some(&(Col::Spark, 13)));
@@ -361,7 +361,7 @@ mod tests {
         }
         .render(buf.area, &mut buf);
         let mut expected = Buffer::with_lines([
-            "vcpu state                      faults stall    p99  prog faults over ",
+            "vcpu state                      faults stall    p99  prog fault histor",
             "v0   running                         7    0%  2.4ms   50%         ▁▂▄█",
             "v1   stalled 0x1234000 3.2ms      1207   62%  2.4ms   50%        ██  ▁",
             "v2   done                         2407   15%  2.4ms   50%             ",

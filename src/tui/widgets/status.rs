@@ -54,3 +54,51 @@ pub fn render(area: Rect, buf: &mut Buffer, line: &StatusLine<'_>, theme: &Theme
         StatusLine::Empty => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ratatui::style::{Color, Modifier, Style};
+
+    use super::*;
+
+    #[test]
+    fn errors_stand_out_and_prompts_show_a_caret() {
+        let theme = Theme::colored();
+        let dim = Style::new().fg(Color::DarkGray);
+        let mut buf = Buffer::empty(Rect::new(0, 0, 30, 1));
+        let line = StatusLine::Message {
+            text: "lost the source",
+            error: true,
+        };
+        render(buf.area, &mut buf, &line, &theme);
+        let mut expected = Buffer::with_lines(["lost the source         ? help"]);
+        expected.set_style(
+            Rect::new(0, 0, 15, 1),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        );
+        expected.set_style(Rect::new(24, 0, 6, 1), dim);
+        assert_eq!(buf, expected);
+
+        let mut buf = Buffer::empty(Rect::new(0, 0, 30, 1));
+        let line = StatusLine::Prompt {
+            label: "inject",
+            input: "1G",
+            hint: "Esc",
+        };
+        render(buf.area, &mut buf, &line, &theme);
+        let mut expected = Buffer::with_lines(["inject> 1G  Esc         ? help"]);
+        let key = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+        expected.set_style(Rect::new(0, 0, 8, 1), key);
+        expected.set_style(
+            Rect::new(8, 0, 2, 1),
+            Style::new().add_modifier(Modifier::BOLD),
+        );
+        expected.set_style(
+            Rect::new(10, 0, 1, 1),
+            Style::new().add_modifier(Modifier::REVERSED),
+        );
+        expected.set_style(Rect::new(12, 0, 3, 1), dim);
+        expected.set_style(Rect::new(24, 0, 6, 1), dim);
+        assert_eq!(buf, expected);
+    }
+}

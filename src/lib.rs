@@ -10,6 +10,7 @@ pub mod probe;
 pub mod scenario;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tui;
 pub mod uffd;
 pub mod units;
 pub mod vmm;

@@ -1,0 +1,13 @@
+//! The live terminal UI: state and keys ([`app`]), layout ([`view`]) and panes
+//! ([`widgets`]), all drawn from [`crate::snapshot::Snapshot`]s.
+
+pub mod app;
+#[doc(hidden)]
+pub mod fixture;
+pub mod theme;
+pub mod view;
+pub mod widgets;
+
+pub use app::{App, Pane};
+pub use theme::Theme;
+pub use view::draw;

@@ -1,0 +1,91 @@
+//! The two header lines: where the run is, and what the operator controls.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+
+use super::format::{Micros, whole_secs};
+use super::text_right;
+use crate::snapshot::{Phase, Snapshot};
+use crate::tui::theme::Theme;
+use crate::units::{Bytes, Rate};
+
+/// Whether the display is frozen, and how many newer snapshots wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    Live,
+    Frozen { newer: u64 },
+}
+
+pub fn render(area: Rect, buf: &mut Buffer, s: &Snapshot, freeze: Freeze, theme: &Theme) {
+    let area = area.intersection(buf.area);
+    if area.is_empty() {
+        return;
+    }
+    let sep = || Span::styled("  ", theme.text());
+    let kv = |k: &'static str, v: String| {
+        [
+            Span::styled(k, theme.label()),
+            Span::styled(v, theme.value()),
+        ]
+    };
+    let phase_style = match s.phase {
+        Phase::Failed => theme.error(),
+        Phase::Complete | Phase::Finished => theme.good(),
+        Phase::Switchover | Phase::Postcopy => theme.warn(),
+        Phase::Warmup => theme.text(),
+    };
+    let mode = match &s.exit_path {
+        Some(p) => format!("{}/{p}", s.run.mode),
+        None => s.run.mode.clone(),
+    };
+    let mut l1 = vec![
+        Span::styled("faultline", theme.title()),
+        sep(),
+        Span::styled(s.phase.as_str(), phase_style.patch(theme.value())),
+        sep(),
+    ];
+    l1.extend(kv("elapsed ", whole_secs(s.elapsed_ms).to_string()));
+    l1.push(sep());
+    l1.extend(kv("migration ", s.migration.to_string()));
+    l1.push(sep());
+    l1.extend(kv("mode ", mode));
+    l1.push(sep());
+    l1.push(Span::styled("push ", theme.label()));
+    l1.push(if s.push_enabled {
+        Span::styled("on", theme.good())
+    } else {
+        Span::styled("off", theme.warn())
+    });
+    buf.set_line(area.x, area.y, &Line::from(l1), area.width);
+    if let Freeze::Frozen { newer } = freeze {
+        let marker = format!(" FROZEN +{newer} ");
+        text_right(buf, area, area.y, &marker, theme.frozen());
+    }
+    if area.height < 2 {
+        return;
+    }
+    let filled = s.pages.boot + s.pages.demand + s.pages.pushed;
+    let downtime = s
+        .downtime_us
+        .map_or_else(|| "-".into(), |d| Micros(d).to_string());
+    let mut l2 = Vec::with_capacity(16);
+    l2.extend(kv("throttle ", s.throttle.clone()));
+    l2.push(sep());
+    l2.extend(kv(
+        "transfer ",
+        Rate::BytesPerSec(s.transfer_bytes_per_sec).to_string(),
+    ));
+    l2.push(sep());
+    l2.extend(kv("downtime ", downtime));
+    l2.push(sep());
+    l2.extend(kv("pages ", format!("{filled}/{}", s.pages.total)));
+    l2.push(sep());
+    l2.extend(kv("ram ", Bytes(s.run.mem_bytes).to_string()));
+    l2.push(sep());
+    l2.push(Span::styled(
+        format!("{} · {}", s.run.scenario, s.run.workload),
+        theme.dim(),
+    ));
+    buf.set_line(area.x, area.y + 1, &Line::from(l2), area.width);
+}

@@ -1,0 +1,58 @@
+//! The help overlay: every key, in a centered popup.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::widgets::{Clear, Widget};
+
+use super::{pane, text};
+use crate::tui::theme::Theme;
+
+pub const KEYS: &[(&str, &str)] = &[
+    ("q  Ctrl-C", "quit"),
+    ("Tab  Shift-Tab", "next / previous pane"),
+    ("↑ ↓  j k", "select vCPU; move the map cursor"),
+    ("PgUp PgDn Home End", "page / first / last vCPU"),
+    ("← →  h l", "move the map cursor"),
+    ("Enter", "vCPU detail; inject the map cell"),
+    ("Esc", "close detail, help or prompt"),
+    ("space", "freeze / unfreeze the display"),
+    ("+ =  -", "throttle one step up / down"),
+    ("t", "type a throttle (40MiB/s, unlimited)"),
+    ("i", "type a range to inject (0x10000000+64M)"),
+    ("p", "pause / resume the background push"),
+    ("r", "migrate the guest again"),
+    ("?", "this help"),
+    ("mouse", "click a map cell to move the cursor"),
+];
+
+const KEY_W: u16 = 20;
+
+/// The popup's area: the list's size, centered, clipped to `area`.
+pub fn popup_area(area: Rect) -> Rect {
+    let desc_w = KEYS
+        .iter()
+        .map(|(_, d)| d.chars().count())
+        .max()
+        .unwrap_or(0) as u16;
+    let w = (KEY_W + desc_w + 4).min(area.width);
+    let h = (KEYS.len() as u16 + 2).min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+pub fn render(area: Rect, buf: &mut Buffer, theme: &Theme) {
+    let area = popup_area(area.intersection(buf.area));
+    if area.is_empty() {
+        return;
+    }
+    Clear.render(area, buf);
+    let inner = pane(buf, area, "keys  (? or Esc closes)", true, theme);
+    for (y, (k, d)) in (inner.y..inner.bottom()).zip(KEYS) {
+        text(buf, inner, inner.x + 1, y, k, theme.key());
+        text(buf, inner, inner.x + 1 + KEY_W, y, d, theme.text());
+    }
+}

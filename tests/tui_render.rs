@@ -1,0 +1,235 @@
+//! Whole screens of the TUI, drawn from the scripted fixture stream, as insta snapshots.
+
+use faultline::postcopy::Action;
+use faultline::tui::fixture::{self, INJECT_STEP};
+use faultline::tui::{App, Pane, Theme, draw};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::style::Color;
+
+const GIB: u64 = 1 << 30;
+
+fn terminal(w: u16, h: u16, app: &App) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, app)).unwrap();
+    t
+}
+
+fn text(buf: &Buffer) -> String {
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn screen(w: u16, h: u16, app: &App) -> String {
+    text(terminal(w, h, app).backend().buffer())
+}
+
+/// An app fed the fixture stream up to `step`, as the terminal loop would.
+fn app_at(vcpus: usize, mem: u64, step: u64) -> App {
+    let mut app = App::with_theme(Theme::colored());
+    for s in step.saturating_sub(3)..=step {
+        app.on_snapshot(fixture::snapshot(vcpus, mem, s));
+    }
+    app
+}
+
+fn key(app: &mut App, code: KeyCode) -> Option<Action> {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn keys(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+#[test]
+fn waiting_for_the_first_snapshot() {
+    let app = App::with_theme(Theme::colored());
+    insta::assert_snapshot!("waiting_80x24", screen(80, 24, &app));
+}
+
+#[test]
+fn postcopy_4_vcpus_80x24() {
+    insta::assert_snapshot!("postcopy_4v_80x24", screen(80, 24, &app_at(4, GIB, 20)));
+}
+
+#[test]
+fn postcopy_64_vcpus_80x24_after_injection() {
+    let app = app_at(64, 16 * GIB, INJECT_STEP + 2);
+    insta::assert_snapshot!("postcopy_64v_80x24", screen(80, 24, &app));
+}
+
+#[test]
+fn postcopy_4_vcpus_160x48() {
+    insta::assert_snapshot!("postcopy_4v_160x48", screen(160, 48, &app_at(4, GIB, 20)));
+}
+
+#[test]
+fn postcopy_64_vcpus_160x48_scrolled_with_map_cursor() {
+    let mut app = app_at(64, 16 * GIB, INJECT_STEP + 2);
+    terminal(160, 48, &app);
+    for _ in 0..40 {
+        key(&mut app, KeyCode::Down);
+    }
+    key(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus(), Pane::MemoryMap);
+    for c in ['j', 'j', 'l', 'l', 'l'] {
+        key(&mut app, KeyCode::Char(c));
+    }
+    insta::assert_snapshot!("postcopy_64v_160x48_map", screen(160, 48, &app));
+}
+
+#[test]
+fn finished_80x24() {
+    let app = app_at(4, GIB, fixture::FINISH_STEP);
+    insta::assert_snapshot!("finished_4v_80x24", screen(80, 24, &app));
+}
+
+#[test]
+fn help_open() {
+    let mut app = app_at(4, GIB, 20);
+    key(&mut app, KeyCode::Char('?'));
+    insta::assert_snapshot!("help_80x24", screen(80, 24, &app));
+}
+
+#[test]
+fn detail_open() {
+    let mut app = app_at(64, 16 * GIB, INJECT_STEP + 2);
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Char('j'));
+    }
+    key(&mut app, KeyCode::Enter);
+    assert!(app.detail());
+    insta::assert_snapshot!("detail_64v_80x24", screen(80, 24, &app));
+    insta::assert_snapshot!("detail_64v_160x48", screen(160, 48, &app));
+}
+
+#[test]
+fn prompt_open() {
+    let mut app = app_at(4, GIB, 20);
+    key(&mut app, KeyCode::Char('t'));
+    keys(&mut app, "25MiB/s");
+    insta::assert_snapshot!("prompt_80x24", screen(80, 24, &app));
+}
+
+#[test]
+fn frozen_marker_and_held_snapshot() {
+    let mut app = app_at(4, GIB, 20);
+    key(&mut app, KeyCode::Char(' '));
+    app.on_snapshot(fixture::snapshot(4, GIB, 21));
+    app.on_snapshot(fixture::snapshot(4, GIB, 22));
+    let s = screen(80, 24, &app);
+    assert!(s.lines().next().unwrap().ends_with("FROZEN +2"), "{s}");
+    assert!(s.contains("elapsed 10s"), "{s}");
+    key(&mut app, KeyCode::Char(' '));
+    assert!(screen(80, 24, &app).contains("elapsed 11s"));
+}
+
+#[test]
+fn no_color_means_no_colour_anywhere() {
+    for (w, h) in [(80, 24), (160, 48)] {
+        let mut app = app_at(64, 16 * GIB, INJECT_STEP + 2);
+        let mut app_plain = App::with_theme(Theme::plain());
+        for s in INJECT_STEP..=INJECT_STEP + 2 {
+            app_plain.on_snapshot(fixture::snapshot(64, 16 * GIB, s));
+        }
+        for a in [&mut app, &mut app_plain] {
+            key(a, KeyCode::Tab);
+            key(a, KeyCode::Char('t'));
+        }
+        let colored = terminal(w, h, &app);
+        let plain = terminal(w, h, &app_plain);
+        let cells = plain.backend().buffer().content();
+        for c in cells {
+            assert_eq!((c.fg, c.bg), (Color::Reset, Color::Reset), "{c:?}");
+        }
+        // Same glyphs, and modifiers still mark the cursor and focus.
+        assert_eq!(
+            text(colored.backend().buffer()),
+            text(plain.backend().buffer())
+        );
+        assert!(
+            cells
+                .iter()
+                .any(|c| c.modifier.contains(ratatui::style::Modifier::REVERSED))
+        );
+        assert!(
+            colored
+                .backend()
+                .buffer()
+                .content()
+                .iter()
+                .any(|c| c.fg != Color::Reset)
+        );
+    }
+}
+
+#[test]
+fn small_and_odd_sizes_do_not_panic() {
+    let mut apps = vec![
+        App::with_theme(Theme::plain()),
+        app_at(4, GIB, 20),
+        app_at(64, 16 * GIB, 40),
+    ];
+    let mut help = app_at(4, GIB, 20);
+    key(&mut help, KeyCode::Char('?'));
+    let mut detail = app_at(64, GIB, 20);
+    key(&mut detail, KeyCode::Enter);
+    let mut prompt = app_at(4, GIB, 20);
+    key(&mut prompt, KeyCode::Char('i'));
+    keys(&mut prompt, "0x10000000+64M");
+    let mut map = app_at(4, GIB, 20);
+    key(&mut map, KeyCode::Tab);
+    apps.extend([help, detail, prompt, map]);
+    for app in &apps {
+        for (w, h) in [
+            (0, 0),
+            (1, 1),
+            (20, 5),
+            (80, 3),
+            (40, 10),
+            (10, 40),
+            (79, 23),
+            (300, 100),
+            (119, 30),
+            (120, 29),
+        ] {
+            terminal(w, h, app);
+        }
+    }
+}
+
+#[test]
+fn clicking_a_drawn_map_cell_moves_the_cursor_and_enter_injects_it() {
+    let mut app = app_at(4, GIB, 20);
+    let t = terminal(160, 48, &app);
+    let g = app.drawn_map().expect("the map was drawn");
+    drop(t);
+    // The fourth cell of the third row.
+    app.on_mouse(MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: g.grid.x + 3,
+        row: g.grid.y + 2,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_eq!(app.focus(), Pane::MemoryMap);
+    let cell = 2 * usize::from(g.cols) + 3;
+    assert_eq!(app.map_cursor(), cell * g.per);
+    let region = app.snapshot().unwrap().memory_map.region_bytes * g.per as u64;
+    let Some(Action::Inject(r)) = key(&mut app, KeyCode::Enter) else {
+        panic!("no inject")
+    };
+    assert_eq!((r.start, r.len), (cell as u64 * region, region));
+    let s = screen(160, 48, &app);
+    assert!(s.contains(&format!("inject {:#x}+", r.start)), "{s}");
+}

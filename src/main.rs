@@ -1,7 +1,9 @@
 //! The `faultline` command line.
 
 mod cli;
+mod logging;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use faultline::guest::{Sharing, Workload};
 use faultline::postcopy::{self, FaultMode, PostcopyError, RunConfig, RunStatus, Summary};
-use faultline::snapshot::Snapshot;
+use faultline::snapshot::{Phase, Snapshot};
+use faultline::tui;
 use faultline::units::{self, Bytes, Rate};
 use faultline::{probe, scenario};
 
@@ -57,6 +60,10 @@ struct RunArgs {
     /// With --headless: print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Where the log goes (the TUI owns the terminal). Default: faultline.log in
+    /// $XDG_STATE_HOME/faultline (or ~/.local/state/faultline); headless runs log only here.
+    #[arg(long)]
+    log: Option<std::path::PathBuf>,
     #[arg(long)]
     vcpus: Option<usize>,
     /// Guest memory, e.g. 256M or 1G.
@@ -239,26 +246,102 @@ fn report_progress(s: &Snapshot) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let config = config_from(&args)?;
+    let mut config = config_from(&args)?;
     // A missing or closed /dev/kvm is the user's to fix: say so before anything starts.
     drop(faultline::vmm::open_kvm()?);
-    if !args.headless {
-        eprintln!("faultline: the live TUI is not built yet; running headless");
+    if args.headless {
+        let _log = match &args.log {
+            Some(p) => Some(logging::init(p)?),
+            None => None,
+        };
+        return run_headless(&config, args.json);
     }
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(UsageError(
+            "the live view needs a terminal on stdin and stdout; use `faultline run --headless`"
+                .into(),
+        )
+        .into());
+    }
+    if args.json {
+        return Err(UsageError("--json needs --headless".into()).into());
+    }
+    // Watched runs go on until the operator quits, unless told otherwise.
+    if args.duration.is_none() {
+        config.duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    }
+    let log_path = match &args.log {
+        Some(p) => p.clone(),
+        None => logging::default_path(),
+    };
+    let _log = logging::init(&log_path)?;
+    tracing::info!(scenario = %config.scenario, "live run starts");
+    let status = Arc::new(RunStatus::default());
+    let (actions, controls) = crossbeam_channel::bounded(64);
+    let engine = spawn_engine(&config, &status, Some(controls))?;
+    let mut feed = EngineFeed {
+        snapshots: status.subscribe(),
+        status: status.clone(),
+        actions,
+    };
+    let mut app = tui::App::new();
+    let exit = tui::terminal::run(&mut feed, &mut app);
+    // The terminal is the operator's again; the run ends with its checks.
+    status.request_stop();
+    let exit = exit?;
+    tracing::info!(?exit, "live view closed");
+    eprintln!("faultline: stopping the guest, filling what is missing and checking the data...");
+    let summary = engine
+        .join()
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
+    print_summary(&summary);
+    eprintln!("faultline: log in {}", log_path.display());
+    Ok(summary.verified)
+}
+
+fn spawn_engine(
+    config: &RunConfig,
+    status: &Arc<RunStatus>,
+    controls: Option<crossbeam_channel::Receiver<postcopy::Action>>,
+) -> anyhow::Result<std::thread::JoinHandle<Result<Summary, PostcopyError>>> {
+    let status = status.clone();
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || postcopy::run(&config, &status, controls.as_ref()))
+        .context("cannot start the engine thread")
+}
+
+/// The TUI's feed from an engine in this process.
+struct EngineFeed {
+    snapshots: postcopy::status::Subscription,
+    status: Arc<RunStatus>,
+    actions: crossbeam_channel::Sender<postcopy::Action>,
+}
+
+impl tui::Feed for EngineFeed {
+    fn latest(&mut self) -> Option<Arc<Snapshot>> {
+        self.snapshots.latest()
+    }
+
+    fn act(&mut self, action: postcopy::Action) -> Result<(), String> {
+        if matches!(self.status.phase(), Phase::Finished | Phase::Failed) {
+            return Err("the run has ended: nothing left to act on (q quits)".into());
+        }
+        self.actions
+            .try_send(action)
+            .map_err(|_| "the engine is not taking actions right now; try again".to_string())
+    }
+}
+
+fn run_headless(config: &RunConfig, json: bool) -> anyhow::Result<bool> {
     let status = Arc::new(RunStatus::default());
     let snapshots = status.subscribe();
-    let engine = {
-        let status = status.clone();
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || postcopy::run(&config, &status, None))
-            .context("cannot start the engine thread")?
-    };
+    let engine = spawn_engine(config, &status, None)?;
     let mut last_report = Instant::now();
     while !engine.is_finished() {
         if let Some(s) = snapshots.recv_timeout(Duration::from_millis(50))
-            && !args.json
+            && !json
             && last_report.elapsed() >= Duration::from_secs(1)
         {
             report_progress(&s);
@@ -269,7 +352,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
     let summary = summary?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);

@@ -4,10 +4,12 @@
 pub mod app;
 #[doc(hidden)]
 pub mod fixture;
+pub mod terminal;
 pub mod theme;
 pub mod view;
 pub mod widgets;
 
 pub use app::{App, Pane};
+pub use terminal::{Feed, TuiError};
 pub use theme::Theme;
 pub use view::draw;

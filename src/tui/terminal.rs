@@ -1,0 +1,150 @@
+//! The terminal side of the TUI: raw mode and the alternate screen (restored on quit, on
+//! panic and on SIGTERM), and the loop that draws at a fixed frame rate from whatever
+//! [`Feed`] supplies snapshots and takes the operator's actions.
+
+use std::io::{self, Stdout, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event};
+use ratatui::crossterm::execute;
+use ratatui::crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+
+use super::{App, draw};
+use crate::postcopy::Action;
+use crate::snapshot::Snapshot;
+
+/// Frames per second: smooth enough to watch stalls come and go, cheap enough to ignore.
+pub const FPS: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("terminal: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot watch for SIGTERM: {0}")]
+    Signal(io::Error),
+}
+
+/// Where snapshots come from and where actions go: an engine in this process, a control
+/// socket or a recording. The UI knows nothing else of its source.
+pub trait Feed {
+    /// The newest snapshot since the last call, if any; never blocks.
+    fn latest(&mut self) -> Option<Arc<Snapshot>>;
+    /// Carries out an operator's action; the error is shown in the status line.
+    fn act(&mut self, action: Action) -> Result<(), String>;
+}
+
+/// Raw mode, the alternate screen and mouse reporting, undone on drop and on panic.
+pub struct TerminalGuard {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let mut out = io::stdout();
+    let _ = execute!(
+        out,
+        DisableMouseCapture,
+        LeaveAlternateScreen,
+        ratatui::crossterm::cursor::Show
+    );
+    let _ = out.flush();
+}
+
+impl TerminalGuard {
+    pub fn enter() -> Result<TerminalGuard, TuiError> {
+        // A panic anywhere must leave a usable shell behind it, then report as usual.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+        enable_raw_mode()?;
+        let mut out = io::stdout();
+        if let Err(e) = execute!(out, EnterAlternateScreen, EnableMouseCapture) {
+            restore();
+            return Err(e.into());
+        }
+        let terminal = match Terminal::new(CrosstermBackend::new(out)) {
+            Ok(t) => t,
+            Err(e) => {
+                restore();
+                return Err(e.into());
+            }
+        };
+        Ok(TerminalGuard { terminal })
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `q` or Ctrl-C.
+    Quit,
+    /// SIGTERM, SIGHUP or SIGINT from outside.
+    Signal,
+}
+
+/// Runs the UI until the operator quits or a terminating signal arrives.
+pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(sig, signalled.clone()).map_err(TuiError::Signal)?;
+    }
+    let mut guard = TerminalGuard::enter()?;
+    let frame = Duration::from_secs(1) / FPS;
+    let mut next_frame = Instant::now();
+    let mut dirty = true;
+    loop {
+        if signalled.load(Ordering::Relaxed) {
+            return Ok(Exit::Signal);
+        }
+        if let Some(s) = feed.latest() {
+            app.on_snapshot(Arc::unwrap_or_clone(s));
+            dirty = true;
+        }
+        let now = Instant::now();
+        if dirty && now >= next_frame {
+            guard.terminal.draw(|f| draw(f, app))?;
+            dirty = false;
+            next_frame = now + frame;
+        }
+        // Input is read between frames; a key is handled at once and drawn next frame.
+        let wait = next_frame
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5));
+        if event::poll(wait)? {
+            match event::read()? {
+                Event::Key(k) => {
+                    if let Some(action) = app.on_key(k)
+                        && let Err(e) = feed.act(action)
+                    {
+                        app.set_error(e);
+                    }
+                }
+                Event::Mouse(m) => app.on_mouse(m),
+                Event::Resize(..) => guard.terminal.autoresize()?,
+                _ => {}
+            }
+            dirty = true;
+        }
+        if app.should_quit() {
+            return Ok(Exit::Quit);
+        }
+    }
+}

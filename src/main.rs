@@ -3,7 +3,7 @@
 mod cli;
 mod logging;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -163,13 +163,15 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     Ok(c)
 }
 
-fn print_summary(s: &Summary) {
+/// The summary as text; write errors are the caller's (a hung-up terminal is not fatal).
+fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
     let verdict = if s.verified {
         "verified"
     } else {
         "NOT VERIFIED"
     };
-    println!(
+    writeln!(
+        out,
         "{}: {} vCPUs, {}, {} mode{}, workload {}",
         s.scenario,
         s.vcpus,
@@ -180,8 +182,9 @@ fn print_summary(s: &Summary) {
             .map(|p| format!(" via {p}"))
             .unwrap_or_default(),
         s.workload
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "downtime {} us, post-copy {} ms{}, {} at {}/s (throttle {})",
         s.downtime_us,
         s.postcopy_ms,
@@ -193,8 +196,9 @@ fn print_summary(s: &Summary) {
         Bytes(s.bytes_transferred),
         Bytes(s.transfer_bytes_per_sec),
         s.throttle
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "pages: {} total, {} boot, {} demand, {} pushed, {} injected, {} refetched",
         s.pages_total,
         s.pages_boot,
@@ -202,14 +206,19 @@ fn print_summary(s: &Summary) {
         s.pages_pushed,
         s.pages_injected,
         s.pages_refetched
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "all vCPUs blocked {:.1} ms; fault latency p50 {} us, p99 {} us, max {} us",
         s.blocktime_all_ms, s.latency_us.p50, s.latency_us.p99, s.latency_us.max
-    );
-    println!("vcpu  faults  stall ms   p50 us  p99 us  max us  guest accesses");
+    )?;
+    writeln!(
+        out,
+        "vcpu  faults  stall ms   p50 us  p99 us  max us  guest accesses"
+    )?;
     for v in &s.per_vcpu {
-        println!(
+        writeln!(
+            out,
             "{:>4} {:>7} {:>9.1} {:>8} {:>7} {:>7} {:>15}",
             v.vcpu,
             v.fault_exits,
@@ -218,12 +227,18 @@ fn print_summary(s: &Summary) {
             v.latency_us.p99,
             v.latency_us.max,
             v.guest_progress
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{verdict}: {} pages checked, {} mismatches, {} guest errors, {} telemetry events dropped",
         s.verify.pages_checked, s.verify.mismatches, s.verify.guest_errors, s.telemetry_dropped
-    );
+    )?;
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let _ = write_summary(&mut std::io::stdout().lock(), s);
 }
 
 /// One status line on stderr from a snapshot, while a headless run goes on.
@@ -290,12 +305,20 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     status.request_stop();
     let exit = exit?;
     tracing::info!(?exit, "live view closed");
-    eprintln!("faultline: stopping the guest, filling what is missing and checking the data...");
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
+        "faultline: stopping the guest, filling what is missing and checking the data..."
+    );
     let summary = engine
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
+    // The terminal may be gone (exit on hang-up): the log keeps the summary either way.
+    if let Ok(json) = serde_json::to_string(&summary) {
+        tracing::info!(summary = %json, "run finished");
+    }
     print_summary(&summary);
-    eprintln!("faultline: log in {}", log_path.display());
+    let _ = writeln!(err, "faultline: log in {}", log_path.display());
     Ok(summary.verified)
 }
 

@@ -73,7 +73,8 @@ pub struct RunInfo {
     pub page_size: u64,
 }
 
-/// Page counts of the current migration.
+/// Pages of the current migration by where they are now (demand and pushed count pages
+/// present, a refetched page once); `injected` counts pages made missing so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageCounts {
     pub total: u64,

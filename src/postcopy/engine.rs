@@ -333,6 +333,7 @@ fn switch_over(
         )?);
     }
 
+    tracing::debug!(number, "destination ready");
     status.set_phase(Phase::Switchover);
     let t0 = Instant::now();
     let states = source_vm.pause_and_capture_all()?;
@@ -473,16 +474,27 @@ fn migrate(
         downtime: None,
         baseline_per_sec: Vec::new(),
     });
-    let warm_start = Instant::now();
+    // The baseline comes from the warm-up's second half: the first pays for the source's
+    // own first touches of fresh memory.
+    let accesses = |vm: &Vm| -> Vec<u64> {
+        vm.vcpus()
+            .iter()
+            .map(|v| v.stats().guest_accesses.load(Ordering::Relaxed))
+            .collect()
+    };
     source_vm.resume_all()?;
-    run_for(&source_vm, config.warmup)?;
-    let warm_secs = warm_start.elapsed().as_secs_f64();
-    let baseline: Vec<f64> = source_vm
-        .vcpus()
+    tracing::debug!("warm-up: source running");
+    run_for(&source_vm, config.warmup / 2)?;
+    let (half_at, half) = (Instant::now(), accesses(&source_vm));
+    run_for(&source_vm, config.warmup - config.warmup / 2)?;
+    let secs = half_at.elapsed().as_secs_f64().max(1e-6);
+    let baseline: Vec<f64> = accesses(&source_vm)
         .iter()
-        .map(|v| v.stats().guest_accesses.load(Ordering::Relaxed) as f64 / warm_secs)
+        .zip(&half)
+        .map(|(end, mid)| end.saturating_sub(*mid) as f64 / secs)
         .collect();
 
+    tracing::debug!(?baseline, "warm-up done");
     let mut leg = switch_over(config, source_vm, 1, &baseline, status)?;
     let first_switch = leg.switched_at;
     let mut timeline = config.timeline.clone();

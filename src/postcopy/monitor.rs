@@ -442,11 +442,14 @@ impl Monitor {
                 },
             );
         };
-        let mut in_flight = 0;
+        // Counts of pages as they are now (a refetched page counts once), from the map.
+        let (mut in_flight, mut demand, mut pushed) = (0, 0, 0);
         let map = (0..cells)
             .map(|c| {
                 let t = dest.pages().tally(c * per_cell..(c + 1) * per_cell);
                 in_flight += t.get(PageState::Requested);
+                demand += t.get(PageState::FilledByDemand);
+                pushed += t.get(PageState::FilledByPush);
                 MapCell {
                     missing: t.get(PageState::Missing) as u32,
                     in_flight: t.get(PageState::Requested) as u32,
@@ -457,13 +460,12 @@ impl Monitor {
                 }
             })
             .collect();
-        let run = &dest.telemetry().run;
         let counts = PageCounts {
             total,
             boot: BOOT_PAGES,
-            demand: run.pages_demand.load(Ordering::Relaxed),
-            pushed: run.pages_pushed.load(Ordering::Relaxed),
-            injected: run.pages_injected.load(Ordering::Relaxed),
+            demand,
+            pushed,
+            injected: dest.telemetry().run.pages_injected.load(Ordering::Relaxed),
             missing: dest.missing(),
             in_flight,
         };

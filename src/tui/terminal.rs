@@ -92,11 +92,27 @@ impl Drop for TerminalGuard {
 pub enum Exit {
     /// `q` or Ctrl-C.
     Quit,
-    /// SIGTERM, SIGHUP or SIGINT from outside.
+    /// SIGTERM, SIGHUP or SIGINT from outside, or the terminal hung up.
     Signal,
 }
 
-/// Runs the UI until the operator quits or a terminating signal arrives.
+/// Waits up to `timeout` for input on the terminal. True if the terminal has gone away
+/// (window closed, ssh link dropped): reads then return nothing forever, crossterm's own
+/// poll spins on that, and no SIGHUP is promised to reach us.
+fn wait_hung_up(timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd. A signal (SIGWINCH, SIGTERM) ends the wait early: fine.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Runs the UI until the operator quits, the terminal goes away or a terminating signal
+/// arrives.
 pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
     let signalled = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -128,7 +144,11 @@ pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
         let wait = next_frame
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(5));
-        if event::poll(wait)? {
+        if wait_hung_up(wait) {
+            return Ok(Exit::Signal);
+        }
+        // Crossterm may hold several parsed events from one read: take them all.
+        while event::poll(Duration::ZERO)? {
             match event::read()? {
                 Event::Key(k) => {
                     if let Some(action) = app.on_key(k)

@@ -1,0 +1,288 @@
+//! The real binary in a pseudo-terminal, on the real /dev/kvm: what an operator sees and
+//! does. The screen is read back through a terminal emulator (vt100).
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+
+const ROWS: u16 = 30;
+const COLS: u16 = 100;
+
+struct Session {
+    screen: Arc<Mutex<vt100::Parser>>,
+    raw: Arc<Mutex<Vec<u8>>>,
+    writer: Option<Box<dyn Write + Send>>,
+    _master: Box<dyn portable_pty::MasterPty + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    log: tempfile_path::TempLog,
+}
+
+/// A log file path that is removed at the end of the test.
+mod tempfile_path {
+    pub struct TempLog(pub std::path::PathBuf);
+    impl Drop for TempLog {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Session {
+    fn start(args: &[&str]) -> Session {
+        let pty = native_pty_system()
+            .openpty(PtySize {
+                rows: ROWS,
+                cols: COLS,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .unwrap();
+        let log = std::env::temp_dir().join(format!("faultline-e2e-{}.log", std::process::id()));
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_faultline"));
+        cmd.args(args);
+        cmd.arg("--log");
+        cmd.arg(&log);
+        cmd.env("TERM", "xterm-256color");
+        let child = pty.slave.spawn_command(cmd).unwrap();
+        drop(pty.slave);
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(
+            std::num::NonZero::new(ROWS).unwrap(),
+            std::num::NonZero::new(COLS).unwrap(),
+            0,
+        )));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = pty.master.try_clone_reader().unwrap();
+        let (s, r) = (screen.clone(), raw.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().process(&buf[..n]);
+                r.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let writer = pty.master.take_writer().unwrap();
+        Session {
+            screen,
+            raw,
+            writer: Some(writer),
+            _master: pty.master,
+            child,
+            log: tempfile_path::TempLog(log),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let t = self.text();
+            if pred(&t) {
+                return t;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}; screen:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn keys(&mut self, s: &str) {
+        let w = self.writer.as_mut().unwrap();
+        w.write_all(s.as_bytes()).unwrap();
+        w.flush().unwrap();
+    }
+
+    fn wait_exit(&mut self) -> portable_pty::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the program did not exit; screen:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A failed test must not leave a VM running behind it.
+        let _ = self.child.kill();
+    }
+}
+
+/// A number that follows `label ` on the screen, e.g. `missing 1234`.
+fn number_after(screen: &str, label: &str) -> Option<u64> {
+    let rest = &screen[screen.find(label)? + label.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Total fault count over the vCPU rows (`vN state... faults ...`).
+fn total_faults(screen: &str) -> u64 {
+    screen
+        .lines()
+        .filter_map(|l| {
+            let t: Vec<&str> = l.trim_start_matches('│').split_whitespace().collect();
+            let is_row = t.first().is_some_and(|f| {
+                f.len() > 1 && f.starts_with('v') && f[1..].chars().all(|c| c.is_ascii_digit())
+            });
+            if !is_row {
+                return None;
+            }
+            let at = if t.get(1) == Some(&"stalled") { 4 } else { 2 };
+            t.get(at)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_closed_terminal_ends_the_run_and_the_log_keeps_its_summary() {
+    let mut s = Session::start(&["run", "--vcpus", "1", "--mem", "128M", "--warmup", "200ms"]);
+    s.wait_for("the post-copy screen", |t| {
+        t.contains("post-copy") && t.contains("v0")
+    });
+    // What a closed window or a dropped ssh link sends to the terminal's processes.
+    let pid = s.child.process_id().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    s.wait_exit();
+    let log = std::fs::read_to_string(&s.log.0).unwrap();
+    assert!(log.contains("live view closed"), "{log}");
+    assert!(
+        log.contains("run finished") && log.contains("\"verified\":true"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigterm_restores_the_terminal_and_still_checks_the_run() {
+    let mut s = Session::start(&["run", "--vcpus", "1", "--mem", "128M", "--warmup", "200ms"]);
+    s.wait_for("the post-copy screen", |t| {
+        t.contains("post-copy") && t.contains("v0")
+    });
+    let pid = s.child.process_id().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = s.wait_exit();
+    assert!(status.success(), "{status:?}");
+    let raw = String::from_utf8_lossy(&s.raw.lock().unwrap()).to_string();
+    assert!(raw.contains("\x1b[?1049l"), "alternate screen not left");
+    assert!(!s.screen.lock().unwrap().screen().alternate_screen());
+    assert!(s.text().contains("verified"), "{}", s.text());
+}
+
+fn percent_filled(screen: &str) -> Option<f64> {
+    screen.lines().find_map(|l| {
+        let l = l.trim_end();
+        let p = l.strip_suffix('%')?;
+        p.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+#[test]
+fn a_live_run_shows_vcpus_and_progress_takes_throttle_and_quits_cleanly() {
+    let mut s = Session::start(&[
+        "run",
+        "--vcpus",
+        "2",
+        "--mem",
+        "256M",
+        "--fetch-rate",
+        "8MiB/s",
+        "--warmup",
+        "300ms",
+    ]);
+    let first = s.wait_for("the post-copy screen", |t| {
+        t.contains("post-copy") && t.contains("v0") && t.contains("v1") && t.contains("8.0 MiB/s")
+    });
+    let p0 = percent_filled(&first).unwrap_or(0.0);
+    let later = s.wait_for("the gauge to move", |t| {
+        percent_filled(t).is_some_and(|p| p > p0 + 1.0)
+    });
+    assert!(total_faults(&later) > 0, "{later}");
+
+    // `+` steps the throttle up the ladder; the header shows it.
+    s.keys("+");
+    s.wait_for("the new throttle", |t| t.contains("throttle 10.0 MiB/s"));
+
+    // `?` opens the help over everything; Esc closes it.
+    s.keys("?");
+    s.wait_for("help", |t| t.contains("Enter") && t.contains("quit"));
+    s.keys("\x1b");
+    // A lone Esc followed at once by a key reads as Alt+key: let it land first.
+    s.wait_for("help to close", |t| !t.contains("quit"));
+
+    // A bad rate is refused in the status line, and the run goes on.
+    s.keys("tbanana\r");
+    s.wait_for("the error", |t| t.contains("banana"));
+
+    s.keys("q");
+    let status = s.wait_exit();
+    assert!(status.success(), "exit {status:?}");
+    let raw = s.raw.lock().unwrap().clone();
+    let raw = String::from_utf8_lossy(&raw);
+    // Left the alternate screen and showed the cursor again; then the summary.
+    assert!(raw.contains("\x1b[?1049l"), "alternate screen not left");
+    assert!(raw.contains("\x1b[?25h"), "cursor not shown again");
+    assert!(!s.screen.lock().unwrap().screen().alternate_screen());
+    let after = s.text();
+    assert!(after.contains("verified"), "{after}");
+}
+
+#[test]
+fn an_injected_range_turns_missing_and_faults_follow() {
+    let mut s = Session::start(&[
+        "run",
+        "--vcpus",
+        "2",
+        "--mem",
+        "256M",
+        "--workload",
+        "sequential-read",
+        "--fetch-rate",
+        "unlimited",
+        "--warmup",
+        "300ms",
+    ]);
+    let done = s.wait_for("post-copy to complete", |t| {
+        t.contains("complete") && t.contains("v1")
+    });
+    let faults_before = total_faults(&done);
+    // With the push paused, only the vCPUs' own faults bring pages back.
+    s.keys("p");
+    s.wait_for("push off", |t| t.contains("push off"));
+    // 64 MiB that both vCPUs read through: it goes missing and comes back on demand.
+    s.keys("i0x4000000+64M\r");
+    let after = s.wait_for("the injection", |t| t.contains("injected"));
+    assert!(after.contains("injected 16384 pages"), "{after}");
+    let refaulted = s.wait_for("new faults", |t| total_faults(t) > faults_before);
+    assert!(
+        number_after(&refaulted, "demand").is_some_and(|d| d > 0),
+        "{refaulted}"
+    );
+
+    // A range outside RAM is refused where it is typed; nothing is sent.
+    s.keys("i0x40000000+1M\r");
+    s.wait_for("the refusal", |t| t.contains("outside"));
+
+    s.keys("q");
+    assert!(s.wait_exit().success());
+}

@@ -448,3 +448,103 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
         max_us: downtimes[downtimes.len() - 1],
     })
 }
+
+/// What a frame of the live view costs: building the snapshot from the engine's state
+/// (counters, events, the page-state map) and drawing it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameResult {
+    pub vcpus: usize,
+    pub mem_bytes: u64,
+    pub width: u16,
+    pub height: u16,
+    pub frames: usize,
+    /// Fault events folded into each snapshot.
+    pub events_per_frame: usize,
+    pub build_us_median: u64,
+    pub build_us_max: u64,
+    pub draw_us_median: u64,
+    pub draw_us_max: u64,
+}
+
+/// Builds and draws `frames` frames of a run with `vcpus` vCPUs over `mem_bytes`, with
+/// fault events arriving between frames, and times both halves.
+pub fn measure_frame(
+    vcpus: usize,
+    mem_bytes: u64,
+    (width, height): (u16, u16),
+    frames: usize,
+) -> Result<FrameResult, BenchError> {
+    use crate::postcopy::{LiveMigration, Monitor, RunStatus};
+    use crate::snapshot::RunInfo;
+    use crate::telemetry::Event;
+
+    const EVENTS_PER_FRAME: usize = 5000;
+    let ram = Arc::new(GuestRam::new(mem_bytes)?);
+    let telemetry = Arc::new(Telemetry::new(vcpus));
+    let dest = Arc::new(Destination::new(
+        ram,
+        Arc::new(Userfaultfd::new(Features::NONE, true)?),
+        Arc::new(InProcessSource::new(Arc::new(GuestRam::new(mem_bytes)?))),
+        Throttle::new(Rate::Unlimited),
+        Duration::ZERO,
+        telemetry.clone(),
+    )?);
+    let status = RunStatus::default();
+    status.set_live(LiveMigration {
+        number: 1,
+        vcpus: Vec::new(),
+        dest: Some(dest),
+        switched_at: Some(Instant::now()),
+        downtime: Some(Duration::ZERO),
+        baseline_per_sec: vec![1.0; vcpus],
+    });
+    let mut monitor = Monitor::new(RunInfo {
+        scenario: "bench-frame".into(),
+        mode: "exit".into(),
+        workload: "random-read".into(),
+        vcpus,
+        mem_bytes,
+        page_size: PAGE_SIZE,
+    })?;
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
+        .map_err(|e| BenchError::Config(format!("test terminal: {e}")))?;
+    let mut app = crate::tui::App::new();
+    let (mut build, mut draw) = (Vec::new(), Vec::new());
+    let mut gpa = BOOT_SIZE;
+    for _ in 0..frames.max(1) {
+        let now = telemetry.now_ns();
+        for i in 0..EVENTS_PER_FRAME {
+            gpa = BOOT_SIZE + (gpa * 7919 + 4096) % (mem_bytes - BOOT_SIZE) / PAGE_SIZE * PAGE_SIZE;
+            telemetry.emit(Event::Fault {
+                vcpu: Some((i % vcpus) as u16),
+                gpa,
+                start_ns: now,
+                end_ns: now + 1000 * (1 + i as u64 % 5000),
+            });
+        }
+        let t = Instant::now();
+        let snapshot = monitor.tick(&status);
+        build.push(t.elapsed());
+        app.on_snapshot(snapshot);
+        let t = Instant::now();
+        terminal
+            .draw(|f| crate::tui::draw(f, &app))
+            .map_err(|e| BenchError::Config(format!("test terminal: {e}")))?;
+        draw.push(t.elapsed());
+    }
+    build.sort_unstable();
+    draw.sort_unstable();
+    let us = |d: &Duration| d.as_micros() as u64;
+    Ok(FrameResult {
+        vcpus,
+        mem_bytes,
+        width,
+        height,
+        frames: build.len(),
+        events_per_frame: EVENTS_PER_FRAME,
+        build_us_median: us(&build[build.len() / 2]),
+        build_us_max: build.last().map_or(0, us),
+        draw_us_median: us(&draw[draw.len() / 2]),
+        draw_us_max: draw.last().map_or(0, us),
+    })
+}

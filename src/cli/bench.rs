@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use faultline::bench::{self, BenchMode, BenchResult, DowntimeResult, PushResult, TrialConfig};
+use faultline::bench::{
+    self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
+};
 use faultline::units::Bytes;
 use serde::Serialize;
 
@@ -49,6 +51,11 @@ pub struct BenchArgs {
     /// Also measure switchover downtime with this many vCPUs (0 to skip).
     #[arg(long, default_value_t = 4)]
     downtime_vcpus: usize,
+    /// Also time the live view's frames: this many vCPUs over --frame-mem (0 to skip).
+    #[arg(long, default_value_t = 64)]
+    frame_vcpus: usize,
+    #[arg(long, value_parser = crate::parse_size, default_value = "16G")]
+    frame_mem: u64,
     /// Print one JSON object with a `results` list.
     #[arg(long)]
     json: bool,
@@ -70,6 +77,7 @@ struct Report {
     telemetry_ratios: Vec<Ratio>,
     push: Option<PushResult>,
     downtime: Option<DowntimeResult>,
+    frames: Vec<FrameResult>,
 }
 
 fn k(v: f64) -> String {
@@ -187,8 +195,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let downtime = (args.downtime_vcpus > 0)
         .then(|| bench::measure_downtime(args.downtime_vcpus, args.repeat.max(5)))
         .transpose()?;
+    let frames = if args.frame_vcpus > 0 {
+        [(80, 24), (160, 48)]
+            .into_iter()
+            .map(|size| bench::measure_frame(args.frame_vcpus, args.frame_mem, size, 50))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     if args.json {
         let report = Report {
+            frames,
             push,
             downtime,
             mem_per_vcpu: args.mem_per_vcpu,
@@ -215,6 +232,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 p.bytes_per_sec / 1e9,
                 p.bytes_per_sec_min / 1e9,
                 p.bytes_per_sec_max / 1e9
+            );
+        }
+        for f in &frames {
+            println!(
+                "live view frame, {} vCPUs, {} map, {}x{}: build {} us, draw {} us (median; max {} + {})",
+                f.vcpus,
+                Bytes(f.mem_bytes),
+                f.width,
+                f.height,
+                f.build_us_median,
+                f.draw_us_median,
+                f.build_us_max,
+                f.draw_us_max
             );
         }
         if let Some(d) = downtime {

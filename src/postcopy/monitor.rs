@@ -25,6 +25,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Samples kept for "the last second" rates.
 const WINDOW: usize = 11;
 const MAX_INJECTIONS: usize = 16;
+/// Pages of the page-state map read per snapshot (4 GiB of guest memory).
+const SCAN_PAGES_PER_TICK: u64 = 1 << 20;
 
 /// One sample of a vCPU's cumulative counters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +71,9 @@ pub struct Monitor {
     fault_columns: VecDeque<Vec<u32>>,
     injections: VecDeque<InjectionRecord>,
     message: Option<String>,
+    /// The memory map as last read, and the next cell to read.
+    cells: Vec<MapCell>,
+    scan_cursor: usize,
 }
 
 fn region_size(mem: u64, parts: usize) -> u64 {
@@ -107,6 +112,8 @@ impl Monitor {
             fault_columns: VecDeque::from([vec![0; fault_rows]]),
             injections: VecDeque::new(),
             message: None,
+            cells: Vec::new(),
+            scan_cursor: 0,
         };
         for t in &mut m.vcpus {
             t.regions = vec![(0, 0); cells];
@@ -261,6 +268,8 @@ impl Monitor {
             t.window.clear();
         }
         self.window.clear();
+        self.cells = self.empty_map();
+        self.scan_cursor = 0;
         self.leg = Some(live);
     }
 
@@ -410,70 +419,74 @@ impl Monitor {
         out
     }
 
-    /// Page counts and the memory map, read from the page-state map (one byte a page).
-    fn sample_pages(&self, leg: Option<&LiveMigration>) -> (PageCounts, MemoryMap) {
+    /// The memory map as the destination saw it before the switchover: nothing there but
+    /// the boot region.
+    fn empty_map(&self) -> Vec<MapCell> {
         let total = self.info.mem_bytes / PAGE_SIZE;
         let per_cell = self.map_region_bytes / PAGE_SIZE;
-        let cells = total.div_ceil(per_cell);
-        let Some(dest) = leg.and_then(|l| l.dest.as_ref()) else {
-            // Before the switchover the destination holds nothing but what comes with it.
-            let map = (0..cells)
-                .map(|c| {
-                    let pages = (c * per_cell..((c + 1) * per_cell).min(total)).count() as u64;
-                    let boot = BOOT_PAGES.saturating_sub(c * per_cell).min(pages);
-                    MapCell {
-                        missing: (pages - boot) as u32,
-                        boot: boot as u32,
-                        ..MapCell::default()
-                    }
-                })
-                .collect();
-            let counts = PageCounts {
-                total,
-                boot: BOOT_PAGES,
-                missing: total - BOOT_PAGES,
-                ..PageCounts::default()
-            };
-            return (
-                counts,
-                MemoryMap {
-                    region_bytes: self.map_region_bytes,
-                    cells: map,
-                },
-            );
-        };
-        // Counts of pages as they are now (a refetched page counts once), from the map.
-        let (mut in_flight, mut demand, mut pushed) = (0, 0, 0);
-        let map = (0..cells)
+        (0..total.div_ceil(per_cell))
             .map(|c| {
-                let t = dest.pages().tally(c * per_cell..(c + 1) * per_cell);
-                in_flight += t.get(PageState::Requested);
-                demand += t.get(PageState::FilledByDemand);
-                pushed += t.get(PageState::FilledByPush);
+                let pages = ((c + 1) * per_cell).min(total) - c * per_cell;
+                let boot = BOOT_PAGES.saturating_sub(c * per_cell).min(pages);
                 MapCell {
+                    missing: (pages - boot) as u32,
+                    boot: boot as u32,
+                    ..MapCell::default()
+                }
+            })
+            .collect()
+    }
+
+    /// Page counts and the memory map, read from the page-state map (one byte a page). At
+    /// most [`SCAN_PAGES_PER_TICK`] pages are read a tick, round robin: a huge guest's map
+    /// refreshes over a few ticks instead of one costly one.
+    fn sample_pages(&mut self, leg: Option<&LiveMigration>) -> (PageCounts, MemoryMap) {
+        let total = self.info.mem_bytes / PAGE_SIZE;
+        let per_cell = self.map_region_bytes / PAGE_SIZE;
+        if self.cells.is_empty() {
+            self.cells = self.empty_map();
+        }
+        let mut counts = PageCounts {
+            total,
+            boot: BOOT_PAGES,
+            missing: total - BOOT_PAGES,
+            ..PageCounts::default()
+        };
+        if let Some(dest) = leg.and_then(|l| l.dest.as_ref()) {
+            let n = self.cells.len();
+            let mut budget = SCAN_PAGES_PER_TICK;
+            for _ in 0..n {
+                if budget == 0 {
+                    break;
+                }
+                let c = self.scan_cursor % n;
+                self.scan_cursor = (c + 1) % n;
+                let first = c as u64 * per_cell;
+                let t = dest.pages().tally(first..first + per_cell);
+                budget = budget.saturating_sub(per_cell);
+                self.cells[c] = MapCell {
                     missing: t.get(PageState::Missing) as u32,
                     in_flight: t.get(PageState::Requested) as u32,
                     demand: t.get(PageState::FilledByDemand) as u32,
                     pushed: t.get(PageState::FilledByPush) as u32,
                     boot: t.get(PageState::Boot) as u32,
                     injected: t.injected as u32,
-                }
-            })
-            .collect();
-        let counts = PageCounts {
-            total,
-            boot: BOOT_PAGES,
-            demand,
-            pushed,
-            injected: dest.telemetry().run.pages_injected.load(Ordering::Relaxed),
-            missing: dest.missing(),
-            in_flight,
-        };
+                };
+            }
+            // Pages as they are now (a refetched page counts once), from the map.
+            for cell in &self.cells {
+                counts.demand += u64::from(cell.demand);
+                counts.pushed += u64::from(cell.pushed);
+                counts.in_flight += u64::from(cell.in_flight);
+            }
+            counts.injected = dest.telemetry().run.pages_injected.load(Ordering::Relaxed);
+            counts.missing = dest.missing();
+        }
         (
             counts,
             MemoryMap {
                 region_bytes: self.map_region_bytes,
-                cells: map,
+                cells: self.cells.clone(),
             },
         )
     }

@@ -132,11 +132,31 @@ impl PageStateMap {
     pub fn tally(&self, pages: std::ops::Range<u64>) -> Tally {
         let end = pages.end.min(self.len()) as usize;
         let start = (pages.start as usize).min(end);
+        // One counter per byte value, no branches: the map can be millions of pages.
+        let mut by_value = [0u64; 256];
+        let slice = &self.pages[start..end];
+        let mut chunks = slice.chunks_exact(16);
+        for chunk in &mut chunks {
+            // Runs of one state are the common case: count them without a per-page
+            // increment chain on one counter.
+            let first = chunk[0].load(Ordering::Relaxed);
+            if chunk.iter().all(|p| p.load(Ordering::Relaxed) == first) {
+                by_value[usize::from(first)] += 16;
+            } else {
+                for p in chunk {
+                    by_value[usize::from(p.load(Ordering::Relaxed))] += 1;
+                }
+            }
+        }
+        for p in chunks.remainder() {
+            by_value[usize::from(p.load(Ordering::Relaxed))] += 1;
+        }
         let mut t = Tally::default();
-        for p in &self.pages[start..end] {
-            let v = p.load(Ordering::Relaxed);
-            t.by_state[PageState::from_u8(v) as usize] += 1;
-            t.injected += u64::from(v & INJECTED != 0);
+        for (v, &n) in by_value.iter().enumerate().filter(|(_, n)| **n > 0) {
+            t.by_state[PageState::from_u8(v as u8) as usize] += n;
+            if v as u8 & INJECTED != 0 {
+                t.injected += n;
+            }
         }
         t
     }

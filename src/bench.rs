@@ -165,11 +165,11 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let program = guest::assemble(&workload, c.vcpus, &layout::placement(mem))?;
     let ram = Arc::new(GuestRam::new(mem)?);
     let data_pages = (mem - BOOT_SIZE) / PAGE_SIZE;
-    // Room for every event (a fault and a fill per page): the aggregator reads them after
-    // the trial, not during.
+    // Room for every event (a fault per page): the aggregator reads them after the trial,
+    // not during.
     let telemetry = Arc::new(Telemetry::with_capacity(
         c.vcpus,
-        2 * data_pages as usize + 1024,
+        data_pages as usize + 1024,
         c.telemetry,
     ));
     let mut dest = None;
@@ -292,18 +292,34 @@ pub struct BenchResult {
     pub telemetry_dropped: u64,
 }
 
-/// Runs `repeat` trials of `c` and keeps the median by pages/s.
-pub fn measure(c: &TrialConfig, repeat: usize) -> Result<BenchResult, BenchError> {
-    let mut trials = (0..repeat.max(1))
-        .map(|_| run_trial(c))
-        .collect::<Result<Vec<_>, _>>()?;
+/// Runs every configuration once per round, `repeat` rounds: drift in the machine (other
+/// load, memory state) spreads over all of them instead of biasing the last ones, which
+/// matters for ratios such as telemetry on over off.
+pub fn measure_interleaved(
+    configs: &[TrialConfig],
+    repeat: usize,
+) -> Result<Vec<BenchResult>, BenchError> {
+    let mut trials: Vec<Vec<Trial>> = configs.iter().map(|_| Vec::new()).collect();
+    for _ in 0..repeat.max(1) {
+        for (c, t) in configs.iter().zip(trials.iter_mut()) {
+            t.push(run_trial(c)?);
+        }
+    }
+    Ok(configs
+        .iter()
+        .zip(trials)
+        .map(|(c, t)| summarize(c, t))
+        .collect())
+}
+
+fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
     trials.sort_by(|a, b| a.pages_per_sec().total_cmp(&b.pages_per_sec()));
     let min = trials.first().map_or(0.0, Trial::pages_per_sec);
     let max = trials.last().map_or(0.0, Trial::pages_per_sec);
     let median = &trials[trials.len() / 2];
     let per_vcpu = median.per_vcpu_pages_per_sec.iter().sum::<f64>()
         / median.per_vcpu_pages_per_sec.len().max(1) as f64;
-    Ok(BenchResult {
+    BenchResult {
         mode: c.mode,
         vcpus: c.vcpus,
         readers: if c.mode == BenchMode::Uffd {
@@ -329,7 +345,7 @@ pub fn measure(c: &TrialConfig, repeat: usize) -> Result<BenchResult, BenchError
         },
         repeats: trials.len(),
         telemetry_dropped: median.telemetry_dropped,
-    })
+    }
 }
 
 /// Background push alone: how fast the destination fills when no vCPU asks for anything.

@@ -88,6 +88,36 @@ fn k(v: f64) -> String {
     }
 }
 
+fn print_row(r: &BenchResult) {
+    println!(
+        "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
+        r.mode.as_str(),
+        r.vcpus,
+        if r.mode == BenchMode::Uffd {
+            r.readers.to_string()
+        } else {
+            "-".into()
+        },
+        if r.mode == BenchMode::Prefill {
+            "-"
+        } else if r.telemetry {
+            "on"
+        } else {
+            "off"
+        },
+        r.pages,
+        r.secs,
+        k(r.pages_per_sec),
+        format!("({} - {})", k(r.pages_per_sec_min), k(r.pages_per_sec_max)),
+        k(r.per_vcpu_pages_per_sec),
+        r.latency_us.p50,
+        r.latency_us.p99
+    );
+    if r.telemetry_dropped > 0 {
+        println!("  ({} telemetry events dropped)", r.telemetry_dropped);
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let telemetry: &[bool] = match args.telemetry {
         TelemetryArg::On => &[true],
@@ -141,39 +171,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             "p99 us"
         );
     }
+    // Each vCPU count is one group, its configurations interleaved trial by trial.
     let mut results = Vec::new();
-    for c in &configs {
-        let r = bench::measure(c, args.repeat)?;
-        if !args.json {
-            println!(
-                "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
-                r.mode.as_str(),
-                r.vcpus,
-                if r.mode == BenchMode::Uffd {
-                    r.readers.to_string()
-                } else {
-                    "-".into()
-                },
-                if r.mode == BenchMode::Prefill {
-                    "-"
-                } else if r.telemetry {
-                    "on"
-                } else {
-                    "off"
-                },
-                r.pages,
-                r.secs,
-                k(r.pages_per_sec),
-                format!("({} - {})", k(r.pages_per_sec_min), k(r.pages_per_sec_max)),
-                k(r.per_vcpu_pages_per_sec),
-                r.latency_us.p50,
-                r.latency_us.p99
-            );
-            if r.telemetry_dropped > 0 {
-                println!("  ({} telemetry events dropped)", r.telemetry_dropped);
+    for &vcpus in &args.vcpus {
+        let group: Vec<TrialConfig> = configs
+            .iter()
+            .filter(|c| c.vcpus == vcpus)
+            .copied()
+            .collect();
+        for r in bench::measure_interleaved(&group, args.repeat)? {
+            if !args.json {
+                print_row(&r);
             }
+            results.push(r);
         }
-        results.push(r);
     }
     let ratios: Vec<Ratio> = results
         .iter()

@@ -14,7 +14,7 @@ use super::PostcopyError;
 use super::page_state::{PageState, PageStateMap};
 use super::source::PageSource;
 use super::throttle::Throttle;
-use crate::telemetry::{Event, FillCause, Telemetry};
+use crate::telemetry::{FillCause, Telemetry};
 use crate::uffd::{PageFault, Userfaultfd};
 use crate::units::GpaRange;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
@@ -181,14 +181,6 @@ impl Destination {
         run.pages_refetched.fetch_add(refetched, Ordering::Relaxed);
         run.bytes_transferred.fetch_add(len, Ordering::Relaxed);
         self.missing.fetch_sub(count, Ordering::AcqRel);
-        if self.telemetry.enabled() {
-            self.telemetry.emit(Event::Fill {
-                gpa,
-                pages: count as u32,
-                cause,
-                at_ns: self.telemetry.now_ns(),
-            });
-        }
         Ok(())
     }
 

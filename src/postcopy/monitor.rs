@@ -335,7 +335,6 @@ impl Monitor {
                         MAX_INJECTIONS,
                     );
                 }
-                Event::Fill { .. } => {}
             }
         }
     }

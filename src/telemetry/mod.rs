@@ -35,13 +35,6 @@ pub enum Event {
         start_ns: u64,
         end_ns: u64,
     },
-    /// `pages` pages from `gpa` arrived.
-    Fill {
-        gpa: u64,
-        pages: u32,
-        cause: FillCause,
-        at_ns: u64,
-    },
     /// A range was made missing again; the vCPUs were paused for `pause_ns`.
     Inject {
         gpa: u64,
@@ -230,11 +223,11 @@ mod tests {
     fn a_full_channel_counts_drops_instead_of_blocking() {
         let t = Telemetry::new(1);
         for _ in 0..EVENT_CAPACITY + 3 {
-            t.emit(Event::Fill {
+            t.emit(Event::Inject {
                 gpa: 0,
                 pages: 1,
-                cause: FillCause::Push,
                 at_ns: 0,
+                pause_ns: 0,
             });
         }
         assert_eq!(t.dropped(), 3);

@@ -162,9 +162,12 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
         mem_bytes: mem,
     };
     let workload: Workload = "touch".parse()?;
-    let program = guest::assemble(&workload, c.vcpus, &layout::placement(mem))?;
+    // The VM may be larger than asked (its minimum size); the guest touches only its slices.
+    let mut placement = layout::placement(mem);
+    placement.data_pages = c.vcpus as u64 * c.mem_per_vcpu / PAGE_SIZE;
+    let data_pages = placement.data_pages;
+    let program = guest::assemble(&workload, c.vcpus, &placement)?;
     let ram = Arc::new(GuestRam::new(mem)?);
-    let data_pages = (mem - BOOT_SIZE) / PAGE_SIZE;
     // Room for every event (a fault per page): the aggregator reads them after the trial,
     // not during.
     let telemetry = Arc::new(Telemetry::with_capacity(

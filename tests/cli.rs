@@ -201,3 +201,82 @@ fn run_without_dev_kvm_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("/dev/kvm does not exist"));
 }
+
+#[test]
+fn bench_json_measures_every_mode_and_the_extras() {
+    let out = faultline()
+        .args([
+            "bench",
+            "--vcpus",
+            "1,2",
+            "--mode",
+            "prefill,uffd,exit",
+            "--mem-per-vcpu",
+            "16M",
+            "--telemetry",
+            "both",
+            "--repeat",
+            "1",
+            "--push-mem",
+            "64M",
+            "--downtime-vcpus",
+            "2",
+            "--frame-vcpus",
+            "8",
+            "--frame-mem",
+            "1G",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    // Per vCPU count: prefill once, uffd and exit each with telemetry on and off.
+    assert_eq!(results.len(), 2 * 5, "{v:#}");
+    for r in results {
+        let vcpus = r["vcpus"].as_u64().unwrap();
+        assert_eq!(r["pages"].as_u64().unwrap(), vcpus * 16 * 256, "{r}");
+        let pps = r["pages_per_sec"].as_f64().unwrap();
+        assert!(pps > 0.0);
+        let secs = r["secs"].as_f64().unwrap();
+        assert!(
+            (pps * secs - r["pages"].as_f64().unwrap()).abs() < 1.0,
+            "{r}"
+        );
+        assert!(r["per_vcpu_pages_per_sec"].as_f64().unwrap() > 0.0);
+        let lat = &r["latency_us"];
+        let faulted = r["mode"] != "prefill" && r["telemetry"] == true;
+        assert_eq!(lat["p50"].as_u64().unwrap() > 0, faulted, "{r}");
+        assert!(lat["p50"].as_u64() <= lat["p99"].as_u64());
+        assert_eq!(r["telemetry_dropped"], 0);
+    }
+    assert_eq!(v["telemetry_ratios"].as_array().unwrap().len(), 4);
+    assert!(v["push"]["bytes_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["push"]["bytes"].as_u64().unwrap(), 62 << 20);
+    assert!(v["downtime"]["median_us"].as_u64().unwrap() > 0);
+    let frames = v["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 2);
+    assert!(frames[0]["draw_us_median"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_refuses_bad_sizes_and_modes_with_one_line() {
+    for args in [
+        &["bench", "--mem-per-vcpu", "3M"][..],
+        &["bench", "--mode", "teleport"][..],
+        &["bench", "--vcpus", "0"][..],
+    ] {
+        let out = faultline().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.trim().lines().count() <= 3, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_live_view_without_a_terminal_says_so() {
+    let out = faultline().args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--headless"), "{}", stderr(&out));
+}

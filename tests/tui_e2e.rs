@@ -271,8 +271,17 @@ fn an_injected_range_turns_missing_and_faults_follow() {
     s.wait_for("push off", |t| t.contains("push off"));
     // 64 MiB that both vCPUs read through: it goes missing and comes back on demand.
     s.keys("i0x4000000+64M\r");
+    assert_eq!(number_after(&done, "missing"), Some(0), "{done}");
     let after = s.wait_for("the injection", |t| t.contains("injected"));
     assert!(after.contains("injected 16384 pages"), "{after}");
+    // The pages turn missing at once (the push is off), and the vCPUs fault them back in.
+    let missing = s.wait_for("missing pages", |t| {
+        number_after(t, "missing").is_some_and(|m| m > 0)
+    });
+    assert!(
+        number_after(&missing, "missing").unwrap() <= 16384,
+        "{missing}"
+    );
     let refaulted = s.wait_for("new faults", |t| total_faults(t) > faults_before);
     assert!(
         number_after(&refaulted, "demand").is_some_and(|d| d > 0),

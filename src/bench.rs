@@ -170,11 +170,12 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let ram = Arc::new(GuestRam::new(mem)?);
     // Room for every event (a fault per page): the aggregator reads them after the trial,
     // not during.
-    let telemetry = Arc::new(Telemetry::with_capacity(
-        c.vcpus,
-        data_pages as usize + 1024,
-        c.telemetry,
-    ));
+    let capacity = if c.telemetry {
+        data_pages as usize + 1024
+    } else {
+        1
+    };
+    let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
     let mut dest = None;
     let mut workers = Vec::new();
     let handler: Option<Arc<dyn MissingPageHandler>> = match c.mode {
@@ -223,6 +224,16 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
         }
     }
 
+    // The readers stop however the trial ends.
+    struct StopOnDrop(Option<Arc<Destination>>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            if let Some(d) = &self.0 {
+                d.stop();
+            }
+        }
+    }
+    let _stop = StopOnDrop(dest.clone());
     let start = Instant::now();
     vm.resume_all()?;
     let mut done_at: Vec<Option<f64>> = vec![None; c.vcpus];
@@ -493,6 +504,13 @@ pub fn measure_frame(
     (width, height): (u16, u16),
     frames: usize,
 ) -> Result<FrameResult, BenchError> {
+    if vcpus == 0 || vcpus > layout::MAX_VCPUS || mem_bytes < layout::MIN_MEM_BYTES {
+        return Err(BenchError::Config(format!(
+            "frame measurement: 1 to {} vCPUs and at least {} of memory",
+            layout::MAX_VCPUS,
+            crate::units::Bytes(layout::MIN_MEM_BYTES)
+        )));
+    }
     use crate::postcopy::{LiveMigration, Monitor, RunStatus};
     use crate::snapshot::RunInfo;
     use crate::telemetry::Event;

@@ -4,6 +4,7 @@
 //! See DESIGN.md in the repository for the map.
 
 pub mod bench;
+pub mod control;
 pub mod guest;
 pub mod postcopy;
 pub mod probe;

@@ -15,7 +15,7 @@ use faultline::postcopy::{self, FaultMode, PostcopyError, RunConfig, RunStatus, 
 use faultline::snapshot::{Phase, Snapshot};
 use faultline::tui;
 use faultline::units::{self, Bytes, Rate};
-use faultline::{probe, scenario};
+use faultline::{control, probe, scenario};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,10 @@ enum Command {
     Run(RunArgs),
     /// Measure demand paging: pages/s per fault mode and vCPU count, and the observer's cost.
     Bench(cli::bench::BenchArgs),
+    /// Watch and steer a run served with `faultline run --control PATH`.
+    Attach(cli::observe::AttachArgs),
+    /// Play a recording back in the live view, or print its summary.
+    Replay(cli::observe::ReplayArgs),
     /// Report what this host offers: KVM, userfaultfd, and which fault modes really work.
     Probe {
         /// Print one JSON object instead of text.
@@ -60,6 +64,12 @@ struct RunArgs {
     /// With --headless: print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Serve the run on this Unix socket: `faultline attach PATH` watches and steers it.
+    #[arg(long)]
+    control: Option<std::path::PathBuf>,
+    /// Record the snapshot stream to this file, for `faultline replay`.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
     /// Where the log goes (the TUI owns the terminal). Default: faultline.log in
     /// $XDG_STATE_HOME/faultline (or ~/.local/state/faultline); headless runs log only here.
     #[arg(long)]
@@ -237,7 +247,7 @@ fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<
     Ok(())
 }
 
-fn print_summary(s: &Summary) {
+pub(crate) fn print_summary(s: &Summary) {
     let _ = write_summary(&mut std::io::stdout().lock(), s);
 }
 
@@ -264,61 +274,100 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let mut config = config_from(&args)?;
     // A missing or closed /dev/kvm is the user's to fix: say so before anything starts.
     drop(faultline::vmm::open_kvm()?);
-    if args.headless {
-        let _log = match &args.log {
-            Some(p) => Some(logging::init(p)?),
-            None => None,
-        };
-        return run_headless(&config, args.json);
+    if !args.headless {
+        if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+            return Err(UsageError(
+                "the live view needs a terminal on stdin and stdout; use `faultline run --headless`"
+                    .into(),
+            )
+            .into());
+        }
+        if args.json {
+            return Err(UsageError("--json needs --headless".into()).into());
+        }
+        // Watched runs go on until the operator quits, unless told otherwise.
+        if args.duration.is_none() {
+            config.duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        }
     }
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        return Err(UsageError(
-            "the live view needs a terminal on stdin and stdout; use `faultline run --headless`"
-                .into(),
-        )
-        .into());
-    }
-    if args.json {
-        return Err(UsageError("--json needs --headless".into()).into());
-    }
-    // Watched runs go on until the operator quits, unless told otherwise.
-    if args.duration.is_none() {
-        config.duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    }
-    let log_path = match &args.log {
-        Some(p) => p.clone(),
-        None => logging::default_path(),
+    let log_path = match (&args.log, args.headless) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(logging::default_path()),
+        (None, true) => None,
     };
-    let _log = logging::init(&log_path)?;
-    tracing::info!(scenario = %config.scenario, "live run starts");
+    let _log = log_path.as_deref().map(logging::init).transpose()?;
+    tracing::info!(scenario = %config.scenario, headless = args.headless, "run starts");
+
     let status = Arc::new(RunStatus::default());
     let (actions, controls) = crossbeam_channel::bounded(64);
-    let engine = spawn_engine(&config, &status, Some(controls))?;
-    let mut feed = EngineFeed {
-        snapshots: status.subscribe(),
-        status: status.clone(),
-        actions,
+    // The socket and the recording are set up before the run: a refusal costs nothing.
+    let server = match &args.control {
+        Some(path) => {
+            let listener = control::server::bind(path).map_err(|e| UsageError(e.to_string()))?;
+            Some(control::Server::start(
+                path,
+                listener,
+                status.clone(),
+                actions.clone(),
+            )?)
+        }
+        None => None,
     };
-    let mut app = tui::App::new();
-    let exit = tui::terminal::run(&mut feed, &mut app);
-    // The terminal is the operator's again; the run ends with its checks.
-    status.request_stop();
-    let exit = exit?;
-    tracing::info!(?exit, "live view closed");
-    let mut err = std::io::stderr();
-    let _ = writeln!(
-        err,
-        "faultline: stopping the guest, filling what is missing and checking the data..."
-    );
-    let summary = engine
-        .join()
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
+    let recording = match &args.record {
+        Some(path) => Some(cli::observe::spawn_recorder(
+            control::Recorder::create(path).map_err(|e| UsageError(e.to_string()))?,
+            &status,
+        )?),
+        None => None,
+    };
+    let engine = spawn_engine(&config, &status, Some(controls))?;
+    let summary = if args.headless {
+        wait_headless(engine, &status, args.json)?
+    } else {
+        let mut feed = EngineFeed {
+            snapshots: status.subscribe(),
+            status: status.clone(),
+            actions,
+        };
+        let mut app = tui::App::new();
+        let exit = tui::terminal::run(&mut feed, &mut app);
+        // The terminal is the operator's again (or gone); the run ends with its checks
+        // either way, and its summary reaches the log before any terminal error is told.
+        status.request_stop();
+        tracing::info!(?exit, "live view closed");
+        let _ = writeln!(
+            std::io::stderr(),
+            "faultline: stopping the guest, filling what is missing and checking the data..."
+        );
+        let summary = engine
+            .join()
+            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
+        if let Err(e) = exit {
+            if let Ok(json) = serde_json::to_string(&summary) {
+                tracing::info!(summary = %json, "run finished");
+            }
+            return Err(e.into());
+        }
+        summary
+    };
     // The terminal may be gone (exit on hang-up): the log keeps the summary either way.
     if let Ok(json) = serde_json::to_string(&summary) {
         tracing::info!(summary = %json, "run finished");
     }
-    print_summary(&summary);
-    let _ = writeln!(err, "faultline: log in {}", log_path.display());
+    if let Some(r) = recording {
+        r.finish()?;
+    }
+    drop(server);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if let Some(p) = &log_path
+        && !args.headless
+    {
+        let _ = writeln!(std::io::stderr(), "faultline: log in {}", p.display());
+    }
     Ok(summary.verified)
 }
 
@@ -357,10 +406,13 @@ impl tui::Feed for EngineFeed {
     }
 }
 
-fn run_headless(config: &RunConfig, json: bool) -> anyhow::Result<bool> {
-    let status = Arc::new(RunStatus::default());
+/// Waits for a headless run, with a status line a second on stderr unless printing JSON.
+fn wait_headless(
+    engine: std::thread::JoinHandle<Result<Summary, PostcopyError>>,
+    status: &RunStatus,
+    json: bool,
+) -> anyhow::Result<Summary> {
     let snapshots = status.subscribe();
-    let engine = spawn_engine(config, &status, None)?;
     let mut last_report = Instant::now();
     while !engine.is_finished() {
         if let Some(s) = snapshots.recv_timeout(Duration::from_millis(50))
@@ -371,16 +423,9 @@ fn run_headless(config: &RunConfig, json: bool) -> anyhow::Result<bool> {
             last_report = Instant::now();
         }
     }
-    let summary: Result<Summary, PostcopyError> = engine
+    Ok(engine
         .join()
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-    let summary = summary?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print_summary(&summary);
-    }
-    Ok(summary.verified)
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??)
 }
 
 fn probe_cmd(json: bool) -> anyhow::Result<bool> {
@@ -398,21 +443,27 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Probe { json }) => probe_cmd(json),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Attach(args)) => cli::observe::attach(args),
+        Some(Command::Replay(args)) => cli::observe::replay(args),
         Some(Command::Run(args)) => run(args),
         None => run(RunArgs::default()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
+        // stderr may be a terminal that has gone away: never panic over a message.
         Ok(false) => {
-            eprintln!("faultline: the run finished but could not prove that no data was lost");
+            let _ = writeln!(
+                std::io::stderr(),
+                "faultline: the run finished but could not prove that no data was lost"
+            );
             ExitCode::from(1)
         }
         Err(e) if e.is::<UsageError>() || e.is::<faultline::vmm::VmmError>() => {
-            eprintln!("faultline: {e:#}");
+            let _ = writeln!(std::io::stderr(), "faultline: {e:#}");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("faultline: {e:#}");
+            let _ = writeln!(std::io::stderr(), "faultline: {e:#}");
             ExitCode::from(1)
         }
     }

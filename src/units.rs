@@ -124,8 +124,9 @@ pub struct GpaRange {
 }
 
 impl GpaRange {
+    /// Saturates: a range from a peer may be nonsense, and is then refused as outside RAM.
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 }
 

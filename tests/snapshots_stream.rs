@@ -18,14 +18,15 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         readers: 2,
         fetch_rate: Rate::BytesPerSec(32 << 20),
         rtt: Duration::ZERO,
-        warmup: Duration::from_millis(300),
+        warmup: Duration::from_millis(500),
         duration: Duration::from_millis(1500),
         push: true,
         timeline: vec![],
     }
 }
 
-/// Runs `c` with `actions` sent after `delay`, returning the summary and every snapshot.
+/// Runs `c`, sending each action after its delay, and returns the summary and every
+/// snapshot (a reader drains the stream as it comes).
 fn run_watched(
     c: &RunConfig,
     actions: Vec<(Duration, Action)>,
@@ -33,23 +34,13 @@ fn run_watched(
     let status = RunStatus::default();
     let rx = status.subscribe();
     let (tx, controls) = crossbeam_channel::unbounded();
-    let summary = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             for (at, a) in actions {
                 std::thread::sleep(at);
                 tx.send(a).unwrap();
             }
         });
-        postcopy::run(c, &status, Some(&controls)).unwrap()
-    });
-    // The queue is small and keeps the newest: the final snapshot is among them.
-    (summary, rx.receiver().try_iter().collect())
-}
-
-fn all_snapshots(c: &RunConfig) -> (postcopy::Summary, Vec<Arc<Snapshot>>) {
-    let status = RunStatus::default();
-    let rx = status.subscribe();
-    std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut all = Vec::new();
             while let Some(s) = rx.recv_timeout(Duration::from_secs(5)) {
@@ -61,9 +52,13 @@ fn all_snapshots(c: &RunConfig) -> (postcopy::Summary, Vec<Arc<Snapshot>>) {
             }
             all
         });
-        let summary = postcopy::run(c, &status, None).unwrap();
+        let summary = postcopy::run(c, &status, Some(&controls)).unwrap();
         (summary, reader.join().unwrap())
     })
+}
+
+fn all_snapshots(c: &RunConfig) -> (postcopy::Summary, Vec<Arc<Snapshot>>) {
+    run_watched(c, Vec::new())
 }
 
 #[test]
@@ -167,7 +162,13 @@ fn operator_actions_show_in_the_next_snapshots() {
     let last = snaps.last().unwrap();
     assert_eq!(last.injections.len(), 1);
     assert_eq!(last.injections[0].gpa, 2 << 20);
-    assert_eq!(last.throttle, "unlimited");
+    // Seen during the run, not only after the final fill (which lifts the limit anyway).
+    assert!(
+        snaps
+            .iter()
+            .any(|s| s.throttle == "unlimited" && s.postcopy_ms > 0 && s.postcopy_ms < 1400),
+        "the new throttle never showed while the run went on"
+    );
     assert!(last.pages.injected > 0);
     let injected: u64 = last
         .memory_map
@@ -182,13 +183,29 @@ fn operator_actions_show_in_the_next_snapshots() {
 fn a_new_migration_moves_the_running_guest_again() {
     let mut c = config("verify", FaultMode::Exit);
     c.duration = Duration::from_millis(2500);
-    let (summary, snaps) = run_watched(&c, vec![(Duration::from_millis(900), Action::Remigrate)]);
+    let (summary, snaps) = run_watched(
+        &c,
+        vec![
+            (
+                Duration::from_millis(900),
+                Action::Throttle(Rate::BytesPerSec(48 << 20)),
+            ),
+            (Duration::from_millis(100), Action::Remigrate),
+        ],
+    );
     assert!(summary.verified, "{summary:#?}");
     assert_eq!(summary.migrations, 2);
     assert_eq!(summary.verify.guest_errors, 0);
     let last = snaps.last().unwrap();
     assert_eq!(last.migration, 2);
     assert!(last.summary.is_some());
+    // The second migration starts missing everything again, under the operator's throttle.
+    let second: Vec<_> = snaps.iter().filter(|s| s.migration == 2).collect();
+    assert!(
+        second.iter().any(|s| s.pages.missing > 0),
+        "nothing went missing again"
+    );
+    assert_eq!(second[0].throttle, "48.0 MiB/s");
 }
 
 #[test]

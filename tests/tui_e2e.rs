@@ -39,7 +39,11 @@ impl Session {
                 pixel_height: 0,
             })
             .unwrap();
-        let log = std::env::temp_dir().join(format!("faultline-e2e-{}.log", std::process::id()));
+        // One log per session: the tests of this file run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("faultline-e2e-{}-{n}.log", std::process::id()));
         let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_faultline"));
         cmd.args(args);
         cmd.arg("--log");
@@ -294,4 +298,70 @@ fn an_injected_range_turns_missing_and_faults_follow() {
 
     s.keys("q");
     assert!(s.wait_exit().success());
+}
+
+#[test]
+fn attach_watches_and_steers_a_headless_run_and_replay_shows_its_recording() {
+    let dir = std::env::temp_dir().join(format!("faultline-attach-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sock, rec) = (dir.join("run.sock"), dir.join("run.rec"));
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args([
+            "run",
+            "--headless",
+            "--vcpus",
+            "2",
+            "--mem",
+            "256M",
+            "--warmup",
+            "200ms",
+        ])
+        .args(["--fetch-rate", "8MiB/s", "--duration", "4s", "--control"])
+        .arg(&sock)
+        .arg("--record")
+        .arg(&rec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no control socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut s = Session::start(&["attach", sock.to_str().unwrap()]);
+    s.wait_for("the served run", |t| {
+        t.contains("post-copy") && t.contains("v1") && t.contains("ATTACHED")
+    });
+    s.keys("+");
+    s.wait_for("the throttle it set", |t| t.contains("throttle 10.0 MiB/s"));
+    s.keys("q");
+    assert!(s.wait_exit().success());
+    assert!(s.text().contains("detached"), "{}", s.text());
+    assert!(
+        run.wait().unwrap().success(),
+        "the run outlives its observer"
+    );
+
+    let mut r = Session::start(&["replay", rec.to_str().unwrap(), "--speed", "8"]);
+    r.wait_for("the replay", |t| {
+        t.contains("v1") && t.contains("REPLAY 8x")
+    });
+    r.keys(">");
+    r.wait_for("the new speed", |t| t.contains("REPLAY 16x"));
+    r.keys(" ");
+    r.wait_for("the pause", |t| t.contains("PAUSED"));
+    r.keys(" ");
+    r.wait_for("the end of the run", |t| t.contains("finished"));
+    // Once nothing new arrives to overwrite the status line: a recording takes no orders.
+    r.keys("p");
+    r.wait_for("the refusal", |t| t.contains("cannot be steered"));
+    r.keys("q");
+    assert!(r.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

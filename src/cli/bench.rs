@@ -150,6 +150,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     for c in &configs {
         c.validate().map_err(|e| crate::UsageError(e.to_string()))?;
     }
+    let usage = |m: String| crate::UsageError(m);
+    if args.downtime_vcpus > faultline::vmm::layout::MAX_VCPUS {
+        return Err(usage(format!(
+            "--downtime-vcpus {}: at most 64",
+            args.downtime_vcpus
+        ))
+        .into());
+    }
+    if args.frame_vcpus > faultline::vmm::layout::MAX_VCPUS
+        || (args.frame_vcpus > 0 && args.frame_mem < faultline::vmm::layout::MIN_MEM_BYTES)
+    {
+        return Err(usage("--frame-vcpus at most 64, --frame-mem at least 64M".into()).into());
+    }
+    if args.push_mem > 0 && args.push_mem < faultline::vmm::layout::MIN_MEM_BYTES {
+        return Err(usage("--push-mem: at least 64M (or 0 to skip)".into()).into());
+    }
     drop(faultline::vmm::open_kvm()?);
     if !args.json {
         println!(

@@ -1,3 +1,4 @@
 //! Subcommands of the `faultline` binary that are more than a few lines.
 
 pub mod bench;
+pub mod observe;

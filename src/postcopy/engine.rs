@@ -273,6 +273,7 @@ fn switch_over(
     source_vm: Vm,
     number: u32,
     baseline: &[f64],
+    settings: Option<(Rate, bool)>,
     status: &RunStatus,
 ) -> Result<Leg, PostcopyError> {
     let vm_config = source_vm.config();
@@ -285,10 +286,7 @@ fn switch_over(
     let dest_ram = Arc::new(GuestRam::new(config.mem_bytes)?);
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
-    let (rate, push) = match status.destination() {
-        Some(prev) => (prev.throttle.rate(), prev.push_enabled()),
-        None => (config.fetch_rate, config.push),
-    };
+    let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
     let dest = Arc::new(Destination::new(
         dest_ram.clone(),
         uffd,
@@ -378,6 +376,8 @@ fn shared(vm: &Vm) -> Vec<Arc<crate::vmm::VcpuShared>> {
 
 /// How the migrations went, for the summary: the last destination and the checks of all.
 struct Outcome {
+    /// What the verify guest found wrong on the VMs it left behind.
+    earlier_guest_errors: u64,
     number: u32,
     vm: Vm,
     dest: Arc<Destination>,
@@ -415,8 +415,16 @@ pub fn run(
             .name("monitor".into())
             .spawn_scoped(s, || monitor.run(status, &stop))
             .map_err(PostcopyError::Thread)?;
+        // Stops the monitor however migrate ends, a panic included: the scope waits for it.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let guard = StopOnDrop(&stop);
         let outcome = migrate(config, status, controls);
-        stop.store(true, Ordering::Release);
+        drop(guard);
         let mut monitor = handle.join().map_err(|_| PostcopyError::Panicked)?;
         // Fold the last events in before the latency figures are read.
         monitor.catch_up();
@@ -482,20 +490,27 @@ fn migrate(
             .map(|v| v.stats().guest_accesses.load(Ordering::Relaxed))
             .collect()
     };
+    let warm_start = Instant::now();
     source_vm.resume_all()?;
     tracing::debug!("warm-up: source running");
     run_for(&source_vm, config.warmup / 2)?;
     let (half_at, half) = (Instant::now(), accesses(&source_vm));
     run_for(&source_vm, config.warmup - config.warmup / 2)?;
     let secs = half_at.elapsed().as_secs_f64().max(1e-6);
+    let whole_secs = warm_start.elapsed().as_secs_f64().max(1e-6);
+    // A guest too slow to report in the second half is paced over the whole warm-up.
     let baseline: Vec<f64> = accesses(&source_vm)
         .iter()
         .zip(&half)
-        .map(|(end, mid)| end.saturating_sub(*mid) as f64 / secs)
+        .map(|(&end, &mid)| match end.saturating_sub(mid) {
+            0 => end as f64 / whole_secs,
+            d => d as f64 / secs,
+        })
         .collect();
 
     tracing::debug!(?baseline, "warm-up done");
-    let mut leg = switch_over(config, source_vm, 1, &baseline, status)?;
+    let mut leg = switch_over(config, source_vm, 1, &baseline, None, status)?;
+    let mut earlier_guest_errors = 0;
     let first_switch = leg.switched_at;
     let mut timeline = config.timeline.clone();
     timeline.sort_by_key(|a| a.at);
@@ -523,10 +538,13 @@ fn migrate(
                     "migration {}: filling the rest before migrating again",
                     leg.number
                 ));
+                // The operator's throttle and push carry over; filling the rest changes both.
+                let settings = (leg.dest.throttle.rate(), leg.dest.push_enabled());
                 leg.fill_rest();
                 let (m, n) = leg.compare(config);
                 mismatches += m;
                 pages_checked += n;
+                earlier_guest_errors += guest_errors(&leg.vm);
                 let Leg {
                     number,
                     vm,
@@ -534,7 +552,7 @@ fn migrate(
                     ..
                 } = leg;
                 workers.finish()?;
-                leg = switch_over(config, vm, number + 1, &baseline, status)?;
+                leg = switch_over(config, vm, number + 1, &baseline, Some(settings), status)?;
                 injections.clear();
                 complete_at = None;
                 continue;
@@ -588,6 +606,7 @@ fn migrate(
     } = leg;
     workers.finish()?;
     Ok(Outcome {
+        earlier_guest_errors,
         number,
         vm,
         dest,
@@ -598,6 +617,14 @@ fn migrate(
         mismatches: mismatches + m,
         pages_checked: pages_checked + n,
     })
+}
+
+/// Pages the verify guest found wrong on `vm`.
+fn guest_errors(vm: &Vm) -> u64 {
+    vm.vcpus()
+        .iter()
+        .map(|v| v.stats().verify_mismatches.load(Ordering::Relaxed))
+        .sum()
 }
 
 fn describe(action: Action) -> String {
@@ -614,12 +641,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
     let leg = o;
     let telemetry = leg.dest.telemetry();
     let run = &telemetry.run;
-    let guest_errors: u64 = leg
-        .vm
-        .vcpus()
-        .iter()
-        .map(|v| v.stats().verify_mismatches.load(Ordering::Relaxed))
-        .sum();
+    let guest_errors = o.earlier_guest_errors + guest_errors(&leg.vm);
     let exit_path = match config.mode {
         FaultMode::Uffd => None,
         FaultMode::Exit => dominant_exit_path(&leg.vm),

@@ -302,7 +302,10 @@ impl Monitor {
                 } => {
                     let ns = end_ns.saturating_sub(start_ns);
                     let us = (ns / 1000).max(1);
-                    self.histogram.record(us);
+                    // Only vCPU faults, as in the percentiles beside it.
+                    if vcpu.is_some() {
+                        self.histogram.record(us);
+                    }
                     if let Some(row) = self
                         .fault_columns
                         .back_mut()
@@ -365,6 +368,12 @@ impl Monitor {
                 .back()
                 .copied()
                 .unwrap_or(VcpuSample { at: None, ..sample });
+            // A stall ending between two reads can be seen twice for an instant: the
+            // cumulative figure never goes back.
+            let sample = VcpuSample {
+                stalled_ns: sample.stalled_ns.max(prev.stalled_ns),
+                ..sample
+            };
             if let Some(c) = self.stall_columns.back_mut().and_then(|c| c.get_mut(i)) {
                 *c += sample.stalled_ns.saturating_sub(prev.stalled_ns);
             }
@@ -512,7 +521,9 @@ impl Monitor {
     fn stall_heatmap(&self) -> Heatmap<u8> {
         let column_ns = HEATMAP_COLUMN_MS * 1_000_000;
         // The newest column has only run for part of its length.
-        let newest_ns = ((self.start.elapsed().as_nanos() as u64) % column_ns).max(1);
+        // Floored at one tick: a column a few ms old would otherwise magnify a tick's stall.
+        let newest_ns =
+            ((self.start.elapsed().as_nanos() as u64) % column_ns).max(TICK.as_nanos() as u64);
         let last = self.stall_columns.len().saturating_sub(1);
         let cols: VecDeque<Vec<u8>> = self
             .stall_columns

@@ -173,10 +173,12 @@ impl Telemetry {
         let end_ns = self.now_ns();
         match stall.vcpu.and_then(|v| self.vcpus.get(v).map(|c| (v, c))) {
             Some((_, c)) => {
-                c.stalled_since.store(0, Ordering::Release);
-                c.faults.fetch_add(1, Ordering::Relaxed);
+                // The total grows before the stall is cleared: an observer adding the two
+                // may count this stall twice for an instant, never miss it.
                 c.stall_ns
-                    .fetch_add(end_ns - stall.start_ns, Ordering::Relaxed);
+                    .fetch_add(end_ns - stall.start_ns, Ordering::Release);
+                c.faults.fetch_add(1, Ordering::Relaxed);
+                c.stalled_since.store(0, Ordering::Release);
                 if self.stalled_now.fetch_sub(1, Ordering::AcqRel) == self.vcpus.len() {
                     // Every vCPU was blocked until now (QEMU's postcopy blocktime).
                     let since = self.all_blocked_since.load(Ordering::Acquire);

@@ -115,6 +115,7 @@ pub struct App {
     /// The newest snapshot while frozen, and how many arrived since freezing.
     held: Option<Snapshot>,
     held_count: u64,
+    source_label: Option<String>,
     focus: Pane,
     selected: usize,
     /// Snapshot cell under the map cursor (not a displayed cell, so it survives resizes).
@@ -147,6 +148,7 @@ impl App {
             shown: None,
             held: None,
             held_count: 0,
+            source_label: None,
             focus: Pane::Vcpus,
             selected: 0,
             map_cursor: 0,
@@ -232,6 +234,23 @@ impl App {
     }
 
     /// An engine error (or any failure of the terminal loop) for the status line.
+    /// Names where the snapshots come from, in the header (a replay and its speed).
+    pub fn set_source_label(&mut self, label: Option<String>) {
+        self.source_label = label;
+    }
+
+    pub fn source_label(&self) -> Option<&str> {
+        self.source_label.as_deref()
+    }
+
+    /// A plain message for the status line (a replay's speed, an attach's state).
+    pub fn set_message(&mut self, msg: impl Into<String>) {
+        self.status = Some(Status {
+            text: msg.into(),
+            error: false,
+        });
+    }
+
     pub fn set_error(&mut self, msg: impl Into<String>) {
         self.status = Some(Status {
             text: msg.into(),

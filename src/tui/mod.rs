@@ -10,6 +10,6 @@ pub mod view;
 pub mod widgets;
 
 pub use app::{App, Pane};
-pub use terminal::{Feed, TuiError};
+pub use terminal::{Feed, Notice, TuiError};
 pub use theme::Theme;
 pub use view::draw;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event};
+use ratatui::crossterm::event::{
+    self, DisableMouseCapture, EnableMouseCapture, Event, KeyEvent, KeyEventKind,
+};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
@@ -37,6 +39,26 @@ pub trait Feed {
     fn latest(&mut self) -> Option<Arc<Snapshot>>;
     /// Carries out an operator's action; the error is shown in the status line.
     fn act(&mut self, action: Action) -> Result<(), String>;
+    /// A key of the feed's own (a replay's pause, speed, seek), seen before the UI's keys;
+    /// `Some` takes it, with a line for the status bar.
+    fn on_key(&mut self, _key: &KeyEvent) -> Option<String> {
+        None
+    }
+    /// Where the snapshots come from, for the header, if not a live engine here.
+    fn label(&self) -> Option<String> {
+        None
+    }
+    /// Something the operator should know (a lost connection), once.
+    fn notice(&mut self) -> Option<Notice> {
+        None
+    }
+}
+
+/// A line from the feed for the status bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Info(String),
+    Error(String),
 }
 
 /// Raw mode, the alternate screen and mouse reporting, undone on drop and on panic.
@@ -87,6 +109,17 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Signal handlers of the loop, removed when it ends: after it, a signal acts as usual.
+struct SignalHandlers(Vec<signal_hook::SigId>);
+
+impl Drop for SignalHandlers {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -115,12 +148,15 @@ fn wait_hung_up(timeout: Duration) -> bool {
 /// arrives.
 pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
     let signalled = Arc::new(AtomicBool::new(false));
+    let mut handlers = SignalHandlers(Vec::new());
     for sig in [
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
     ] {
-        signal_hook::flag::register(sig, signalled.clone()).map_err(TuiError::Signal)?;
+        handlers
+            .0
+            .push(signal_hook::flag::register(sig, signalled.clone()).map_err(TuiError::Signal)?);
     }
     let mut guard = TerminalGuard::enter()?;
     let frame = Duration::from_secs(1) / FPS;
@@ -129,6 +165,16 @@ pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
     loop {
         if signalled.load(Ordering::Relaxed) {
             return Ok(Exit::Signal);
+        }
+        let label = feed.label();
+        if app.source_label() != label.as_deref() {
+            app.set_source_label(label);
+            dirty = true;
+        }
+        match feed.notice() {
+            Some(Notice::Info(m)) => app.set_message(m),
+            Some(Notice::Error(m)) => app.set_error(m),
+            None => {}
         }
         if let Some(s) = feed.latest() {
             app.on_snapshot(Arc::unwrap_or_clone(s));
@@ -150,6 +196,15 @@ pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
         // Crossterm may hold several parsed events from one read: take them all.
         while event::poll(Duration::ZERO)? {
             match event::read()? {
+                Event::Key(k) if k.kind != KeyEventKind::Release && app.prompt().is_none() => {
+                    if let Some(m) = feed.on_key(&k) {
+                        app.set_message(m);
+                    } else if let Some(action) = app.on_key(k)
+                        && let Err(e) = feed.act(action)
+                    {
+                        app.set_error(e);
+                    }
+                }
                 Event::Key(k) => {
                     if let Some(action) = app.on_key(k)
                         && let Err(e) = feed.act(action)

@@ -122,7 +122,7 @@ pub fn render(area: Rect, buf: &mut Buffer, app: &App) {
     } else {
         Freeze::Live
     };
-    header::render(a.header, buf, s, freeze, theme);
+    header::render(a.header, buf, s, freeze, app.source_label(), theme);
     let mut drawn = vcpu_pane(a.vcpus, buf, app, s);
     FillView {
         pages: &s.pages,

@@ -110,6 +110,9 @@ impl GuestRam {
 
     /// Copies `[gpa, gpa + len)` from `src` into the same range here, in one memcpy.
     pub fn copy_from(&self, src: &GuestRam, gpa: u64, len: u64) -> Result<(), VmmError> {
+        if src.host_base == self.host_base {
+            return Err(VmmError::Memory("cannot copy guest RAM onto itself".into()));
+        }
         if !src.contains(gpa, len) || !self.contains(gpa, len) {
             return Err(VmmError::Memory(format!(
                 "cannot copy {len:#x} bytes at {gpa:#x}: outside guest RAM"

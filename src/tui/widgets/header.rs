@@ -17,7 +17,15 @@ pub enum Freeze {
     Frozen { newer: u64 },
 }
 
-pub fn render(area: Rect, buf: &mut Buffer, s: &Snapshot, freeze: Freeze, theme: &Theme) {
+/// `label` names where the snapshots come from when it is not a live engine (a replay).
+pub fn render(
+    area: Rect,
+    buf: &mut Buffer,
+    s: &Snapshot,
+    freeze: Freeze,
+    label: Option<&str>,
+    theme: &Theme,
+) {
     let area = area.intersection(buf.area);
     if area.is_empty() {
         return;
@@ -61,6 +69,8 @@ pub fn render(area: Rect, buf: &mut Buffer, s: &Snapshot, freeze: Freeze, theme:
     if let Freeze::Frozen { newer } = freeze {
         let marker = format!(" FROZEN +{newer} ");
         text_right(buf, area, area.y, &marker, theme.frozen());
+    } else if let Some(label) = label {
+        text_right(buf, area, area.y, &format!(" {label} "), theme.frozen());
     }
     if area.height < 2 {
         return;

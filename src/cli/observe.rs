@@ -1,0 +1,178 @@
+//! `faultline attach` and `faultline replay`, and recording a run as it happens.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use faultline::control::{self, Recorder, ReplayFeed, SocketFeed};
+use faultline::postcopy::RunStatus;
+use faultline::snapshot::Phase;
+use faultline::tui;
+
+use crate::UsageError;
+
+#[derive(Args)]
+pub struct AttachArgs {
+    /// The socket a `faultline run --control PATH` serves.
+    path: PathBuf,
+    /// Also record what is seen to this file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Where the log goes. Default: as for `faultline run`.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// A file written by `--record`.
+    file: PathBuf,
+    /// Print the run's summary as one JSON object (as `run --json` did) instead of showing it.
+    #[arg(long)]
+    json: bool,
+    /// Playback speed, 1 to 64.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    speed: u32,
+    /// Where the log goes. Default: as for `faultline run`.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+fn need_terminal(what: &str) -> anyhow::Result<()> {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!("{what} needs a terminal on stdin and stdout")).into());
+    }
+    Ok(())
+}
+
+/// A recording fed from a run's snapshots on its own thread; `finish` waits for the last.
+pub struct RecordingThread {
+    done: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), control::ControlError>>,
+}
+
+impl RecordingThread {
+    /// Waits until the final snapshot is written (the engine has published it by now).
+    pub fn finish(self) -> anyhow::Result<()> {
+        self.done.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the recording thread panicked"))??;
+        Ok(())
+    }
+}
+
+pub fn spawn_recorder(
+    mut recorder: Recorder,
+    status: &RunStatus,
+) -> anyhow::Result<RecordingThread> {
+    let snapshots = status.subscribe();
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let thread = std::thread::Builder::new()
+        .name("record".into())
+        .spawn(move || {
+            loop {
+                match snapshots.recv_timeout(Duration::from_millis(100)) {
+                    Some(s) => {
+                        recorder.write(&s)?;
+                        if s.summary.is_some() || s.phase == Phase::Failed {
+                            return Ok(());
+                        }
+                    }
+                    None if flag.load(Ordering::Acquire) => return Ok(()),
+                    None => {}
+                }
+            }
+        })
+        .context("cannot start the recording thread")?;
+    Ok(RecordingThread { done, thread })
+}
+
+pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
+    need_terminal("attach")?;
+    let recorder = args
+        .record
+        .as_deref()
+        .map(Recorder::create)
+        .transpose()
+        .map_err(|e| UsageError(e.to_string()))?;
+    let mut feed =
+        SocketFeed::connect(&args.path, recorder).map_err(|e| UsageError(e.to_string()))?;
+    let log_path = args
+        .log
+        .clone()
+        .unwrap_or_else(crate::logging::default_path);
+    let _log = crate::logging::init(&log_path)?;
+    tracing::info!(path = %args.path.display(), "attached");
+    let mut app = tui::App::new();
+    let exit = tui::terminal::run(&mut feed, &mut app)?;
+    tracing::info!(?exit, "attach view closed");
+    let mut err = std::io::stderr();
+    if let Some(e) = feed.recorder_error() {
+        let _ = writeln!(err, "faultline: recording stopped: {e}");
+    }
+    if feed.lost() && feed.last().is_none_or(|s| s.summary.is_none()) {
+        // The run went away before it ended: say so, and fail.
+        anyhow::bail!(
+            "{}: the connection was lost before the run ended",
+            args.path.display()
+        );
+    }
+    match feed.last().and_then(|s| s.summary.clone()) {
+        Some(summary) => {
+            crate::print_summary(&summary);
+            Ok(summary.verified)
+        }
+        None => {
+            let _ = writeln!(err, "faultline: detached; the run goes on");
+            Ok(true)
+        }
+    }
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
+    let recording = control::record::read(&args.file).map_err(|e| UsageError(e.to_string()))?;
+    if args.json {
+        let Some(summary) = recording
+            .snapshots
+            .iter()
+            .rev()
+            .find_map(|s| s.summary.clone())
+        else {
+            let at = recording.snapshots.last().map_or(0, |s| s.elapsed_ms);
+            anyhow::bail!(
+                "{}: the recording ends before the run finished ({} snapshots, last at {:.1} s{})",
+                args.file.display(),
+                recording.snapshots.len(),
+                at as f64 / 1000.0,
+                recording
+                    .cut
+                    .as_deref()
+                    .map(|c| format!("; {c}"))
+                    .unwrap_or_default()
+            );
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(summary.verified);
+    }
+    need_terminal("replay")?;
+    if recording.snapshots.is_empty() {
+        anyhow::bail!("{}: the recording holds no snapshot", args.file.display());
+    }
+    let log_path = args
+        .log
+        .clone()
+        .unwrap_or_else(crate::logging::default_path);
+    let _log = crate::logging::init(&log_path)?;
+    tracing::info!(file = %args.file.display(), "replay");
+    let mut feed = ReplayFeed::new(recording.snapshots, args.speed, recording.cut);
+    let mut app = tui::App::new();
+    tui::terminal::run(&mut feed, &mut app)?;
+    Ok(true)
+}

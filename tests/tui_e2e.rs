@@ -157,17 +157,23 @@ fn total_faults(screen: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn a_closed_terminal_ends_the_run_and_the_log_keeps_its_summary() {
+/// A small live run, signalled with `sig` once post-copy shows; returns its exit status.
+fn signalled_run(sig: i32) -> (Session, portable_pty::ExitStatus) {
     let mut s = Session::start(&["run", "--vcpus", "1", "--mem", "128M", "--warmup", "200ms"]);
     s.wait_for("the post-copy screen", |t| {
         t.contains("post-copy") && t.contains("v0")
     });
-    // What a closed window or a dropped ssh link sends to the terminal's processes.
     let pid = s.child.process_id().unwrap() as i32;
     // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    s.wait_exit();
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    let status = s.wait_exit();
+    (s, status)
+}
+
+#[test]
+fn a_closed_terminal_ends_the_run_and_the_log_keeps_its_summary() {
+    // What a closed window or a dropped ssh link sends to the terminal's processes.
+    let (s, _) = signalled_run(libc::SIGHUP);
     let log = std::fs::read_to_string(&s.log.0).unwrap();
     assert!(log.contains("live view closed"), "{log}");
     assert!(
@@ -178,14 +184,7 @@ fn a_closed_terminal_ends_the_run_and_the_log_keeps_its_summary() {
 
 #[test]
 fn sigterm_restores_the_terminal_and_still_checks_the_run() {
-    let mut s = Session::start(&["run", "--vcpus", "1", "--mem", "128M", "--warmup", "200ms"]);
-    s.wait_for("the post-copy screen", |t| {
-        t.contains("post-copy") && t.contains("v0")
-    });
-    let pid = s.child.process_id().unwrap() as i32;
-    // SAFETY: signalling our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = s.wait_exit();
+    let (s, status) = signalled_run(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
     let raw = String::from_utf8_lossy(&s.raw.lock().unwrap()).to_string();
     assert!(raw.contains("\x1b[?1049l"), "alternate screen not left");

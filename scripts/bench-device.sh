@@ -15,11 +15,11 @@ mkdir -p "$OUT"
 "$BIN" probe >"$OUT/probe.txt" 2>&1 || true
 "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both --repeat 3 \
     --json >"$OUT/bench.json" 2>"$OUT/bench.err"
-# uffd: what helps at 16 vCPUs (fewer readers than vCPUs, readers that spin briefly).
+# uffd with one shared userfaultfd: reader counts and readers that spin briefly.
 for r in 2 4 8; do
-    "$BIN" bench --vcpus 16 --mode uffd --readers $r --repeat 3 \
+    "$BIN" bench --vcpus 16 --mode uffd --one-uffd --readers $r --repeat 3 \
         --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/uffd-16v-$r-readers.json" 2>>"$OUT/bench.err"
 done
-"$BIN" bench --vcpus 1,4,16 --mode uffd --reader-spin 100us --repeat 3 \
+"$BIN" bench --vcpus 1,4,16 --mode uffd --one-uffd --reader-spin 100us --repeat 3 \
     --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/uffd-spin.json" 2>>"$OUT/bench.err"
 echo done >"$OUT/done"

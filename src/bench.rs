@@ -87,6 +87,8 @@ pub struct TrialConfig {
     pub rtt: Duration,
     /// How long uffd readers keep reading after a fault before sleeping in poll.
     pub reader_spin: Duration,
+    /// One userfaultfd (and one reader) per vCPU's slice instead of one for all.
+    pub uffd_per_vcpu: bool,
     pub telemetry: bool,
 }
 
@@ -188,14 +190,21 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
                 BenchMode::Uffd => Features::THREAD_ID,
                 _ => Features::SIGBUS,
             };
-            let uffd = Arc::new(Userfaultfd::new(features, true)?);
+            let count = if c.mode == BenchMode::Uffd && c.uffd_per_vcpu {
+                c.vcpus
+            } else {
+                1
+            };
+            let uffds = (0..count)
+                .map(|_| Userfaultfd::new(features, true).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
             // A source image in real memory, as a migration's would be.
             let image = GuestRam::new(mem)?;
             prefill(&image)?;
             let source = Arc::new(InProcessSource::new(Arc::new(image)));
-            let d = Arc::new(Destination::new(
+            let d = Arc::new(Destination::with_uffds(
                 ram.clone(),
-                uffd,
+                uffds,
                 source,
                 Throttle::new(Rate::Unlimited),
                 c.rtt,
@@ -214,11 +223,17 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     if let Some(d) = &dest {
         d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
         if c.mode == BenchMode::Uffd {
-            for i in 0..c.readers {
+            // One reader per uffd when each vCPU has its own; else `readers` share one.
+            let readers: Vec<usize> = if d.uffd_count() > 1 {
+                (0..d.uffd_count()).collect()
+            } else {
+                vec![0; c.readers]
+            };
+            for (i, u) in readers.into_iter().enumerate() {
                 workers.push(destination::spawn(
                     format!("uffd-reader{i}"),
                     d.clone(),
-                    Destination::serve_uffd,
+                    move |d| d.serve_uffd_of(u),
                 )?);
             }
         }
@@ -293,6 +308,7 @@ pub struct BenchResult {
     pub mode: BenchMode,
     pub vcpus: usize,
     pub readers: usize,
+    pub uffd_per_vcpu: bool,
     pub reader_spin_us: u64,
     pub telemetry: bool,
     pub pages: u64,
@@ -336,11 +352,12 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
     BenchResult {
         mode: c.mode,
         vcpus: c.vcpus,
-        readers: if c.mode == BenchMode::Uffd {
-            c.readers
-        } else {
-            0
+        readers: match c.mode {
+            BenchMode::Uffd if c.uffd_per_vcpu => c.vcpus,
+            BenchMode::Uffd => c.readers,
+            _ => 0,
         },
+        uffd_per_vcpu: c.mode == BenchMode::Uffd && c.uffd_per_vcpu,
         reader_spin_us: if c.mode == BenchMode::Uffd {
             c.reader_spin.as_micros() as u64
         } else {

@@ -250,6 +250,11 @@ fn bench_json_measures_every_mode_and_the_extras() {
         assert_eq!(lat["p50"].as_u64().unwrap() > 0, faulted, "{r}");
         assert!(lat["p50"].as_u64() <= lat["p99"].as_u64());
         assert_eq!(r["telemetry_dropped"], 0);
+        if r["mode"] == "uffd" {
+            // By default each vCPU has its own userfaultfd and reader.
+            assert_eq!(r["uffd_per_vcpu"], true, "{r}");
+            assert_eq!(r["readers"].as_u64().unwrap(), vcpus, "{r}");
+        }
     }
     assert_eq!(v["telemetry_ratios"].as_array().unwrap().len(), 4);
     assert!(v["push"]["bytes_per_sec"].as_f64().unwrap() > 0.0);

@@ -185,3 +185,58 @@ fn injection_outside_data_memory_is_refused_before_the_run() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
+    use faultline::postcopy::{Destination, InProcessSource, Throttle, destination};
+    use faultline::telemetry::Telemetry;
+    use faultline::uffd::{Features, Userfaultfd};
+    use faultline::vmm::GuestRam;
+    use std::sync::Arc;
+
+    let mem = 64 << 20;
+    let image = GuestRam::new(mem).unwrap();
+    for page in 0..mem / 4096 {
+        image.write(page * 4096, &page.to_le_bytes()).unwrap();
+    }
+    let image = Arc::new(image);
+    let ram = Arc::new(GuestRam::new(mem).unwrap());
+    // Three parts: their boundaries fall inside push batches.
+    let uffds = (0..3)
+        .map(|_| Arc::new(Userfaultfd::new(Features::NONE, true).unwrap()))
+        .collect();
+    let dest = Arc::new(
+        Destination::with_uffds(
+            ram.clone(),
+            uffds,
+            Arc::new(InProcessSource::new(image.clone())),
+            Throttle::new(Rate::Unlimited),
+            Duration::ZERO,
+            Arc::new(Telemetry::new(1)),
+        )
+        .unwrap(),
+    );
+    assert_eq!(dest.uffd_count(), 3);
+    let pushers: Vec<_> = (0..2u64)
+        .map(|i| {
+            destination::spawn(format!("push{i}"), dest.clone(), move |d| d.push_part(i, 2))
+                .unwrap()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    while dest.missing() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "push stalled");
+        assert!(
+            pushers.iter().all(|p| !p.is_finished()),
+            "a push thread failed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    dest.stop();
+    for p in pushers {
+        p.join().unwrap().unwrap();
+    }
+    for page in 512..mem / 4096 {
+        assert_eq!(ram.read_u64(page * 4096).unwrap(), page, "page {page}");
+    }
+}

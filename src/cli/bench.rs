@@ -27,10 +27,14 @@ pub struct BenchArgs {
     /// Fault modes to measure: prefill (memory present, the ceiling), uffd, exit.
     #[arg(long, value_delimiter = ',', default_value = "prefill,uffd,exit")]
     mode: Vec<BenchMode>,
-    /// uffd handler threads; default one per vCPU up to two (more lose to wake-up
-    /// contention on the PVM hosts measured in BENCHMARKS.md).
+    /// With --one-uffd: its handler threads; default one per vCPU up to two (more lose to
+    /// wake-up contention on one userfaultfd, BENCHMARKS.md).
     #[arg(long)]
     readers: Option<usize>,
+    /// uffd mode: one userfaultfd for all vCPUs, served by --readers threads, instead of one
+    /// userfaultfd and one reader per vCPU's slice (the default: it scales, BENCHMARKS.md).
+    #[arg(long)]
+    one_uffd: bool,
     /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     reader_spin: Duration,
@@ -142,6 +146,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     readers: args.readers.unwrap_or(vcpus.min(2)),
                     rtt: args.rtt,
                     reader_spin: args.reader_spin,
+                    uffd_per_vcpu: !args.one_uffd,
                     telemetry: t,
                 });
             }

@@ -34,7 +34,10 @@ thread_local! {
 
 pub struct Destination {
     ram: Arc<GuestRam>,
-    uffd: Arc<Userfaultfd>,
+    /// One userfaultfd per part of data memory, `part_pages` each (the last takes the rest):
+    /// disjoint parts keep one vCPU's faults off the others' wait queue.
+    uffds: Vec<Arc<Userfaultfd>>,
+    part_pages: u64,
     pages: PageStateMap,
     source: Arc<dyn PageSource>,
     pub throttle: Throttle,
@@ -64,14 +67,38 @@ impl Destination {
         rtt: Duration,
         telemetry: Arc<Telemetry>,
     ) -> Result<Destination, PostcopyError> {
-        let boot = BOOT_PAGES * PAGE_SIZE;
-        uffd.register_missing(ram.host_base() + boot, ram.size() - boot)?;
+        Destination::with_uffds(ram, vec![uffd], source, throttle, rtt, telemetry)
+    }
+
+    /// As [`Destination::new`], data memory split into one equal part per userfaultfd.
+    pub fn with_uffds(
+        ram: Arc<GuestRam>,
+        uffds: Vec<Arc<Userfaultfd>>,
+        source: Arc<dyn PageSource>,
+        throttle: Throttle,
+        rtt: Duration,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Destination, PostcopyError> {
         let total = ram.pages();
+        let data = total - BOOT_PAGES;
+        let parts = (uffds.len() as u64).clamp(1, data.max(1));
+        let part_pages = data.div_ceil(parts).max(1);
+        for (i, uffd) in uffds.iter().enumerate() {
+            let first = BOOT_PAGES + i as u64 * part_pages;
+            let end = (first + part_pages).min(total);
+            if first < end {
+                uffd.register_missing(
+                    ram.host_base() + first * PAGE_SIZE,
+                    (end - first) * PAGE_SIZE,
+                )?;
+            }
+        }
         Ok(Destination {
             pages: PageStateMap::new(total, BOOT_PAGES),
-            missing: AtomicU64::new(total - BOOT_PAGES),
+            missing: AtomicU64::new(data),
             ram,
-            uffd,
+            uffds,
+            part_pages,
             source,
             throttle,
             rtt_ns: AtomicU64::new(rtt.as_nanos() as u64),
@@ -126,6 +153,25 @@ impl Destination {
         Duration::from_nanos(self.rtt_ns.load(Ordering::Relaxed))
     }
 
+    /// The userfaultfd that registered `page`.
+    fn uffd_for(&self, page: u64) -> Result<&Userfaultfd, PostcopyError> {
+        let i = (page.saturating_sub(BOOT_PAGES) / self.part_pages) as usize;
+        self.uffds
+            .get(i.min(self.uffds.len().saturating_sub(1)))
+            .map(|u| &**u)
+            .ok_or(PostcopyError::Config("no userfaultfd".into()))
+    }
+
+    /// First page after the uffd part that holds `page`: one copy never spans two.
+    fn part_end(&self, page: u64) -> u64 {
+        let i = page.saturating_sub(BOOT_PAGES) / self.part_pages;
+        (BOOT_PAGES + (i + 1) * self.part_pages).min(self.pages.len())
+    }
+
+    pub fn uffd_count(&self) -> usize {
+        self.uffds.len()
+    }
+
     fn vcpu_of_tid(&self, tid: u32) -> Option<usize> {
         self.vcpu_tids
             .get()
@@ -163,7 +209,7 @@ impl Destination {
         }
         let host = self.ram.host_base() + gpa;
         // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
-        unsafe { self.uffd.copy(host, buf.as_ptr(), len, true) }?;
+        unsafe { self.uffd_for(page)?.copy(host, buf.as_ptr(), len, true) }?;
         let state = match cause {
             FillCause::Demand => PageState::FilledByDemand,
             FillCause::Push => PageState::FilledByPush,
@@ -196,7 +242,7 @@ impl Destination {
             if state.is_present() {
                 if !wait {
                     // The fault may have raced with the copy's wake-up: wake again, cheaply.
-                    self.uffd
+                    self.uffd_for(page)?
                         .wake(self.ram.host_base() + (page << PAGE_SHIFT), PAGE_SIZE)?;
                 }
                 return Ok(if first {
@@ -233,6 +279,15 @@ impl Destination {
 
     /// Handles faults read from the userfaultfd until stopped (the `uffd` mode).
     pub fn serve_uffd(&self) -> Result<(), PostcopyError> {
+        self.serve_uffd_of(0)
+    }
+
+    /// Handles faults read from userfaultfd `index` until stopped.
+    pub fn serve_uffd_of(&self, index: usize) -> Result<(), PostcopyError> {
+        let uffd = self
+            .uffds
+            .get(index)
+            .ok_or(PostcopyError::Config(format!("no userfaultfd {index}")))?;
         let mut faults = [PageFault {
             address: 0,
             write: false,
@@ -244,7 +299,7 @@ impl Destination {
         while !self.stop.load(Ordering::Acquire) {
             if last_fault.elapsed() >= spin {
                 let mut pfd = libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&*self.uffd),
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&**uffd),
                     events: libc::POLLIN,
                     revents: 0,
                 };
@@ -254,7 +309,7 @@ impl Destination {
                     continue;
                 }
             }
-            let n = self.uffd.read_faults(&mut faults)?;
+            let n = uffd.read_faults(&mut faults)?;
             if n > 0 {
                 last_fault = std::time::Instant::now();
             }
@@ -281,7 +336,8 @@ impl Destination {
         while p < total {
             if self.pages.claim(p) {
                 let mut n = 1;
-                while n < PUSH_BATCH_PAGES && p + n < total && self.pages.claim(p + n) {
+                let end = self.part_end(p);
+                while n < PUSH_BATCH_PAGES && p + n < end && self.pages.claim(p + n) {
                     n += 1;
                 }
                 return Some((p, n));

@@ -148,10 +148,12 @@ fn operator_actions_show_in_the_next_snapshots() {
         &c,
         vec![
             (
-                Duration::from_millis(700),
+                // Half of data memory, well after switchover: some of it is surely present
+                // however slow the machine (demand and both push threads start there).
+                Duration::from_millis(1000),
                 Action::Inject(GpaRange {
                     start: 2 << 20,
-                    len: 2 << 20,
+                    len: 30 << 20,
                 }),
             ),
             (Duration::from_millis(50), Action::Throttle(Rate::Unlimited)),
@@ -166,7 +168,7 @@ fn operator_actions_show_in_the_next_snapshots() {
     assert!(
         snaps
             .iter()
-            .any(|s| s.throttle == "unlimited" && s.postcopy_ms > 0 && s.postcopy_ms < 1400),
+            .any(|s| s.throttle == "unlimited" && s.postcopy_ms > 0 && s.postcopy_ms < 1450),
         "the new throttle never showed while the run went on"
     );
     assert!(last.pages.injected > 0);

@@ -15,7 +15,7 @@ use super::monitor::Monitor;
 use super::source::InProcessSource;
 use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
-use crate::guest::{self, Workload};
+use crate::guest::{self, Sharing, Workload};
 pub use crate::snapshot::Phase;
 use crate::snapshot::RunInfo;
 use crate::telemetry::{Aggregate, Event, LatencySummary, Telemetry};
@@ -282,14 +282,19 @@ fn switch_over(
         FaultMode::Uffd => Features::THREAD_ID,
         FaultMode::Exit => Features::SIGBUS,
     };
-    let uffd = Arc::new(Userfaultfd::new(features, true)?);
+    // uffd mode with a slice per vCPU: a userfaultfd per slice, so one vCPU's faults never
+    // queue behind another's (BENCHMARKS.md); shared memory keeps one, read by `readers`.
+    let per_slice = config.mode == FaultMode::Uffd && config.workload.sharing == Sharing::Own;
+    let uffds = (0..if per_slice { config.vcpus } else { 1 })
+        .map(|_| Userfaultfd::new(features, true).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let dest_ram = Arc::new(GuestRam::new(config.mem_bytes)?);
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
-    let dest = Arc::new(Destination::new(
+    let dest = Arc::new(Destination::with_uffds(
         dest_ram.clone(),
-        uffd,
+        uffds,
         source.clone(),
         Throttle::new(rate),
         config.rtt,
@@ -311,11 +316,16 @@ fn switch_over(
         threads: Vec::new(),
     };
     if config.mode == FaultMode::Uffd {
-        for i in 0..config.readers.max(1) {
+        let readers: Vec<usize> = if per_slice {
+            (0..dest.uffd_count()).collect()
+        } else {
+            vec![0; config.readers.max(1)]
+        };
+        for (i, u) in readers.into_iter().enumerate() {
             workers.threads.push(destination::spawn(
                 format!("uffd-reader{i}"),
                 dest.clone(),
-                Destination::serve_uffd,
+                move |d| d.serve_uffd_of(u),
             )?);
         }
     }

@@ -351,6 +351,10 @@ fn attach_watches_and_steers_a_headless_run_and_replay_shows_its_recording() {
     r.wait_for("the replay", |t| {
         t.contains("v1") && t.contains("REPLAY 8x")
     });
+    r.keys("?");
+    r.wait_for("the replay keys in the help", |t| t.contains("seek 5 s"));
+    r.keys("\x1b");
+    r.wait_for("help to close", |t| !t.contains("seek 5 s"));
     r.keys(">");
     r.wait_for("the new speed", |t| t.contains("REPLAY 16x"));
     r.keys(" ");

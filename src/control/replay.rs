@@ -115,6 +115,18 @@ impl Feed for ReplayFeed {
         Some(self.status())
     }
 
+    fn keys(&self) -> Vec<(String, String)> {
+        [
+            ("space", "replay: pause / play"),
+            ("< >", "replay: half / double speed (1x-64x)"),
+            (", .", "replay: seek 5 s back / forward"),
+            ("Home End", "replay: start / end"),
+        ]
+        .into_iter()
+        .map(|(k, d)| (k.to_string(), d.to_string()))
+        .collect()
+    }
+
     fn label(&self) -> Option<String> {
         Some(format!(
             "REPLAY {}x{} {:.1}/{:.1}s",

@@ -116,6 +116,7 @@ pub struct App {
     held: Option<Snapshot>,
     held_count: u64,
     source_label: Option<String>,
+    source_keys: Vec<(String, String)>,
     focus: Pane,
     selected: usize,
     /// Snapshot cell under the map cursor (not a displayed cell, so it survives resizes).
@@ -149,6 +150,7 @@ impl App {
             held: None,
             held_count: 0,
             source_label: None,
+            source_keys: Vec::new(),
             focus: Pane::Vcpus,
             selected: 0,
             map_cursor: 0,
@@ -241,6 +243,15 @@ impl App {
 
     pub fn source_label(&self) -> Option<&str> {
         self.source_label.as_deref()
+    }
+
+    /// Keys the snapshot source takes itself (a replay's), for the help overlay.
+    pub fn set_source_keys(&mut self, keys: Vec<(String, String)>) {
+        self.source_keys = keys;
+    }
+
+    pub fn source_keys(&self) -> &[(String, String)] {
+        &self.source_keys
     }
 
     /// A plain message for the status line (a replay's speed, an attach's state).

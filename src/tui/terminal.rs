@@ -44,6 +44,10 @@ pub trait Feed {
     fn on_key(&mut self, _key: &KeyEvent) -> Option<String> {
         None
     }
+    /// The keys [`Feed::on_key`] takes, as (keys, what they do), for the help overlay.
+    fn keys(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Where the snapshots come from, for the header, if not a live engine here.
     fn label(&self) -> Option<String> {
         None
@@ -158,6 +162,7 @@ pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
             .0
             .push(signal_hook::flag::register(sig, signalled.clone()).map_err(TuiError::Signal)?);
     }
+    app.set_source_keys(feed.keys());
     let mut guard = TerminalGuard::enter()?;
     let frame = Duration::from_secs(1) / FPS;
     let mut next_frame = Instant::now();

@@ -141,7 +141,7 @@ pub fn render(area: Rect, buf: &mut Buffer, app: &App) {
         detail::render(a.body, buf, v, theme);
     }
     if app.help() {
-        help::render(area, buf, theme);
+        help::render(area, buf, app.source_keys(), theme);
     }
     status_line(a.status, buf, app);
     app.set_drawn(drawn);

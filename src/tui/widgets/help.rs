@@ -28,14 +28,15 @@ pub const KEYS: &[(&str, &str)] = &[
 const KEY_W: u16 = 20;
 
 /// The popup's area: the list's size, centered, clipped to `area`.
-pub fn popup_area(area: Rect) -> Rect {
+pub fn popup_area(area: Rect, extra: &[(String, String)]) -> Rect {
     let desc_w = KEYS
         .iter()
         .map(|(_, d)| d.chars().count())
+        .chain(extra.iter().map(|(_, d)| d.chars().count()))
         .max()
         .unwrap_or(0) as u16;
     let w = (KEY_W + desc_w + 4).min(area.width);
-    let h = (KEYS.len() as u16 + 2).min(area.height);
+    let h = ((KEYS.len() + extra.len()) as u16 + 2).min(area.height);
     Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
@@ -44,14 +45,19 @@ pub fn popup_area(area: Rect) -> Rect {
     )
 }
 
-pub fn render(area: Rect, buf: &mut Buffer, theme: &Theme) {
-    let area = popup_area(area.intersection(buf.area));
+/// `extra` are the keys of the snapshot source (a replay's), listed first.
+pub fn render(area: Rect, buf: &mut Buffer, extra: &[(String, String)], theme: &Theme) {
+    let area = popup_area(area.intersection(buf.area), extra);
     if area.is_empty() {
         return;
     }
     Clear.render(area, buf);
     let inner = pane(buf, area, "keys  (? or Esc closes)", true, theme);
-    for (y, (k, d)) in (inner.y..inner.bottom()).zip(KEYS) {
+    let keys = extra
+        .iter()
+        .map(|(k, d)| (k.as_str(), d.as_str()))
+        .chain(KEYS.iter().copied());
+    for (y, (k, d)) in (inner.y..inner.bottom()).zip(keys) {
         text(buf, inner, inner.x + 1, y, k, theme.key());
         text(buf, inner, inner.x + 1 + KEY_W, y, d, theme.text());
     }

@@ -321,8 +321,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let engine = spawn_engine(&config, &status, Some(controls))?;
-    let summary = if args.headless {
-        wait_headless(engine, &status, args.json)?
+    // A failed view (the terminal broke) is reported only after the run is summarized.
+    let (summary, view_error) = if args.headless {
+        (wait_headless(engine, &status, args.json)?, None)
     } else {
         let mut feed = EngineFeed {
             snapshots: status.subscribe(),
@@ -331,8 +332,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         };
         let mut app = tui::App::new();
         let exit = tui::terminal::run(&mut feed, &mut app);
-        // The terminal is the operator's again (or gone); the run ends with its checks
-        // either way, and its summary reaches the log before any terminal error is told.
+        // The terminal is the operator's again (or gone); the run ends with its checks.
         status.request_stop();
         tracing::info!(?exit, "live view closed");
         let _ = writeln!(
@@ -342,13 +342,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         let summary = engine
             .join()
             .map_err(|_| anyhow::anyhow!("the engine thread panicked"))??;
-        if let Err(e) = exit {
-            if let Ok(json) = serde_json::to_string(&summary) {
-                tracing::info!(summary = %json, "run finished");
-            }
-            return Err(e.into());
-        }
-        summary
+        (summary, exit.err())
     };
     // The terminal may be gone (exit on hang-up): the log keeps the summary either way.
     if let Ok(json) = serde_json::to_string(&summary) {
@@ -358,6 +352,9 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         r.finish()?;
     }
     drop(server);
+    if let Some(e) = view_error {
+        return Err(e.into());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::ControlError;
@@ -14,7 +14,6 @@ use crate::snapshot::Snapshot;
 const RECORDING: &str = "faultline recording";
 
 pub struct Recorder {
-    path: PathBuf,
     out: BufWriter<File>,
     last_seq: Option<(u32, u64)>,
 }
@@ -35,14 +34,9 @@ impl Recorder {
             false,
         )?;
         Ok(Recorder {
-            path: path.to_path_buf(),
             out,
             last_seq: None,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends `s` unless it is the one written last (observers may see one twice).

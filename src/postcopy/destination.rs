@@ -277,12 +277,7 @@ impl Destination {
         }
     }
 
-    /// Handles faults read from the userfaultfd until stopped (the `uffd` mode).
-    pub fn serve_uffd(&self) -> Result<(), PostcopyError> {
-        self.serve_uffd_of(0)
-    }
-
-    /// Handles faults read from userfaultfd `index` until stopped.
+    /// Handles faults read from userfaultfd `index` until stopped (the `uffd` mode).
     pub fn serve_uffd_of(&self, index: usize) -> Result<(), PostcopyError> {
         let uffd = self
             .uffds
@@ -347,14 +342,10 @@ impl Destination {
         None
     }
 
-    /// Streams missing pages in the background until stopped: neighbours of recent faults
-    /// first, then in address order. Demand fetches go first: the push yields while any wait.
-    pub fn push(&self) -> Result<(), PostcopyError> {
-        self.push_part(0, 1)
-    }
-
-    /// One of `parts` push threads: starts at its own share of memory so the threads do
-    /// not fight over the same pages, then takes whatever is left anywhere.
+    /// One of `parts` push threads streaming missing pages until stopped: neighbours of
+    /// recent faults first, then in address order from its own share of memory (so the
+    /// threads do not fight over pages), then whatever is left anywhere. Demand fetches
+    /// go first: the push yields while any wait.
     pub fn push_part(&self, part: u64, parts: u64) -> Result<(), PostcopyError> {
         let data = self.pages.len() - BOOT_PAGES;
         let mut cursor = BOOT_PAGES + data / parts.max(1) * part;

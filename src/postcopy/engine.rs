@@ -654,7 +654,8 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
     let guest_errors = o.earlier_guest_errors + guest_errors(&leg.vm);
     let exit_path = match config.mode {
         FaultMode::Uffd => None,
-        FaultMode::Exit => dominant_exit_path(&leg.vm),
+        FaultMode::Exit => crate::vmm::dominant_exit_path(leg.vm.vcpus().iter().map(|v| v.stats()))
+            .map(|p| p.as_str()),
     };
     let bytes = run.bytes_transferred.load(Ordering::Relaxed);
     let per_vcpu = leg
@@ -750,20 +751,4 @@ fn compare_data(a: &GuestRam, b: &GuestRam) -> (u64, u64) {
         differ += u64::from(!same);
     }
     (differ, a.pages() - layout::BOOT_PAGES)
-}
-
-fn dominant_exit_path(vm: &Vm) -> Option<&'static str> {
-    crate::vmm::ExitPath::ALL
-        .iter()
-        .map(|p| {
-            let n: u64 = vm
-                .vcpus()
-                .iter()
-                .map(|v| v.stats().fault_exits[p.index()].load(Ordering::Relaxed))
-                .sum();
-            (n, p.as_str())
-        })
-        .filter(|(n, _)| *n > 0)
-        .max()
-        .map(|(_, s)| s)
 }

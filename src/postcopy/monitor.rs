@@ -17,8 +17,8 @@ use crate::snapshot::{
     RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
 };
 use crate::telemetry::{Aggregate, Event, LatencySummary};
+use crate::vmm::RunState;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SIZE};
-use crate::vmm::{ExitPath, RunState};
 
 /// Time between snapshots.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -503,19 +503,8 @@ impl Monitor {
         if self.info.mode != "exit" {
             return None;
         }
-        let vcpus = &leg?.vcpus;
-        ExitPath::ALL
-            .iter()
-            .map(|p| {
-                let n: u64 = vcpus
-                    .iter()
-                    .map(|v| v.stats.fault_exits[p.index()].load(Ordering::Relaxed))
-                    .sum();
-                (n, p.as_str())
-            })
-            .filter(|(n, _)| *n > 0)
-            .max()
-            .map(|(_, s)| s.to_string())
+        crate::vmm::dominant_exit_path(leg?.vcpus.iter().map(|v| &v.stats))
+            .map(|p| p.as_str().to_string())
     }
 
     fn stall_heatmap(&self) -> Heatmap<u8> {

@@ -105,11 +105,6 @@ impl RunStatus {
         }
     }
 
-    /// The current destination, once post-copy has begun.
-    pub fn destination(&self) -> Option<Arc<Destination>> {
-        self.live().and_then(|l| l.dest.clone())
-    }
-
     /// Asks the run to end: it stops the guest, fills what is missing and checks the data.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);

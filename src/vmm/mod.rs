@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VmFd};
 pub use fault::{ExitPath, FillOutcome, MissingPageHandler};
 pub use memory::GuestRam;
 pub use state::VcpuState;
-pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats};
+pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats, dominant_exit_path};
 
 use crate::guest::{GuestProgram, VcpuStart};
 

@@ -91,6 +91,22 @@ impl Default for VcpuStats {
     }
 }
 
+/// The fault path the given vCPUs took most often, if they took any.
+pub fn dominant_exit_path<'a>(stats: impl IntoIterator<Item = &'a VcpuStats>) -> Option<ExitPath> {
+    let mut counts = [0u64; 4];
+    for s in stats {
+        for (c, n) in counts.iter_mut().zip(&s.fault_exits) {
+            *c += n.load(Ordering::Relaxed);
+        }
+    }
+    ExitPath::ALL
+        .into_iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .max_by_key(|(_, n)| *n)
+        .map(|(p, _)| p)
+}
+
 impl VcpuStats {
     pub fn fault_exits_total(&self) -> u64 {
         self.fault_exits

@@ -116,6 +116,13 @@ fn touch_workload_finishes_and_reports_every_page() {
         for v in vm.vcpus() {
             assert_eq!(v.stats().done_accesses.load(Ordering::Relaxed), slice);
         }
+        // Every page of every slice was written (4 vCPUs also run the loop's one-page tail).
+        let data = layout::data_gpa();
+        for page in 0..slice * vcpus as u64 {
+            let gpa = data + page * layout::PAGE_SIZE;
+            let value = vm.ram().read_u64(gpa).unwrap();
+            assert!(value != 0 && value <= gpa, "page {gpa:#x} holds {value:#x}");
+        }
     }
 }
 

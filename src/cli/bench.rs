@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use faultline::bench::{
     self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
 };
+use faultline::postcopy::destination::auto_reader_spin;
 use faultline::units::Bytes;
 use serde::Serialize;
 
@@ -35,9 +36,10 @@ pub struct BenchArgs {
     /// userfaultfd and one reader per vCPU's slice (the default: it scales, BENCHMARKS.md).
     #[arg(long)]
     one_uffd: bool,
-    /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    reader_spin: Duration,
+    /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us;
+    /// `auto`: 100us when every vCPU and reader has a core, else 0.
+    #[arg(long, value_parser = parse_spin, default_value = "auto")]
+    reader_spin: Spin,
     /// Delay added to each demand fetch, e.g. 100us.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     rtt: Duration,
@@ -64,6 +66,21 @@ pub struct BenchArgs {
     /// Print one JSON object with a `results` list.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Spin {
+    Auto,
+    Fixed(Duration),
+}
+
+fn parse_spin(s: &str) -> Result<Spin, String> {
+    if s == "auto" {
+        return Ok(Spin::Auto);
+    }
+    humantime::parse_duration(s)
+        .map(Spin::Fixed)
+        .map_err(|e| format!("{e} (expected `auto` or a duration such as 100us)"))
 }
 
 #[derive(Serialize)]
@@ -138,14 +155,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             } else {
                 telemetry
             };
+            let readers = args.readers.unwrap_or(vcpus.min(2));
+            let reader_spin = match args.reader_spin {
+                Spin::Fixed(d) => d,
+                Spin::Auto if args.one_uffd => auto_reader_spin(vcpus + readers),
+                Spin::Auto => auto_reader_spin(2 * vcpus),
+            };
             for &t in telem {
                 configs.push(TrialConfig {
                     mode,
                     vcpus,
                     mem_per_vcpu: args.mem_per_vcpu,
-                    readers: args.readers.unwrap_or(vcpus.min(2)),
+                    readers,
                     rtt: args.rtt,
-                    reader_spin: args.reader_spin,
+                    reader_spin,
                     uffd_per_vcpu: !args.one_uffd,
                     telemetry: t,
                 });

@@ -467,6 +467,22 @@ impl MissingPageHandler for Destination {
     }
 }
 
+/// How long a uffd reader keeps reading after a fault when it may spin.
+pub const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
+
+/// How long uffd readers keep reading after a fault before sleeping in poll, given the
+/// threads that are busy during a post-copy (vCPUs, readers, push). Spinning saves the
+/// reader's wake-up on every fault, which is most of a fault's cost with a core to spare,
+/// and costs a core's worth of time slices when there is none (BENCHMARKS.md).
+pub fn auto_reader_spin(busy_threads: usize) -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if busy_threads <= cores {
+        SPIN_AFTER_FAULT
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Starts a named background thread running `f` on the destination.
 pub fn spawn(
     name: String,

@@ -315,12 +315,19 @@ fn switch_over(
         dest: dest.clone(),
         threads: Vec::new(),
     };
+    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
+    // is shared, so a rate limit still holds for both together.
+    let parts =
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
     if config.mode == FaultMode::Uffd {
         let readers: Vec<usize> = if per_slice {
             (0..dest.uffd_count()).collect()
         } else {
             vec![0; config.readers.max(1)]
         };
+        dest.set_reader_spin(destination::auto_reader_spin(
+            config.vcpus + readers.len() + parts as usize,
+        ));
         for (i, u) in readers.into_iter().enumerate() {
             workers.threads.push(destination::spawn(
                 format!("uffd-reader{i}"),
@@ -329,10 +336,6 @@ fn switch_over(
             )?);
         }
     }
-    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
-    // is shared, so a rate limit still holds for both together.
-    let parts =
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
     for i in 0..parts {
         workers.threads.push(destination::spawn(
             format!("push{i}"),

@@ -87,7 +87,7 @@ pub struct TrialConfig {
     pub rtt: Duration,
     /// How long uffd readers keep reading after a fault before sleeping in poll.
     pub reader_spin: Duration,
-    /// One userfaultfd (and one reader) per vCPU's slice instead of one for all.
+    /// One userfaultfd (and in uffd mode one reader) per vCPU's slice instead of one for all.
     pub uffd_per_vcpu: bool,
     pub telemetry: bool,
 }
@@ -170,13 +170,9 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let data_pages = placement.data_pages;
     let program = guest::assemble(&workload, c.vcpus, &placement)?;
     let ram = Arc::new(GuestRam::new(mem)?);
-    // Room for every event (a fault per page): the aggregator reads them after the trial,
-    // not during.
-    let capacity = if c.telemetry {
-        data_pages as usize + 1024
-    } else {
-        1
-    };
+    // Room for every event of a vCPU (a fault per page of its slice): the aggregator reads
+    // them after the trial, not during.
+    let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
     let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
     let mut dest = None;
     let mut workers = Vec::new();
@@ -190,11 +186,9 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
                 BenchMode::Uffd => Features::THREAD_ID,
                 _ => Features::SIGBUS,
             };
-            let count = if c.mode == BenchMode::Uffd && c.uffd_per_vcpu {
-                c.vcpus
-            } else {
-                1
-            };
+            // A userfaultfd per slice also splits the mapping into a VMA per slice, so the
+            // vCPUs' faults and copies do not share the kernel's per-VMA and per-uffd locks.
+            let count = if c.uffd_per_vcpu { c.vcpus } else { 1 };
             let uffds = (0..count)
                 .map(|_| Userfaultfd::new(features, true).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -282,7 +276,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
         .collect();
     let mut aggregate =
         Aggregate::new(c.vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;
-    for e in telemetry.receiver().try_iter() {
+    for e in telemetry.drain() {
         aggregate.fold(&e);
     }
     let latency = aggregate.latency();
@@ -357,7 +351,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
             BenchMode::Uffd => c.readers,
             _ => 0,
         },
-        uffd_per_vcpu: c.mode == BenchMode::Uffd && c.uffd_per_vcpu,
+        uffd_per_vcpu: c.mode != BenchMode::Prefill && c.uffd_per_vcpu,
         reader_spin_us: if c.mode == BenchMode::Uffd {
             c.reader_spin.as_micros() as u64
         } else {

@@ -10,6 +10,7 @@ pub mod postcopy;
 pub mod probe;
 pub mod scenario;
 pub mod snapshot;
+pub mod striped;
 pub mod telemetry;
 pub mod tui;
 pub mod uffd;

@@ -32,8 +32,9 @@ pub struct BenchArgs {
     /// wake-up contention on one userfaultfd, BENCHMARKS.md).
     #[arg(long)]
     readers: Option<usize>,
-    /// uffd mode: one userfaultfd for all vCPUs, served by --readers threads, instead of one
-    /// userfaultfd and one reader per vCPU's slice (the default: it scales, BENCHMARKS.md).
+    /// One userfaultfd for all vCPUs (in uffd mode served by --readers threads) instead of
+    /// one per vCPU's slice, with its own reader in uffd mode (the default: it scales,
+    /// BENCHMARKS.md).
     #[arg(long)]
     one_uffd: bool,
     /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us;

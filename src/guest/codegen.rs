@@ -11,11 +11,9 @@ use iced_x86::code_asm::*;
 
 use super::GuestError;
 use super::ports;
-use super::workload::{Operation, Pattern, Sharing, Workload};
+use super::workload::{LAST_QWORD, Operation, Pattern, Sharing, Workload};
 
 const PAGE_SHIFT: u32 = 12;
-/// Offset of the second verify stamp: the last qword of the page, to catch torn pages.
-const LAST_QWORD: i32 = 4096 - 8;
 
 /// Initial register values of one vCPU, independent of any hypervisor API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -5,6 +5,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// Offset of the verify workload's second stamp: the last qword of the page, to catch
+/// torn pages.
+pub(crate) const LAST_QWORD: i32 = 4096 - 8;
+
 /// The order in which a vCPU visits the pages of its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +90,18 @@ impl Workload {
         names.push("verify".into());
         names.push("touch".into());
         names
+    }
+
+    /// Byte offsets in a page of the qwords the workload may write (every write of every
+    /// workload lands on one of these); the rest of each page keeps what arrived, so a run
+    /// can compare even a writing guest's memory with the source image.
+    pub fn written_qwords(&self) -> &'static [usize] {
+        const FIRST_AND_LAST: [usize; 2] = [0, LAST_QWORD as usize];
+        match self.pattern {
+            Pattern::Verify => &FIRST_AND_LAST,
+            _ if self.writes() => &FIRST_AND_LAST[..1],
+            _ => &[],
+        }
     }
 
     /// Whether the workload writes guest memory.

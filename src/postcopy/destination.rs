@@ -5,15 +5,16 @@
 //! Owns every page copy into the destination. Never copies a page twice: a page is copied
 //! only by whoever claimed it in the page-state map.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::PostcopyError;
 use super::page_state::{PageState, PageStateMap};
-use super::source::PageSource;
+use super::source::{PageSource, SourceError};
 use super::throttle::Throttle;
+use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
 use crate::uffd::{PageFault, Userfaultfd};
 use crate::units::GpaRange;
@@ -47,11 +48,12 @@ pub struct Destination {
     telemetry: Arc<Telemetry>,
     /// vCPU thread ids, index = vCPU, for uffd fault attribution.
     vcpu_tids: OnceLock<Vec<u32>>,
-    missing: AtomicU64,
-    demand_waiting: AtomicUsize,
+    missing: StripedCounter,
+    /// Demand fills in progress: the push yields while there are any.
+    demand_waiting: StripedCounter,
     push_enabled: AtomicBool,
     /// Fills hold it shared; injection holds it exclusively while it drops pages.
-    fill_gate: RwLock<()>,
+    fill_gate: StripedGate,
     /// First page the push should visit next (a recent fault's neighbour), plus one.
     push_hint: AtomicU64,
     stop: AtomicBool,
@@ -95,7 +97,7 @@ impl Destination {
         }
         Ok(Destination {
             pages: PageStateMap::new(total, BOOT_PAGES),
-            missing: AtomicU64::new(data),
+            missing: StripedCounter::new(data),
             ram,
             uffds,
             part_pages,
@@ -105,9 +107,9 @@ impl Destination {
             reader_spin_ns: AtomicU64::new(0),
             telemetry,
             vcpu_tids: OnceLock::new(),
-            demand_waiting: AtomicUsize::new(0),
+            demand_waiting: StripedCounter::new(0),
             push_enabled: AtomicBool::new(true),
-            fill_gate: RwLock::new(()),
+            fill_gate: StripedGate::default(),
             push_hint: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
@@ -127,7 +129,7 @@ impl Destination {
 
     /// Pages still missing.
     pub fn missing(&self) -> u64 {
-        self.missing.load(Ordering::Acquire)
+        self.missing.get()
     }
 
     /// Tells the uffd handlers which thread is which vCPU (once, before switchover).
@@ -189,8 +191,6 @@ impl Destination {
     ) -> Result<(), PostcopyError> {
         let gpa = page << PAGE_SHIFT;
         let len = count * PAGE_SIZE;
-        buf.resize(len as usize, 0);
-        sums.clear();
         self.throttle.acquire(len);
         if cause == FillCause::Demand {
             let rtt = self.rtt_ns.load(Ordering::Relaxed);
@@ -198,18 +198,35 @@ impl Destination {
                 std::thread::sleep(Duration::from_nanos(rtt));
             }
         }
-        self.source.fetch(gpa, buf, sums)?;
-        for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
-            if crc32fast::hash(chunk) != *sum {
-                self.telemetry
-                    .run
-                    .checksum_mismatches
-                    .fetch_add(1, Ordering::Relaxed);
+        let host = self.ram.host_base() + gpa;
+        let uffd = self.uffd_for(page)?;
+        match self.source.local_image() {
+            Some(image) => {
+                let from = image
+                    .host_addr(gpa)
+                    .filter(|_| image.contains(gpa, len))
+                    .ok_or(SourceError::OutOfRange {
+                        gpa,
+                        len,
+                        size: image.size(),
+                    })?;
+                // SAFETY: `from` is `len` bytes of the live image; the destination range
+                // is registered and claimed by us.
+                unsafe { uffd.copy(host, from as *const u8, len, true) }?;
+            }
+            None => {
+                buf.resize(len as usize, 0);
+                sums.clear();
+                self.source.fetch(gpa, buf, sums)?;
+                for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
+                    if crc32fast::hash(chunk) != *sum {
+                        self.telemetry.run.checksum_mismatches.add(1);
+                    }
+                }
+                // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
+                unsafe { uffd.copy(host, buf.as_ptr(), len, true) }?;
             }
         }
-        let host = self.ram.host_base() + gpa;
-        // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
-        unsafe { self.uffd_for(page)?.copy(host, buf.as_ptr(), len, true) }?;
         let state = match cause {
             FillCause::Demand => PageState::FilledByDemand,
             FillCause::Push => PageState::FilledByPush,
@@ -221,12 +238,14 @@ impl Destination {
         }
         let run = &self.telemetry.run;
         match cause {
-            FillCause::Demand => run.pages_demand.fetch_add(count, Ordering::Relaxed),
-            FillCause::Push => run.pages_pushed.fetch_add(count, Ordering::Relaxed),
-        };
-        run.pages_refetched.fetch_add(refetched, Ordering::Relaxed);
-        run.bytes_transferred.fetch_add(len, Ordering::Relaxed);
-        self.missing.fetch_sub(count, Ordering::AcqRel);
+            FillCause::Demand => run.pages_demand.add(count),
+            FillCause::Push => run.pages_pushed.add(count),
+        }
+        if refetched > 0 {
+            run.pages_refetched.add(refetched);
+        }
+        run.bytes_transferred.add(len);
+        self.missing.sub(count);
         Ok(())
     }
 
@@ -255,12 +274,15 @@ impl Destination {
             if state == PageState::Missing {
                 let _gate = self.fill_gate.read();
                 if self.pages.claim(page) {
-                    self.demand_waiting.fetch_add(1, Ordering::AcqRel);
-                    self.push_hint.store(page + 2, Ordering::Relaxed);
+                    self.demand_waiting.add(1);
+                    // A shared line every fault would write: only when a push will read it.
+                    if self.push_enabled() {
+                        self.push_hint.store(page + 2, Ordering::Relaxed);
+                    }
                     let r = DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| {
                         self.fetch_and_copy(page, 1, FillCause::Demand, buf, sums)
                     });
-                    self.demand_waiting.fetch_sub(1, Ordering::AcqRel);
+                    self.demand_waiting.sub(1);
                     if let Err(e) = r {
                         self.pages.unclaim(page);
                         return Err(e);
@@ -353,10 +375,7 @@ impl Destination {
         let mut sums = Vec::with_capacity(PUSH_BATCH_PAGES as usize);
         let mut near: Option<(u64, u64)> = None;
         while !self.stop.load(Ordering::Acquire) {
-            if !self.push_enabled()
-                || self.demand_waiting.load(Ordering::Acquire) > 0
-                || self.missing() == 0
-            {
+            if !self.push_enabled() || self.demand_waiting.get() > 0 || self.missing() == 0 {
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
@@ -412,10 +431,7 @@ impl Destination {
         let first = range.start >> PAGE_SHIFT;
         let end = range.end().div_ceil(PAGE_SIZE);
         // No fill may be in flight while pages change hands.
-        let _gate = self
-            .fill_gate
-            .write()
-            .map_err(|_| PostcopyError::Poisoned)?;
+        let _gate = self.fill_gate.write();
         let mut dropped = 0;
         let mut p = first;
         while p < end {
@@ -444,11 +460,8 @@ impl Destination {
                 dropped += u64::from(self.pages.drop_page(q));
             }
         }
-        self.missing.fetch_add(dropped, Ordering::AcqRel);
-        self.telemetry
-            .run
-            .pages_injected
-            .fetch_add(dropped, Ordering::Relaxed);
+        self.missing.add(dropped);
+        self.telemetry.run.pages_injected.add(dropped);
         Ok(dropped)
     }
 

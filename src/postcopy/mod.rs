@@ -44,8 +44,6 @@ pub enum PostcopyError {
     Thread(#[source] std::io::Error),
     #[error("a post-copy thread panicked")]
     Panicked,
-    #[error("a lock was poisoned by a panicked thread")]
-    Poisoned,
     #[error("the guest failed: {0}")]
     GuestFailed(String),
     #[error("cannot set up telemetry: {0}")]

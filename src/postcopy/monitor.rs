@@ -185,9 +185,7 @@ impl Monitor {
         let vcpus = self.sample_vcpus(leg.as_deref(), now);
         let (pages, memory_map) = self.sample_pages(leg.as_deref());
         let dest = leg.as_ref().and_then(|l| l.dest.as_ref());
-        let bytes = dest.map_or(0, |d| {
-            d.telemetry().run.bytes_transferred.load(Ordering::Relaxed)
-        });
+        let bytes = dest.map_or(0, |d| d.telemetry().run.bytes_transferred.get());
         let filled = pages.demand + pages.pushed;
         push_window(
             &mut self.window,
@@ -291,7 +289,7 @@ impl Monitor {
         let Some(dest) = self.leg.as_ref().and_then(|l| l.dest.clone()) else {
             return;
         };
-        for e in dest.telemetry().receiver().try_iter() {
+        for e in dest.telemetry().drain() {
             self.aggregate.fold(&e);
             match e {
                 Event::Fault {
@@ -487,7 +485,7 @@ impl Monitor {
                 counts.pushed += u64::from(cell.pushed);
                 counts.in_flight += u64::from(cell.in_flight);
             }
-            counts.injected = dest.telemetry().run.pages_injected.load(Ordering::Relaxed);
+            counts.injected = dest.telemetry().run.pages_injected.get();
             counts.missing = dest.missing();
         }
         (

@@ -28,6 +28,13 @@ pub trait PageSource: Send + Sync {
 
     /// A short name for reports.
     fn describe(&self) -> String;
+
+    /// The image itself when it lives in this process: the destination then copies pages
+    /// straight from it, with no staging copy and no checksums (they guard pages in
+    /// transit, and these travel nowhere).
+    fn local_image(&self) -> Option<&GuestRam> {
+        None
+    }
 }
 
 /// The source VM's RAM in this process. The source vCPUs stay paused after switchover.
@@ -79,5 +86,9 @@ impl PageSource for InProcessSource {
 
     fn describe(&self) -> String {
         "in-process image".into()
+    }
+
+    fn local_image(&self) -> Option<&GuestRam> {
+        Some(&self.image)
     }
 }

@@ -1,6 +1,7 @@
-//! Telemetry from the hot paths: lock-free per-vCPU counters plus fault events through a
-//! bounded channel that never blocks (a full channel counts a drop). The aggregator folds
-//! events into histograms off the hot path.
+//! Telemetry from the hot paths: lock-free per-vCPU counters plus fault events through
+//! bounded channels that never block (a full channel counts a drop), one per vCPU so
+//! faulting vCPUs never contend on one queue. The aggregator folds events into histograms
+//! off the hot path.
 //!
 //! Owns the counters and the event stream. Knows nothing of KVM or of the UI.
 
@@ -14,8 +15,13 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Serialize;
 
-/// Capacity of the event channel: about a second of faults at full speed.
+use crate::striped::StripedCounter;
+
+/// Events that may wait for the aggregator, over all channels: about a second of faults
+/// at full speed.
 const EVENT_CAPACITY: usize = 1 << 20;
+/// The least room a channel gets, however many vCPUs share [`EVENT_CAPACITY`].
+const MIN_CHANNEL_CAPACITY: usize = 4096;
 
 /// Why a page arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,25 +60,26 @@ pub struct VcpuCounters {
     pub stalled_gpa: AtomicU64,
 }
 
-/// Live run-wide counters.
+/// Live run-wide counters, added to by every faulting thread (so striped).
 #[derive(Debug, Default)]
 pub struct RunCounters {
-    pub pages_demand: AtomicU64,
-    pub pages_pushed: AtomicU64,
-    pub pages_injected: AtomicU64,
-    pub pages_refetched: AtomicU64,
-    pub bytes_transferred: AtomicU64,
-    pub checksum_mismatches: AtomicU64,
+    pub pages_demand: StripedCounter,
+    pub pages_pushed: StripedCounter,
+    pub pages_injected: StripedCounter,
+    pub pages_refetched: StripedCounter,
+    pub bytes_transferred: StripedCounter,
+    pub checksum_mismatches: StripedCounter,
     /// Faults from threads that are not vCPUs.
-    pub unattributed_faults: AtomicU64,
+    pub unattributed_faults: StripedCounter,
 }
 
 pub struct Telemetry {
     /// Off: no stall accounting, no events (the benchmark's baseline for the observer cost).
     enabled: bool,
     epoch: Instant,
-    events: Sender<Event>,
-    receiver: Receiver<Event>,
+    /// One channel per vCPU, then one for everything else (injections, unattributed
+    /// faults).
+    channels: Vec<(Sender<Event>, Receiver<Event>)>,
     dropped: AtomicU64,
     pub vcpus: Vec<VcpuCounters>,
     pub run: RunCounters,
@@ -91,17 +98,18 @@ pub struct Stall {
 
 impl Telemetry {
     pub fn new(vcpus: usize) -> Telemetry {
-        Telemetry::with_capacity(vcpus, EVENT_CAPACITY, true)
+        let per_channel = (EVENT_CAPACITY / (vcpus + 1)).max(MIN_CHANNEL_CAPACITY);
+        Telemetry::with_capacity(vcpus, per_channel, true)
     }
 
-    /// `capacity` events may wait for the aggregator; `enabled` false turns the observer off.
+    /// Each vCPU's channel holds `capacity` events until the aggregator reads them;
+    /// `enabled` false turns the observer off.
     pub fn with_capacity(vcpus: usize, capacity: usize, enabled: bool) -> Telemetry {
-        let (events, receiver) = bounded(capacity.max(1));
+        let capacity = if enabled { capacity.max(1) } else { 1 };
         Telemetry {
             enabled,
             epoch: Instant::now(),
-            events,
-            receiver,
+            channels: (0..=vcpus).map(|_| bounded(capacity)).collect(),
             dropped: AtomicU64::new(0),
             vcpus: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
             run: RunCounters::default(),
@@ -119,9 +127,14 @@ impl Telemetry {
         self.epoch
     }
 
-    /// Where the aggregator reads events.
-    pub fn receiver(&self) -> Receiver<Event> {
-        self.receiver.clone()
+    /// Every event waiting for the aggregator, channel by channel (each in order).
+    pub fn drain(&self) -> impl Iterator<Item = Event> + '_ {
+        self.channels.iter().flat_map(|(_, r)| r.try_iter())
+    }
+
+    /// Events waiting, over all channels.
+    pub fn pending(&self) -> usize {
+        self.channels.iter().map(|(_, r)| r.len()).sum()
     }
 
     pub fn dropped(&self) -> u64 {
@@ -136,7 +149,13 @@ impl Telemetry {
         if !self.enabled {
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.events.try_send(e) {
+        let vcpu = match e {
+            Event::Fault { vcpu, .. } => vcpu.map(usize::from),
+            Event::Inject { .. } => None,
+        };
+        let last = self.channels.len() - 1;
+        let (tx, _) = &self.channels[vcpu.map_or(last, |v| v.min(last))];
+        if let Err(TrySendError::Full(_)) = tx.try_send(e) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -187,7 +206,7 @@ impl Telemetry {
                 }
             }
             None => {
-                self.run.unattributed_faults.fetch_add(1, Ordering::Relaxed);
+                self.run.unattributed_faults.add(1);
             }
         }
         self.emit(Event::Fault {
@@ -218,13 +237,13 @@ mod tests {
         assert_eq!(t.vcpus[0].faults.load(Ordering::Relaxed), 1);
         assert!(t.vcpus[1].stall_ns.load(Ordering::Relaxed) >= 2_000_000);
         assert!(t.blocktime_all_ns() >= 1_000_000);
-        assert_eq!(t.receiver().len(), 2);
+        assert_eq!(t.pending(), 2);
     }
 
     #[test]
     fn a_full_channel_counts_drops_instead_of_blocking() {
-        let t = Telemetry::new(1);
-        for _ in 0..EVENT_CAPACITY + 3 {
+        let t = Telemetry::with_capacity(1, 100, true);
+        for _ in 0..100 + 3 {
             t.emit(Event::Inject {
                 gpa: 0,
                 pages: 1,
@@ -236,12 +255,41 @@ mod tests {
     }
 
     #[test]
+    fn each_vcpu_has_its_own_channel_and_the_drain_sees_them_all() {
+        let t = Telemetry::with_capacity(2, 1, true);
+        for vcpu in [Some(0), Some(1), None] {
+            t.emit(Event::Fault {
+                vcpu,
+                gpa: 0,
+                start_ns: 0,
+                end_ns: 1,
+            });
+        }
+        // Capacity 1 each: a second event for vCPU 0 is dropped, not queued elsewhere.
+        t.emit(Event::Fault {
+            vcpu: Some(0),
+            gpa: 0,
+            start_ns: 0,
+            end_ns: 1,
+        });
+        assert_eq!(t.dropped(), 1);
+        let seen: Vec<Option<u16>> = t
+            .drain()
+            .map(|e| match e {
+                Event::Fault { vcpu, .. } => vcpu,
+                Event::Inject { .. } => None,
+            })
+            .collect();
+        assert_eq!(seen, vec![Some(0), Some(1), None]);
+    }
+
+    #[test]
     fn disabled_telemetry_records_nothing() {
         let t = Telemetry::with_capacity(1, 16, false);
         let s = t.stall_begin(Some(0), 0x1000);
         t.stall_end(s);
         assert_eq!(t.vcpus[0].faults.load(Ordering::Relaxed), 0);
         assert_eq!(t.vcpus[0].stalled_since.load(Ordering::Relaxed), 0);
-        assert!(t.receiver().is_empty());
+        assert_eq!(t.pending(), 0);
     }
 }

@@ -89,6 +89,9 @@ pub struct TrialConfig {
     pub reader_spin: Duration,
     /// One userfaultfd (and in uffd mode one reader) per vCPU's slice instead of one for all.
     pub uffd_per_vcpu: bool,
+    /// vCPU i and its uffd reader share the i-th allowed CPU: a fault's wake-ups stay on
+    /// one CPU, with no cross-CPU wake-up and no idle CPU to rouse.
+    pub pin: bool,
     pub telemetry: bool,
 }
 
@@ -214,6 +217,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     };
     let vm = Vm::with_ram(vm_config, ram, handler)?;
     vm.load(&program)?;
+    let cpus = allowed_cpus();
     if let Some(d) = &dest {
         d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
         if c.mode == BenchMode::Uffd {
@@ -224,12 +228,24 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
                 vec![0; c.readers]
             };
             for (i, u) in readers.into_iter().enumerate() {
+                let cpus = cpus.clone();
+                let pin = c.pin;
                 workers.push(destination::spawn(
                     format!("uffd-reader{i}"),
                     d.clone(),
-                    move |d| d.serve_uffd_of(u),
+                    move |d| {
+                        if pin {
+                            pin_thread(0, &cpus, i)?;
+                        }
+                        d.serve_uffd_of(u)
+                    },
                 )?);
             }
+        }
+    }
+    if c.pin {
+        for (i, v) in vm.vcpus().iter().enumerate() {
+            pin_thread(v.shared().thread_id() as i32, &cpus, i)?;
         }
     }
 
@@ -303,6 +319,8 @@ pub struct BenchResult {
     pub vcpus: usize,
     pub readers: usize,
     pub uffd_per_vcpu: bool,
+    /// vCPU i (and its uffd reader) bound to the i-th CPU.
+    pub pinned: bool,
     pub reader_spin_us: u64,
     pub telemetry: bool,
     pub pages: u64,
@@ -314,6 +332,39 @@ pub struct BenchResult {
     pub latency_us: LatencyUs,
     pub repeats: usize,
     pub telemetry_dropped: u64,
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a cpu_set_t of the size passed; pid 0 is this thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: cpu < CPU_SETSIZE, inside `set`.
+        .filter(|&cpu| r == 0 && unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cpus.is_empty() { vec![0] } else { cpus }
+}
+
+/// Binds thread `tid` (0: the calling thread) to the `slot`-th CPU of `cpus`, wrapping.
+fn pin_thread(tid: i32, cpus: &[usize], slot: usize) -> Result<(), PostcopyError> {
+    let cpu = cpus.get(slot % cpus.len().max(1)).copied().unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is empty; `cpu` came from the allowed set, so it is
+    // below CPU_SETSIZE.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(PostcopyError::Config(format!(
+            "cannot pin a thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        )))
+    }
 }
 
 /// Runs every configuration once per round, `repeat` rounds: drift in the machine (other
@@ -352,6 +403,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
             _ => 0,
         },
         uffd_per_vcpu: c.mode != BenchMode::Prefill && c.uffd_per_vcpu,
+        pinned: c.pin,
         reader_spin_us: if c.mode == BenchMode::Uffd {
             c.reader_spin.as_micros() as u64
         } else {

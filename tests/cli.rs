@@ -250,6 +250,8 @@ fn bench_json_measures_every_mode_and_the_extras() {
         assert_eq!(lat["p50"].as_u64().unwrap() > 0, faulted, "{r}");
         assert!(lat["p50"].as_u64() <= lat["p99"].as_u64());
         assert_eq!(r["telemetry_dropped"], 0);
+        // By default vCPU i (and its reader) is bound to CPU i.
+        assert_eq!(r["pinned"], true, "{r}");
         if r["mode"] == "uffd" {
             // By default each vCPU has its own userfaultfd and reader.
             assert_eq!(r["uffd_per_vcpu"], true, "{r}");
@@ -271,6 +273,7 @@ fn bench_refuses_bad_sizes_and_modes_with_one_line() {
         &["bench", "--mem-per-vcpu", "3M"][..],
         &["bench", "--mode", "teleport"][..],
         &["bench", "--vcpus", "0"][..],
+        &["bench", "--reader-spin", "soon"][..],
     ] {
         let out = faultline().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

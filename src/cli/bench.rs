@@ -38,9 +38,14 @@ pub struct BenchArgs {
     #[arg(long)]
     one_uffd: bool,
     /// After a fault, uffd readers keep reading this long before sleeping, e.g. 100us;
-    /// `auto`: 100us when every vCPU and reader has a core, else 0.
+    /// `auto`: 0 when pinned (a reader shares its vCPU's CPU), else 100us when every vCPU
+    /// and reader has a core, else 0.
     #[arg(long, value_parser = parse_spin, default_value = "auto")]
     reader_spin: Spin,
+    /// Let the scheduler place vCPU threads and uffd readers, instead of vCPU i and its
+    /// reader sharing the i-th CPU (the default: BENCHMARKS.md).
+    #[arg(long)]
+    no_pin: bool,
     /// Delay added to each demand fetch, e.g. 100us.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     rtt: Duration,
@@ -159,6 +164,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             let readers = args.readers.unwrap_or(vcpus.min(2));
             let reader_spin = match args.reader_spin {
                 Spin::Fixed(d) => d,
+                // A pinned reader shares its vCPU's CPU: spinning would only delay the vCPU.
+                Spin::Auto if !args.no_pin => Duration::ZERO,
                 Spin::Auto if args.one_uffd => auto_reader_spin(vcpus + readers),
                 Spin::Auto => auto_reader_spin(2 * vcpus),
             };
@@ -171,6 +178,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     rtt: args.rtt,
                     reader_spin,
                     uffd_per_vcpu: !args.one_uffd,
+                    pin: !args.no_pin,
                     telemetry: t,
                 });
             }
@@ -198,9 +206,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     drop(faultline::vmm::open_kvm()?);
     if !args.json {
         println!(
-            "demand paging: each vCPU writes {} once; median of {} trials",
+            "demand paging: each vCPU writes {} once; median of {} trials; {}",
             Bytes(args.mem_per_vcpu),
-            args.repeat.max(1)
+            args.repeat.max(1),
+            if args.no_pin {
+                "threads placed by the scheduler"
+            } else {
+                "vCPU i and its uffd reader on CPU i"
+            }
         );
         println!(
             "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",

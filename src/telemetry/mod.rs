@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 use crate::striped::StripedCounter;
@@ -81,7 +82,8 @@ pub struct Telemetry {
     /// faults).
     channels: Vec<(Sender<Event>, Receiver<Event>)>,
     dropped: AtomicU64,
-    pub vcpus: Vec<VcpuCounters>,
+    /// A cache line each: every vCPU writes its own on every fault.
+    pub vcpus: Vec<CachePadded<VcpuCounters>>,
     pub run: RunCounters,
     stalled_now: AtomicUsize,
     all_blocked_since: AtomicU64,
@@ -111,7 +113,7 @@ impl Telemetry {
             epoch: Instant::now(),
             channels: (0..=vcpus).map(|_| bounded(capacity)).collect(),
             dropped: AtomicU64::new(0),
-            vcpus: (0..vcpus).map(|_| VcpuCounters::default()).collect(),
+            vcpus: (0..vcpus).map(|_| CachePadded::default()).collect(),
             run: RunCounters::default(),
             stalled_now: AtomicUsize::new(0),
             all_blocked_since: AtomicU64::new(0),

@@ -142,6 +142,9 @@ impl VcpuStats {
 
 /// What the vCPU thread and its controller share.
 #[derive(Debug)]
+// Lines of its own: the vCPU thread writes its stats on every exit, and the shared states
+// of two vCPUs are allocated side by side.
+#[repr(align(128))]
 pub struct VcpuShared {
     pub id: usize,
     pub stats: VcpuStats,

@@ -314,7 +314,8 @@ impl Destination {
         let spin = Duration::from_nanos(self.reader_spin_ns.load(Ordering::Relaxed));
         let mut last_fault = std::time::Instant::now();
         while !self.stop.load(Ordering::Acquire) {
-            if last_fault.elapsed() >= spin {
+            // No clock read per loop when there is no spinning to time.
+            if spin.is_zero() || last_fault.elapsed() >= spin {
                 let mut pfd = libc::pollfd {
                     fd: std::os::fd::AsRawFd::as_raw_fd(&**uffd),
                     events: libc::POLLIN,
@@ -327,7 +328,7 @@ impl Destination {
                 }
             }
             let n = uffd.read_faults(&mut faults)?;
-            if n > 0 {
+            if n > 0 && !spin.is_zero() {
                 last_fault = std::time::Instant::now();
             }
             for f in &faults[..n] {

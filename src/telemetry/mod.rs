@@ -78,6 +78,10 @@ pub struct Telemetry {
     /// Off: no stall accounting, no events (the benchmark's baseline for the observer cost).
     enabled: bool,
     epoch: Instant,
+    /// Two reads per fault: the TSC through quanta (calibrated against the monotonic
+    /// clock) costs a fraction of a clock_gettime.
+    clock: quanta::Clock,
+    raw_epoch: u64,
     /// One channel per vCPU, then one for everything else (injections, unattributed
     /// faults).
     channels: Vec<(Sender<Event>, Receiver<Event>)>,
@@ -108,9 +112,12 @@ impl Telemetry {
     /// `enabled` false turns the observer off.
     pub fn with_capacity(vcpus: usize, capacity: usize, enabled: bool) -> Telemetry {
         let capacity = if enabled { capacity.max(1) } else { 1 };
+        let clock = quanta::Clock::new();
         Telemetry {
             enabled,
             epoch: Instant::now(),
+            clock: clock.clone(),
+            raw_epoch: clock.raw(),
             channels: (0..=vcpus).map(|_| bounded(capacity)).collect(),
             dropped: AtomicU64::new(0),
             vcpus: (0..vcpus).map(|_| CachePadded::default()).collect(),
@@ -121,8 +128,9 @@ impl Telemetry {
         }
     }
 
+    /// Nanoseconds since the epoch.
     pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        self.clock.delta_as_nanos(self.raw_epoch, self.clock.raw())
     }
 
     pub fn epoch(&self) -> Instant {

@@ -331,7 +331,25 @@ pub struct BenchResult {
     pub per_vcpu_pages_per_sec: f64,
     pub latency_us: LatencyUs,
     pub repeats: usize,
+    /// Each trial's pages/s, round by round.
+    pub rounds_pages_per_sec: Vec<f64>,
     pub telemetry_dropped: u64,
+}
+
+/// The median over rounds of `a`'s pages/s over `b`'s in the same round: a paired ratio,
+/// steadier than the ratio of medians when the machine drifts from round to round.
+pub fn paired_ratio(a: &BenchResult, b: &BenchResult) -> f64 {
+    let mut r: Vec<f64> = a
+        .rounds_pages_per_sec
+        .iter()
+        .zip(&b.rounds_pages_per_sec)
+        .map(|(x, y)| x / y.max(1e-9))
+        .collect();
+    if r.is_empty() {
+        return a.pages_per_sec / b.pages_per_sec.max(1e-9);
+    }
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
 }
 
 /// The CPUs this process may run on, in order.
@@ -367,17 +385,22 @@ fn pin_thread(tid: i32, cpus: &[usize], slot: usize) -> Result<(), PostcopyError
     }
 }
 
-/// Runs every configuration once per round, `repeat` rounds: drift in the machine (other
-/// load, memory state) spreads over all of them instead of biasing the last ones, which
-/// matters for ratios such as telemetry on over off.
+/// Runs every configuration once per round, `repeat` rounds, every other round in reverse
+/// order: drift in the machine (other load, memory state) spreads over all of them, and
+/// neighbours in the list (telemetry on and off) take turns going first, so a ratio over
+/// the trials of one round pairs measurements made side by side.
 pub fn measure_interleaved(
     configs: &[TrialConfig],
     repeat: usize,
 ) -> Result<Vec<BenchResult>, BenchError> {
     let mut trials: Vec<Vec<Trial>> = configs.iter().map(|_| Vec::new()).collect();
-    for _ in 0..repeat.max(1) {
-        for (c, t) in configs.iter().zip(trials.iter_mut()) {
-            t.push(run_trial(c)?);
+    for round in 0..repeat.max(1) {
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            trials[i].push(run_trial(&configs[i])?);
         }
     }
     Ok(configs
@@ -388,6 +411,7 @@ pub fn measure_interleaved(
 }
 
 fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
+    let rounds = trials.iter().map(Trial::pages_per_sec).collect();
     trials.sort_by(|a, b| a.pages_per_sec().total_cmp(&b.pages_per_sec()));
     let min = trials.first().map_or(0.0, Trial::pages_per_sec);
     let max = trials.last().map_or(0.0, Trial::pages_per_sec);
@@ -421,6 +445,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
             p99: median.p99_us,
         },
         repeats: trials.len(),
+        rounds_pages_per_sec: rounds,
         telemetry_dropped: median.telemetry_dropped,
     }
 }

@@ -93,7 +93,7 @@ fn parse_spin(s: &str) -> Result<Spin, String> {
 struct Ratio {
     mode: BenchMode,
     vcpus: usize,
-    /// pages/s with telemetry on over pages/s with it off.
+    /// pages/s with telemetry on over pages/s with it off: the median of the rounds' ratios.
     telemetry_ratio: f64,
 }
 
@@ -255,7 +255,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             Some(Ratio {
                 mode: on.mode,
                 vcpus: on.vcpus,
-                telemetry_ratio: on.pages_per_sec / off.pages_per_sec.max(1e-9),
+                telemetry_ratio: bench::paired_ratio(on, off),
             })
         })
         .collect();
@@ -287,7 +287,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     } else {
         for r in &ratios {
             println!(
-                "telemetry on/off, {} at {} vCPUs: {:.3}",
+                "telemetry on/off, {} at {} vCPUs: {:.3} (median of the rounds' ratios)",
                 r.mode.as_str(),
                 r.vcpus,
                 r.telemetry_ratio

@@ -191,9 +191,17 @@ fn injection_outside_data_memory_is_refused_before_the_run() {
     );
 }
 
-#[test]
-fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
-    use faultline::postcopy::{Destination, InProcessSource, Throttle, destination};
+/// Pushes a 64 MiB image (each page holding its own number) from `source(image)` into a
+/// destination split over three userfaultfds, until nothing is missing.
+fn push_everything(
+    source: impl FnOnce(
+        std::sync::Arc<faultline::vmm::GuestRam>,
+    ) -> std::sync::Arc<dyn faultline::postcopy::PageSource>,
+) -> (
+    std::sync::Arc<faultline::postcopy::Destination>,
+    std::sync::Arc<faultline::vmm::GuestRam>,
+) {
+    use faultline::postcopy::{Destination, Throttle, destination};
     use faultline::telemetry::Telemetry;
     use faultline::uffd::{Features, Userfaultfd};
     use faultline::vmm::GuestRam;
@@ -204,7 +212,6 @@ fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
     for page in 0..mem / 4096 {
         image.write(page * 4096, &page.to_le_bytes()).unwrap();
     }
-    let image = Arc::new(image);
     let ram = Arc::new(GuestRam::new(mem).unwrap());
     // Three parts: their boundaries fall inside push batches.
     let uffds = (0..3)
@@ -214,7 +221,7 @@ fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
         Destination::with_uffds(
             ram.clone(),
             uffds,
-            Arc::new(InProcessSource::new(image.clone())),
+            source(Arc::new(image)),
             Throttle::new(Rate::Unlimited),
             Duration::ZERO,
             Arc::new(Telemetry::new(1)),
@@ -241,7 +248,61 @@ fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
     for p in pushers {
         p.join().unwrap().unwrap();
     }
-    for page in 512..mem / 4096 {
+    (dest, ram)
+}
+
+#[test]
+fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
+    use faultline::postcopy::InProcessSource;
+    let (dest, ram) = push_everything(|image| std::sync::Arc::new(InProcessSource::new(image)));
+    for page in 512..ram.pages() {
         assert_eq!(ram.read_u64(page * 4096).unwrap(), page, "page {page}");
     }
+    // Copied straight from the in-process image: nothing travels, nothing is checksummed.
+    assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 0);
+}
+
+/// A source whose pages travel: served through `fetch` with a CRC32 each (no local image
+/// to copy from), and one page damaged after its checksum was taken.
+struct Transported {
+    inner: faultline::postcopy::InProcessSource,
+    damaged_gpa: u64,
+}
+
+impl faultline::postcopy::PageSource for Transported {
+    fn fetch(
+        &self,
+        gpa: u64,
+        buf: &mut [u8],
+        checksums: &mut Vec<u32>,
+    ) -> Result<(), faultline::postcopy::SourceError> {
+        self.inner.fetch(gpa, buf, checksums)?;
+        if (gpa..gpa + buf.len() as u64).contains(&self.damaged_gpa) {
+            buf[(self.damaged_gpa - gpa) as usize + 100] ^= 0xff;
+        }
+        Ok(())
+    }
+
+    fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), faultline::postcopy::SourceError> {
+        self.inner.put_back(gpa, data)
+    }
+
+    fn describe(&self) -> String {
+        "transported".into()
+    }
+}
+
+#[test]
+fn pages_that_travel_are_checked_on_arrival() {
+    let damaged_gpa = 1000 * 4096;
+    let (dest, ram) = push_everything(|image| {
+        std::sync::Arc::new(Transported {
+            inner: faultline::postcopy::InProcessSource::new(image),
+            damaged_gpa,
+        })
+    });
+    for page in 512..ram.pages() {
+        assert_eq!(ram.read_u64(page * 4096).unwrap(), page, "page {page}");
+    }
+    assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 1);
 }

@@ -28,7 +28,25 @@ pub struct Report {
     pub kvm: KvmReport,
     pub uffd: UffdReport,
     pub fault_modes: FaultModes,
+    pub guest_code: GuestCode,
 }
+
+/// How fast this host runs the test guest's instructions.
+#[derive(Debug, Serialize)]
+pub struct GuestCode {
+    /// Nanoseconds per guest instruction, from the difference of two loops' run times.
+    pub ns_per_instruction: Option<f64>,
+    /// Each instruction costs a hypervisor's emulation (PVM does this for a guest that is
+    /// not PVM-aware), not the CPU's fraction of a nanosecond.
+    pub emulated: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// Loop lengths of the guest-code timing: the difference cancels VM start and exit costs.
+const SHORT_LOOP: u32 = 1_000;
+const LONG_LOOP: u32 = 201_000;
+/// Above this, instructions are emulated; native execution is around a nanosecond.
+const EMULATED_NS: f64 = 50.0;
 
 #[derive(Debug, Serialize)]
 pub struct KvmReport {
@@ -154,7 +172,58 @@ pub fn run() -> Result<Report, VmmError> {
         kvm: kvm_report,
         uffd: uffd_report,
         fault_modes,
+        guest_code: probe_guest_code(),
     })
+}
+
+/// Seconds from resume to DONE of a one-vCPU guest running `iterations` of the timing loop.
+fn time_loop(iterations: u32) -> Result<f64, String> {
+    let vm = Vm::new(VmConfig {
+        vcpus: 1,
+        mem_bytes: PROBE_MEM,
+    })
+    .map_err(|e| e.to_string())?;
+    let program =
+        guest::timing_loop(iterations, &layout::placement(PROBE_MEM)).map_err(|e| e.to_string())?;
+    vm.load(&program).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    vm.resume_all().map_err(|e| e.to_string())?;
+    let vcpu = &vm.vcpus()[0];
+    loop {
+        match vcpu.state() {
+            RunState::Done => return Ok(start.elapsed().as_secs_f64()),
+            RunState::Failed => {
+                return Err(vcpu.failure().unwrap_or_else(|| "vCPU failed".into()));
+            }
+            _ if start.elapsed() > PROBE_TIMEOUT => {
+                let _ = vm.pause_all();
+                return Err(format!(
+                    "the timing loop did not finish within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_micros(100)),
+        }
+    }
+}
+
+fn probe_guest_code() -> GuestCode {
+    match time_loop(SHORT_LOOP).and_then(|short| Ok((short, time_loop(LONG_LOOP)?))) {
+        Ok((short, long)) => {
+            let instructions = 2.0 * f64::from(LONG_LOOP - SHORT_LOOP);
+            let ns = ((long - short) * 1e9 / instructions).max(0.0);
+            GuestCode {
+                ns_per_instruction: Some(ns),
+                emulated: Some(ns > EMULATED_NS),
+                error: None,
+            }
+        }
+        Err(e) => GuestCode {
+            ns_per_instruction: None,
+            emulated: None,
+            error: Some(e),
+        },
+    }
 }
 
 /// A VM of one vCPU whose data pages are missing (registered with `uffd`) and whose guest
@@ -376,7 +445,7 @@ pub fn render_text(r: &Report) -> String {
     ));
     match &r.uffd.error {
         None => out.push_str(&format!(
-            "userfaultfd  {} , features {}\n",
+            "userfaultfd  {}, features {}\n",
             r.uffd.origin.unwrap_or("?"),
             r.uffd.features.join(" ")
         )),
@@ -384,5 +453,15 @@ pub fn render_text(r: &Report) -> String {
     }
     out.push_str(&format!("mode uffd    {}\n", mode(&r.fault_modes.uffd)));
     out.push_str(&format!("mode exit    {}\n", mode(&r.fault_modes.exit)));
+    let g = &r.guest_code;
+    out.push_str(&match (g.ns_per_instruction, g.emulated, &g.error) {
+        (Some(ns), Some(true), _) => format!(
+            "guest code   emulated, {ns:.0} ns an instruction (the hypervisor runs this guest \
+             instruction by instruction: guest-side loops cost as much as faults)\n"
+        ),
+        (Some(ns), _, _) => format!("guest code   native, {ns:.1} ns an instruction\n"),
+        (_, _, Some(e)) => format!("guest code   not timed: {e}\n"),
+        _ => "guest code   not timed\n".into(),
+    });
     out
 }

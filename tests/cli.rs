@@ -37,6 +37,14 @@ fn probe_json_reports_both_fault_modes_ok_on_this_host() {
             .contains(&v["fault_modes"]["exit"]["path"].as_str().unwrap()),
         "{v}"
     );
+    // The guest's own code was timed; whether it is emulated depends on the host.
+    let code = &v["guest_code"];
+    assert!(code["ns_per_instruction"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(
+        code["emulated"].as_bool().unwrap(),
+        code["ns_per_instruction"].as_f64().unwrap() > 50.0,
+        "{v}"
+    );
 }
 
 #[test]
@@ -46,6 +54,7 @@ fn probe_text_names_each_mode() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("mode uffd    ok"), "{text}");
     assert!(text.contains("mode exit    ok via"), "{text}");
+    assert!(text.contains("guest code   "), "{text}");
 }
 
 #[test]

@@ -283,6 +283,33 @@ fn encode_touch(code_gpa: u64) -> Result<Vec<u8>, GuestError> {
     Ok(a.assemble(code_gpa)?)
 }
 
+/// A guest that runs `iterations` of a two-instruction loop (`dec`, `jnz`) on one vCPU,
+/// then reports DONE: for timing how the hypervisor executes guest code.
+pub fn timing_loop(iterations: u32, place: &Placement) -> Result<GuestProgram, GuestError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut top = a.create_label();
+    let mut done = a.create_label();
+    a.mov(ecx, iterations.max(1))?;
+    a.set_label(&mut top)?;
+    a.dec(rcx)?;
+    a.jnz(top)?;
+    a.set_label(&mut done)?;
+    a.mov(eax, iterations)?;
+    a.out(u32::from(ports::DONE), eax)?;
+    a.jmp(done)?;
+    let code = a.assemble(place.code_gpa)?;
+    Ok(GuestProgram {
+        code,
+        code_gpa: place.code_gpa,
+        starts: vec![VcpuStart {
+            rip: place.code_gpa,
+            rsp: (place.stack_top)(0),
+            ..VcpuStart::default()
+        }],
+        slices: vec![],
+    })
+}
+
 fn encode(workload: &Workload, code_gpa: u64) -> Result<Vec<u8>, GuestError> {
     if workload.pattern == Pattern::Touch {
         return encode_touch(code_gpa);
@@ -368,6 +395,23 @@ mod tests {
             "{} instructions",
             all.len()
         );
+    }
+
+    #[test]
+    fn the_timing_loop_is_two_instructions_then_done() {
+        let prog = timing_loop(10, &place(4)).unwrap();
+        let m = mnemonics(&prog.code, prog.code_gpa);
+        assert_eq!(
+            &m[..5],
+            &[
+                Mnemonic::Mov,
+                Mnemonic::Dec,
+                Mnemonic::Jne,
+                Mnemonic::Mov,
+                Mnemonic::Out
+            ]
+        );
+        assert_eq!(prog.starts.len(), 1);
     }
 
     #[test]

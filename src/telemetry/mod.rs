@@ -10,7 +10,6 @@ mod aggregate;
 pub use aggregate::{Aggregate, LatencySummary};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use crossbeam_utils::CachePadded;
@@ -77,7 +76,6 @@ pub struct RunCounters {
 pub struct Telemetry {
     /// Off: no stall accounting, no events (the benchmark's baseline for the observer cost).
     enabled: bool,
-    epoch: Instant,
     /// Two reads per fault: the TSC through quanta (calibrated against the monotonic
     /// clock) costs a fraction of a clock_gettime.
     clock: quanta::Clock,
@@ -115,7 +113,6 @@ impl Telemetry {
         let clock = quanta::Clock::new();
         Telemetry {
             enabled,
-            epoch: Instant::now(),
             clock: clock.clone(),
             raw_epoch: clock.raw(),
             channels: (0..=vcpus).map(|_| bounded(capacity)).collect(),
@@ -131,10 +128,6 @@ impl Telemetry {
     /// Nanoseconds since the epoch.
     pub fn now_ns(&self) -> u64 {
         self.clock.delta_as_nanos(self.raw_epoch, self.clock.raw())
-    }
-
-    pub fn epoch(&self) -> Instant {
-        self.epoch
     }
 
     /// Every event waiting for the aggregator, channel by channel (each in order).

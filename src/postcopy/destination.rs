@@ -17,12 +17,15 @@ use super::throttle::Throttle;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
 use crate::uffd::{PageFault, Userfaultfd};
-use crate::units::GpaRange;
+use crate::units::{GpaRange, Rate};
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
 /// Largest contiguous run the push copies in one ioctl.
 const PUSH_BATCH_PAGES: u64 = 64;
+/// Under a rate limit, the most of the budget one push batch reserves: a demand fetch
+/// queues behind at most this much per push thread.
+const PUSH_BATCH_BUDGET: Duration = Duration::from_millis(1);
 /// Pages after a demand fault that the push visits first.
 const NEIGHBOURHOOD_PAGES: u64 = 256;
 const PAGE: usize = PAGE_SIZE as usize;
@@ -346,16 +349,16 @@ impl Destination {
         Ok(())
     }
 
-    /// Claims up to `PUSH_BATCH_PAGES` contiguous missing pages from `from`; returns the
-    /// first page and count, or None if none is missing from there to the end.
-    fn claim_run(&self, from: u64) -> Option<(u64, u64)> {
+    /// Claims up to `max` (at most `PUSH_BATCH_PAGES`) contiguous missing pages from `from`;
+    /// returns the first page and count, or None if none is missing from there to the end.
+    fn claim_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
         let total = self.pages.len();
         let mut p = from.max(BOOT_PAGES);
         while p < total {
             if self.pages.claim(p) {
                 let mut n = 1;
                 let end = self.part_end(p);
-                while n < PUSH_BATCH_PAGES && p + n < end && self.pages.claim(p + n) {
+                while n < max && p + n < end && self.pages.claim(p + n) {
                     n += 1;
                 }
                 return Some((p, n));
@@ -384,9 +387,10 @@ impl Destination {
             if hint > 0 {
                 near = Some((hint - 1, hint - 1 + NEIGHBOURHOOD_PAGES));
             }
+            let batch = push_batch_pages(self.throttle.rate());
             let _gate = self.fill_gate.read();
             let claimed = match near {
-                Some((from, end)) => match self.claim_run(from) {
+                Some((from, end)) => match self.claim_run(from, batch) {
                     Some((p, n)) if p < end => {
                         near = Some((p + n, end));
                         Some((p, n))
@@ -398,8 +402,8 @@ impl Destination {
                 },
                 None => None,
             }
-            .or_else(|| self.claim_run(cursor))
-            .or_else(|| self.claim_run(BOOT_PAGES));
+            .or_else(|| self.claim_run(cursor, batch))
+            .or_else(|| self.claim_run(BOOT_PAGES, batch));
             let Some((page, count)) = claimed else {
                 continue;
             };
@@ -481,6 +485,18 @@ impl MissingPageHandler for Destination {
     }
 }
 
+/// Pages in one push batch: `PUSH_BATCH_PAGES` at full speed, and under a rate limit no
+/// more than `PUSH_BATCH_BUDGET` of it.
+fn push_batch_pages(rate: Rate) -> u64 {
+    match rate.bytes_per_sec() {
+        None => PUSH_BATCH_PAGES,
+        Some(rate) => {
+            let budget = u128::from(rate) * PUSH_BATCH_BUDGET.as_nanos() / 1_000_000_000;
+            (budget as u64 / PAGE_SIZE).clamp(1, PUSH_BATCH_PAGES)
+        }
+    }
+}
+
 /// How long a uffd reader keeps reading after a fault when it may spin.
 pub const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
 
@@ -514,4 +530,21 @@ pub fn spawn(
             r
         })
         .map_err(PostcopyError::Thread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_batches_take_a_millisecond_of_a_rate_limit_at_most() {
+        assert_eq!(push_batch_pages(Rate::Unlimited), PUSH_BATCH_PAGES);
+        // 40 MiB/s: 41.9 KB a millisecond, 10 pages.
+        assert_eq!(push_batch_pages(Rate::BytesPerSec(40 << 20)), 10);
+        assert_eq!(push_batch_pages(Rate::BytesPerSec(1 << 20)), 1);
+        assert_eq!(
+            push_batch_pages(Rate::BytesPerSec(10 << 30)),
+            PUSH_BATCH_PAGES
+        );
+    }
 }

@@ -186,25 +186,7 @@ fn time_loop(iterations: u32) -> Result<f64, String> {
     let program =
         guest::timing_loop(iterations, &layout::placement(PROBE_MEM)).map_err(|e| e.to_string())?;
     vm.load(&program).map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    vm.resume_all().map_err(|e| e.to_string())?;
-    let vcpu = &vm.vcpus()[0];
-    loop {
-        match vcpu.state() {
-            RunState::Done => return Ok(start.elapsed().as_secs_f64()),
-            RunState::Failed => {
-                return Err(vcpu.failure().unwrap_or_else(|| "vCPU failed".into()));
-            }
-            _ if start.elapsed() > PROBE_TIMEOUT => {
-                let _ = vm.pause_all();
-                return Err(format!(
-                    "the timing loop did not finish within {}s",
-                    PROBE_TIMEOUT.as_secs()
-                ));
-            }
-            _ => std::thread::sleep(Duration::from_micros(100)),
-        }
-    }
+    run_until_done(&vm).map(|d| d.as_secs_f64())
 }
 
 fn probe_guest_code() -> GuestCode {
@@ -264,26 +246,31 @@ impl ProbeGuest {
         Ok(ProbeGuest { vm })
     }
 
-    /// Runs until DONE; returns the vCPU's final state or why it failed.
+    /// Runs until DONE, or says why it did not.
     fn run(&self) -> Result<(), String> {
-        self.vm.resume_all().map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let vcpu = &self.vm.vcpus()[0];
-        loop {
-            match vcpu.state() {
-                RunState::Done => return Ok(()),
-                RunState::Failed => {
-                    return Err(vcpu.failure().unwrap_or_else(|| "vCPU failed".into()));
-                }
-                _ if start.elapsed() > PROBE_TIMEOUT => {
-                    let _ = self.vm.pause_all();
-                    return Err(format!(
-                        "the guest did not finish within {}s",
-                        PROBE_TIMEOUT.as_secs()
-                    ));
-                }
-                _ => std::thread::sleep(Duration::from_millis(1)),
+        run_until_done(&self.vm).map(|_| ())
+    }
+}
+
+/// Resumes `vm` and waits for its first vCPU to report DONE; returns how long that took.
+fn run_until_done(vm: &Vm) -> Result<Duration, String> {
+    let start = Instant::now();
+    vm.resume_all().map_err(|e| e.to_string())?;
+    let vcpu = &vm.vcpus()[0];
+    loop {
+        match vcpu.state() {
+            RunState::Done => return Ok(start.elapsed()),
+            RunState::Failed => {
+                return Err(vcpu.failure().unwrap_or_else(|| "vCPU failed".into()));
             }
+            _ if start.elapsed() > PROBE_TIMEOUT => {
+                let _ = vm.pause_all();
+                return Err(format!(
+                    "the guest did not finish within {}s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_micros(100)),
         }
     }
 }

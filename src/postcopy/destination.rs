@@ -498,7 +498,7 @@ fn push_batch_pages(rate: Rate) -> u64 {
 }
 
 /// How long a uffd reader keeps reading after a fault when it may spin.
-pub const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
+const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
 
 /// How long uffd readers keep reading after a fault before sleeping in poll, given the
 /// threads that are busy during a post-copy (vCPUs, readers, push). Spinning saves the

@@ -14,7 +14,7 @@ use crate::telemetry::{Aggregate, Telemetry};
 use crate::uffd::{Features, Userfaultfd};
 use crate::units::Rate;
 use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
-use crate::vmm::{GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
+use crate::vmm::{Backing, GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
 
 /// A trial that has not finished by then is a failure, not a slow result.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -93,6 +93,8 @@ pub struct TrialConfig {
     /// one CPU, with no cross-CPU wake-up and no idle CPU to rouse.
     pub pin: bool,
     pub telemetry: bool,
+    /// What backs the VM's RAM (and so how a missing page is filled).
+    pub backing: Backing,
 }
 
 impl TrialConfig {
@@ -172,7 +174,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     placement.data_pages = c.vcpus as u64 * c.mem_per_vcpu / PAGE_SIZE;
     let data_pages = placement.data_pages;
     let program = guest::assemble(&workload, c.vcpus, &placement)?;
-    let ram = Arc::new(GuestRam::new(mem)?);
+    let ram = Arc::new(GuestRam::with_backing(mem, c.backing)?);
     // Room for every event of a vCPU (a fault per page of its slice): the aggregator reads
     // them after the trial, not during.
     let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
@@ -188,7 +190,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             let features = match c.mode {
                 BenchMode::Uffd => Features::THREAD_ID,
                 _ => Features::SIGBUS,
-            };
+            }
+            .union(destination::backing_features(c.backing));
             // A userfaultfd per slice also splits the mapping into a VMA per slice, so the
             // vCPUs' faults and copies do not share the kernel's per-VMA and per-uffd locks.
             let count = if c.uffd_per_vcpu { c.vcpus } else { 1 };
@@ -317,6 +320,8 @@ pub struct LatencyUs {
 pub struct BenchResult {
     pub mode: BenchMode,
     pub vcpus: usize,
+    /// `anon` or `shmem`.
+    pub backing: &'static str,
     pub readers: usize,
     pub uffd_per_vcpu: bool,
     /// vCPU i (and its uffd reader) bound to the i-th CPU.
@@ -421,6 +426,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
     BenchResult {
         mode: c.mode,
         vcpus: c.vcpus,
+        backing: c.backing.as_str(),
         readers: match c.mode {
             BenchMode::Uffd if c.uffd_per_vcpu => c.vcpus,
             BenchMode::Uffd => c.readers,
@@ -453,6 +459,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
 /// Background push alone: how fast the destination fills when no vCPU asks for anything.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PushResult {
+    pub backing: &'static str,
     pub threads: usize,
     pub bytes: u64,
     pub secs: f64,
@@ -466,9 +473,10 @@ pub fn measure_push(
     mem_bytes: u64,
     threads: usize,
     repeat: usize,
+    backing: Backing,
 ) -> Result<PushResult, BenchError> {
     let mut trials = (0..repeat.max(1))
-        .map(|_| run_push_trial(mem_bytes, threads))
+        .map(|_| run_push_trial(mem_bytes, threads, backing))
         .collect::<Result<Vec<_>, _>>()?;
     trials.sort_by(|a, b| a.bytes_per_sec.total_cmp(&b.bytes_per_sec));
     let mut median = trials[trials.len() / 2];
@@ -479,14 +487,21 @@ pub fn measure_push(
 
 /// Pushes `mem_bytes` of guest memory at an unlimited rate into a destination no vCPU
 /// touches, and times it until no page is missing.
-pub fn run_push_trial(mem_bytes: u64, threads: usize) -> Result<PushResult, BenchError> {
+pub fn run_push_trial(
+    mem_bytes: u64,
+    threads: usize,
+    backing: Backing,
+) -> Result<PushResult, BenchError> {
     let mem = mem_bytes.max(layout::MIN_MEM_BYTES);
     let image = GuestRam::new(mem)?;
     prefill(&image)?;
-    let ram = Arc::new(GuestRam::new(mem)?);
+    let ram = Arc::new(GuestRam::with_backing(mem, backing)?);
     let dest = Arc::new(Destination::new(
         ram,
-        Arc::new(Userfaultfd::new(Features::NONE, true)?),
+        Arc::new(Userfaultfd::new(
+            destination::backing_features(backing),
+            true,
+        )?),
         Arc::new(InProcessSource::new(Arc::new(image))),
         Throttle::new(Rate::Unlimited),
         Duration::ZERO,
@@ -516,6 +531,7 @@ pub fn run_push_trial(mem_bytes: u64, threads: usize) -> Result<PushResult, Benc
             .map_err(|_| BenchError::GuestFailed("a push thread panicked".into()))??;
     }
     Ok(PushResult {
+        backing: backing.as_str(),
         threads: parts as usize,
         bytes,
         secs,
@@ -549,6 +565,7 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
         warmup: Duration::from_millis(200),
         duration: Duration::ZERO,
         push: true,
+        backing: None,
         timeline: Vec::new(),
     };
     let mut downtimes = (0..runs.max(1))

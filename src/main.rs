@@ -105,6 +105,11 @@ struct RunArgs {
     /// Background push of pages nobody asked for yet.
     #[arg(long, value_enum)]
     push: Option<OnOff>,
+    /// The destination's memory: shmem (allocated up front; minor faults, UFFDIO_CONTINUE)
+    /// or anon (allocated on fill; missing faults, UFFDIO_COPY). Default: shmem where the
+    /// kernel supports it.
+    #[arg(long)]
+    backing: Option<faultline::vmm::Backing>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,6 +174,9 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     if let Some(p) = args.push {
         c.push = matches!(p, OnOff::On);
     }
+    if let Some(b) = args.backing {
+        c.backing = Some(b);
+    }
     c.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(c)
 }
@@ -182,10 +190,11 @@ fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<
     };
     writeln!(
         out,
-        "{}: {} vCPUs, {}, {} mode{}, workload {}",
+        "{}: {} vCPUs, {} {}, {} mode{}, workload {}",
         s.scenario,
         s.vcpus,
         Bytes(s.mem_bytes),
+        s.backing,
         s.mode,
         s.exit_path
             .as_ref()

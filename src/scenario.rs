@@ -70,6 +70,7 @@ struct File {
     warmup: Option<Spanned<String>>,
     duration: Option<Spanned<String>>,
     push: Option<bool>,
+    backing: Option<Spanned<String>>,
     #[serde(default)]
     timeline: Vec<Spanned<Entry>>,
 }
@@ -100,6 +101,7 @@ pub fn defaults() -> RunConfig {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(10),
         push: true,
+        backing: None,
         timeline: Vec::new(),
     }
 }
@@ -190,6 +192,9 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
     if let Some(v) = &f.duration {
         c.duration = loc.duration(v)?;
     }
+    if let Some(b) = &f.backing {
+        c.backing = Some(loc.value(b, str::parse::<crate::vmm::Backing>)?);
+    }
     if let Some(p) = f.push {
         c.push = p;
     }
@@ -278,6 +283,19 @@ mod tests {
         assert!(err.to_string().contains("unknown workload 'zigzag'"));
         let err = parse("s.toml", "vcpus = \"four\"").unwrap_err();
         assert!(err.to_string().starts_with("s.toml:1:9: "), "{err}");
+        let err = parse("s.toml", "vcpus = 2\nbacking = \"hugetlb\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("s.toml:2:11: unknown memory backing 'hugetlb'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backing_is_chosen_at_run_time_unless_the_file_names_one() {
+        assert_eq!(parse("s.toml", "vcpus = 2").unwrap().backing, None);
+        let c = parse("s.toml", "backing = \"anon\"").unwrap();
+        assert_eq!(c.backing, Some(crate::vmm::Backing::Anonymous));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A thin, safe wrapper over the Linux userfaultfd ABI.
 //!
 //! Owns the userfaultfd file descriptor, its handshake, range registration and the
-//! resolving ioctls (copy, zeropage, wake). It knows nothing of KVM or migration.
+//! resolving ioctls (copy, continue, zeropage, wake). It knows nothing of KVM or migration.
 //! The `userfaultfd` crate is not used: its -sys part needs libclang at build time,
 //! and its defaults hide faults raised inside KVM (user-mode-only descriptors).
 
@@ -20,7 +20,9 @@ const UFFD_USER_MODE_ONLY: i32 = 1;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
 const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
+const UFFDIO_CONTINUE_MODE_DONTWAKE: u64 = 1 << 0;
 
 /// `struct uffdio_api`.
 #[repr(C)]
@@ -68,6 +70,15 @@ struct UffdioZeropage {
     zeropage: i64,
 }
 
+/// `struct uffdio_continue`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioContinue {
+    range: UffdioRange,
+    mode: u64,
+    mapped: i64,
+}
+
 /// `struct uffd_msg`, restricted to the page-fault member of its union.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -88,6 +99,7 @@ ioctl_ior_nr!(UFFDIO_UNREGISTER, UFFDIO, 0x01, UffdioRange);
 ioctl_ior_nr!(UFFDIO_WAKE, UFFDIO, 0x02, UffdioRange);
 ioctl_iowr_nr!(UFFDIO_COPY, UFFDIO, 0x03, UffdioCopy);
 ioctl_iowr_nr!(UFFDIO_ZEROPAGE, UFFDIO, 0x04, UffdioZeropage);
+ioctl_iowr_nr!(UFFDIO_CONTINUE, UFFDIO, 0x07, UffdioContinue);
 ioctl_io_nr!(USERFAULTFD_IOC_NEW, UFFDIO, 0x00);
 
 /// Feature bits of `uffdio_api.features` that faultline cares about.
@@ -171,6 +183,13 @@ pub enum UffdError {
     },
     #[error("cannot copy {len:#x} bytes into {dst:#x}: {source}")]
     Copy {
+        dst: u64,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot map {len:#x} bytes of cached pages at {dst:#x}: {source}")]
+    Continue {
         dst: u64,
         len: u64,
         #[source]
@@ -306,9 +325,20 @@ impl Userfaultfd {
 
     /// Registers `[start, start+len)` for missing-page faults.
     pub fn register_missing(&self, start: u64, len: u64) -> Result<()> {
+        self.register(start, len, UFFDIO_REGISTER_MODE_MISSING)
+    }
+
+    /// Registers `[start, start+len)` of a shared-memory mapping for minor faults: pages
+    /// that are in the page cache but not mapped here fault, to be resolved by
+    /// [`Userfaultfd::continue_pages`]. Needs the MINOR_SHMEM feature.
+    pub fn register_minor(&self, start: u64, len: u64) -> Result<()> {
+        self.register(start, len, UFFDIO_REGISTER_MODE_MINOR)
+    }
+
+    fn register(&self, start: u64, len: u64, mode: u64) -> Result<()> {
         let mut reg = UffdioRegister {
             range: UffdioRange { start, len },
-            mode: UFFDIO_REGISTER_MODE_MISSING,
+            mode,
             ioctls: 0,
         };
         // SAFETY: valid uffdio_register for the duration of the call.
@@ -376,6 +406,58 @@ impl Userfaultfd {
                 }
                 _ => {
                     return Err(UffdError::Copy {
+                        dst: dst + done,
+                        len: len - done,
+                        source: err,
+                    });
+                }
+            }
+        }
+        Ok(Fill::Filled)
+    }
+
+    /// Maps the already cached pages of `[dst, dst+len)` (a minor-fault range) and, with
+    /// `wake`, wakes the threads waiting on them. The page contents must have been written
+    /// through another mapping of the same memory first.
+    pub fn continue_pages(&self, dst: u64, len: u64, wake: bool) -> Result<Fill> {
+        let mut done = 0u64;
+        while done < len {
+            let mut cont = UffdioContinue {
+                range: UffdioRange {
+                    start: dst + done,
+                    len: len - done,
+                },
+                mode: if wake {
+                    0
+                } else {
+                    UFFDIO_CONTINUE_MODE_DONTWAKE
+                },
+                mapped: 0,
+            };
+            // SAFETY: valid uffdio_continue for the duration of the call; the kernel only
+            // maps pages that already back the range.
+            let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_CONTINUE(), &mut cont) };
+            if cont.mapped > 0 {
+                done += cont.mapped as u64;
+            }
+            if ret >= 0 {
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => continue,
+                Some(libc::EEXIST) => {
+                    if wake {
+                        self.wake(dst, len)?;
+                    }
+                    return Ok(if done == 0 {
+                        Fill::AlreadyPresent
+                    } else {
+                        Fill::Filled
+                    });
+                }
+                _ => {
+                    return Err(UffdError::Continue {
                         dst: dst + done,
                         len: len - done,
                         source: err,
@@ -609,6 +691,63 @@ mod tests {
             uffd.zeropage(mem.addr(), PAGE as u64).unwrap(),
             Fill::AlreadyPresent
         );
+    }
+
+    #[test]
+    fn minor_fault_is_resolved_by_writing_the_cache_and_continuing() {
+        let uffd = Userfaultfd::new(Features::MINOR_SHMEM, false).unwrap();
+        let len = 2 * PAGE;
+        // SAFETY: a fresh memfd, sized and mapped twice below; every call is checked.
+        let (guest, fill) = unsafe {
+            let fd = libc::memfd_create(c"uffd-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0);
+            assert_eq!(libc::fallocate(fd, 0, 0, len as i64), 0);
+            let map = |flags| {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | flags,
+                    fd,
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                p as u64
+            };
+            let r = (map(0), map(libc::MAP_POPULATE));
+            libc::close(fd);
+            r
+        };
+        uffd.register_minor(guest, len as u64).unwrap();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: reading the guest view; the minor fault is resolved by the test.
+            unsafe { std::ptr::read_volatile((guest + PAGE as u64) as *const u64) }
+        });
+        let mut faults = [PageFault {
+            address: 0,
+            write: false,
+            thread_id: 0,
+        }; 1];
+        assert_eq!(uffd.read_faults(&mut faults).unwrap(), 1);
+        assert_eq!(faults[0].address, guest + PAGE as u64);
+        // SAFETY: the fill view is populated and never registered.
+        unsafe { std::ptr::write_volatile((fill + PAGE as u64) as *mut u64, 99) };
+        assert_eq!(
+            uffd.continue_pages(faults[0].address, PAGE as u64, true)
+                .unwrap(),
+            Fill::Filled
+        );
+        assert_eq!(reader.join().unwrap(), 99);
+        assert_eq!(
+            uffd.continue_pages(faults[0].address, PAGE as u64, true)
+                .unwrap(),
+            Fill::AlreadyPresent
+        );
+        // SAFETY: unmapping the two views made above.
+        unsafe {
+            libc::munmap(guest as *mut libc::c_void, len);
+            libc::munmap(fill as *mut libc::c_void, len);
+        }
     }
 
     #[test]

@@ -188,6 +188,7 @@ fn unknown_scenario_and_bad_values_exit_2() {
         vec!["run", "--headless", "--fetch-rate", "fast"],
         vec!["run", "--headless", "--workload", "zigzag"],
         vec!["run", "--headless", "--rtt", "soon"],
+        vec!["run", "--headless", "--backing", "hugetlb"],
     ] {
         let out = faultline().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -283,6 +284,7 @@ fn bench_refuses_bad_sizes_and_modes_with_one_line() {
         &["bench", "--mode", "teleport"][..],
         &["bench", "--vcpus", "0"][..],
         &["bench", "--reader-spin", "soon"][..],
+        &["bench", "--backing", "hugetlb"][..],
     ] {
         let out = faultline().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -5,6 +5,7 @@ use std::time::Duration;
 use faultline::guest::Workload;
 use faultline::postcopy::{self, Action, FaultMode, RunConfig, RunStatus, Summary, TimedAction};
 use faultline::units::{GpaRange, Rate};
+use faultline::vmm::Backing;
 
 fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
     RunConfig {
@@ -19,22 +20,34 @@ fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(400),
         push: true,
+        backing: None,
         timeline: vec![],
     }
+}
+
+/// Both backings run on this machine: its kernel resolves minor faults on shared memory.
+#[test]
+fn shared_memory_is_the_default_backing_here() {
+    assert_eq!(
+        faultline::postcopy::destination::preferred_backing(),
+        Backing::Shared
+    );
 }
 
 fn run(c: &RunConfig) -> Summary {
     postcopy::run(c, &RunStatus::default(), None).unwrap()
 }
 
-fn check_migration(workload: &str, mode: FaultMode, vcpus: usize) {
+fn check_migration(workload: &str, mode: FaultMode, vcpus: usize, backing: Backing) {
     let mut c = config(workload, mode, vcpus);
+    c.backing = Some(backing);
     // An unlimited push can fill a vCPU's slice before that vCPU first runs (4 vCPUs and
     // the push on 2 cores), and every vCPU must fault here; the run fills the rest at full
     // speed after its duration.
     c.fetch_rate = Rate::BytesPerSec(64 << 20);
     let s = run(&c);
     assert!(s.verified, "{s:#?}");
+    assert_eq!(s.backing, backing.as_str());
     assert_eq!(s.verify.mismatches, 0);
     assert_eq!(s.verify.guest_errors, 0);
     assert_eq!(
@@ -60,14 +73,23 @@ macro_rules! migration_tests {
     ($($name:ident: $workload:expr,)*) => {$(
         mod $name {
             use faultline::postcopy::FaultMode;
+            use faultline::vmm::Backing::{Anonymous, Shared};
             #[test]
-            fn uffd_one_vcpu() { super::check_migration($workload, FaultMode::Uffd, 1); }
+            fn uffd_one_vcpu() { super::check_migration($workload, FaultMode::Uffd, 1, Shared); }
             #[test]
-            fn uffd_four_vcpus() { super::check_migration($workload, FaultMode::Uffd, 4); }
+            fn uffd_four_vcpus() { super::check_migration($workload, FaultMode::Uffd, 4, Shared); }
             #[test]
-            fn exit_one_vcpu() { super::check_migration($workload, FaultMode::Exit, 1); }
+            fn exit_one_vcpu() { super::check_migration($workload, FaultMode::Exit, 1, Shared); }
             #[test]
-            fn exit_four_vcpus() { super::check_migration($workload, FaultMode::Exit, 4); }
+            fn exit_four_vcpus() { super::check_migration($workload, FaultMode::Exit, 4, Shared); }
+            #[test]
+            fn uffd_four_vcpus_anon() {
+                super::check_migration($workload, FaultMode::Uffd, 4, Anonymous);
+            }
+            #[test]
+            fn exit_four_vcpus_anon() {
+                super::check_migration($workload, FaultMode::Exit, 4, Anonymous);
+            }
         }
     )*};
 }
@@ -96,8 +118,9 @@ fn read_only_guest_leaves_destination_identical_to_source() {
     assert_eq!(s.verify.pages_checked, s.pages_total - s.pages_boot);
 }
 
-fn check_injection(mode: FaultMode) {
+fn check_injection(mode: FaultMode, backing: Backing) {
     let mut c = config("verify", mode, 4);
+    c.backing = Some(backing);
     c.fetch_rate = Rate::BytesPerSec(64 << 20);
     c.duration = Duration::from_millis(1500);
     let range = GpaRange {
@@ -123,12 +146,22 @@ fn check_injection(mode: FaultMode) {
 
 #[test]
 fn injection_refetches_the_range_and_still_verifies_uffd() {
-    check_injection(FaultMode::Uffd);
+    check_injection(FaultMode::Uffd, Backing::Shared);
 }
 
 #[test]
 fn injection_refetches_the_range_and_still_verifies_exit() {
-    check_injection(FaultMode::Exit);
+    check_injection(FaultMode::Exit, Backing::Shared);
+}
+
+#[test]
+fn injection_refetches_the_range_and_still_verifies_uffd_anon() {
+    check_injection(FaultMode::Uffd, Backing::Anonymous);
+}
+
+#[test]
+fn injection_refetches_the_range_and_still_verifies_exit_anon() {
+    check_injection(FaultMode::Exit, Backing::Anonymous);
 }
 
 #[test]
@@ -192,8 +225,9 @@ fn injection_outside_data_memory_is_refused_before_the_run() {
 }
 
 /// Pushes a 64 MiB image (each page holding its own number) from `source(image)` into a
-/// destination split over three userfaultfds, until nothing is missing.
+/// destination of `backing` split over three userfaultfds, until nothing is missing.
 fn push_everything(
+    backing: Backing,
     source: impl FnOnce(
         std::sync::Arc<faultline::vmm::GuestRam>,
     ) -> std::sync::Arc<dyn faultline::postcopy::PageSource>,
@@ -203,7 +237,7 @@ fn push_everything(
 ) {
     use faultline::postcopy::{Destination, Throttle, destination};
     use faultline::telemetry::Telemetry;
-    use faultline::uffd::{Features, Userfaultfd};
+    use faultline::uffd::Userfaultfd;
     use faultline::vmm::GuestRam;
     use std::sync::Arc;
 
@@ -212,10 +246,13 @@ fn push_everything(
     for page in 0..mem / 4096 {
         image.write(page * 4096, &page.to_le_bytes()).unwrap();
     }
-    let ram = Arc::new(GuestRam::new(mem).unwrap());
+    let ram = Arc::new(GuestRam::with_backing(mem, backing).unwrap());
     // Three parts: their boundaries fall inside push batches.
     let uffds = (0..3)
-        .map(|_| Arc::new(Userfaultfd::new(Features::NONE, true).unwrap()))
+        .map(|_| {
+            let features = destination::backing_features(backing);
+            Arc::new(Userfaultfd::new(features, true).unwrap())
+        })
         .collect();
     let dest = Arc::new(
         Destination::with_uffds(
@@ -254,12 +291,42 @@ fn push_everything(
 #[test]
 fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
     use faultline::postcopy::InProcessSource;
-    let (dest, ram) = push_everything(|image| std::sync::Arc::new(InProcessSource::new(image)));
-    for page in 512..ram.pages() {
-        assert_eq!(ram.read_u64(page * 4096).unwrap(), page, "page {page}");
+    for backing in [Backing::Anonymous, Backing::Shared] {
+        let (dest, ram) = push_everything(backing, |image| {
+            std::sync::Arc::new(InProcessSource::new(image))
+        });
+        for page in 512..ram.pages() {
+            assert_eq!(
+                ram.read_u64(page * 4096).unwrap(),
+                page,
+                "{backing}: page {page}"
+            );
+        }
+        // Copied straight from the in-process image: nothing travels, nothing is checksummed.
+        assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 0);
     }
-    // Copied straight from the in-process image: nothing travels, nothing is checksummed.
-    assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 0);
+}
+
+#[test]
+fn shared_memory_needs_a_userfaultfd_with_minor_faults() {
+    use faultline::postcopy::{Destination, InProcessSource, Throttle};
+    use faultline::telemetry::Telemetry;
+    use faultline::uffd::{Features, Userfaultfd};
+    use faultline::vmm::GuestRam;
+    use std::sync::Arc;
+
+    let mem = 64 << 20;
+    let err = Destination::new(
+        Arc::new(GuestRam::shared(mem).unwrap()),
+        Arc::new(Userfaultfd::new(Features::SIGBUS, true).unwrap()),
+        Arc::new(InProcessSource::new(Arc::new(GuestRam::new(mem).unwrap()))),
+        Throttle::new(Rate::Unlimited),
+        Duration::ZERO,
+        Arc::new(Telemetry::new(1)),
+    )
+    .err()
+    .expect("a missing-only userfaultfd cannot serve shared memory");
+    assert!(err.to_string().contains("MINOR_SHMEM"), "{err}");
 }
 
 /// A source whose pages travel: served through `fetch` with a CRC32 each (no local image
@@ -295,7 +362,7 @@ impl faultline::postcopy::PageSource for Transported {
 #[test]
 fn pages_that_travel_are_checked_on_arrival() {
     let damaged_gpa = 1000 * 4096;
-    let (dest, ram) = push_everything(|image| {
+    let (dest, ram) = push_everything(Backing::Shared, |image| {
         std::sync::Arc::new(Transported {
             inner: faultline::postcopy::InProcessSource::new(image),
             damaged_gpa,

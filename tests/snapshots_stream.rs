@@ -21,6 +21,7 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         warmup: Duration::from_millis(500),
         duration: Duration::from_millis(1500),
         push: true,
+        backing: None,
         timeline: vec![],
     }
 }

@@ -6,8 +6,9 @@ use clap::{Args, ValueEnum};
 use faultline::bench::{
     self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
 };
-use faultline::postcopy::destination::auto_reader_spin;
+use faultline::postcopy::destination::{auto_reader_spin, preferred_backing};
 use faultline::units::Bytes;
+use faultline::vmm::Backing;
 use serde::Serialize;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -28,6 +29,11 @@ pub struct BenchArgs {
     /// Fault modes to measure: prefill (memory present, the ceiling), uffd, exit.
     #[arg(long, value_delimiter = ',', default_value = "prefill,uffd,exit")]
     mode: Vec<BenchMode>,
+    /// Guest memory backings to measure: shmem (allocated before the run; minor faults,
+    /// filled with UFFDIO_CONTINUE), anon (allocated on fill; UFFDIO_COPY). Default: shmem
+    /// where the kernel supports it, else anon. The push is timed on the first.
+    #[arg(long, value_delimiter = ',')]
+    backing: Vec<Backing>,
     /// With --one-uffd: its handler threads; default one per vCPU up to two (more lose to
     /// wake-up contention on one userfaultfd, BENCHMARKS.md).
     #[arg(long)]
@@ -93,6 +99,7 @@ fn parse_spin(s: &str) -> Result<Spin, String> {
 struct Ratio {
     mode: BenchMode,
     vcpus: usize,
+    backing: &'static str,
     /// pages/s with telemetry on over pages/s with it off: the median of the rounds' ratios.
     telemetry_ratio: f64,
 }
@@ -118,8 +125,9 @@ fn k(v: f64) -> String {
 
 fn print_row(r: &BenchResult) {
     println!(
-        "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
+        "{:<8} {:<7} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
         r.mode.as_str(),
+        r.backing,
         r.vcpus,
         if r.mode == BenchMode::Uffd {
             r.readers.to_string()
@@ -152,9 +160,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         TelemetryArg::Off => &[false],
         TelemetryArg::Both => &[true, false],
     };
+    let backings = if args.backing.is_empty() {
+        vec![preferred_backing()]
+    } else {
+        args.backing.clone()
+    };
     let mut configs = Vec::new();
     for &vcpus in &args.vcpus {
-        for &mode in &args.mode {
+        for (&mode, &backing) in args
+            .mode
+            .iter()
+            .flat_map(|m| backings.iter().map(move |b| (m, b)))
+        {
             // The observer has nothing to observe when no page is ever missing.
             let telem: &[bool] = if mode == BenchMode::Prefill {
                 &[false]
@@ -180,6 +197,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     uffd_per_vcpu: !args.one_uffd,
                     pin: !args.no_pin,
                     telemetry: t,
+                    backing,
                 });
             }
         }
@@ -216,8 +234,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             }
         );
         println!(
-            "{:<8} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
+            "{:<8} {:<7} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
             "mode",
+            "memory",
             "vcpus",
             "readers",
             "telemetry",
@@ -249,18 +268,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .iter()
         .filter(|r| r.telemetry)
         .filter_map(|on| {
-            let off = results
-                .iter()
-                .find(|o| !o.telemetry && o.mode == on.mode && o.vcpus == on.vcpus)?;
+            let off = results.iter().find(|o| {
+                !o.telemetry && o.mode == on.mode && o.vcpus == on.vcpus && o.backing == on.backing
+            })?;
             Some(Ratio {
                 mode: on.mode,
                 vcpus: on.vcpus,
+                backing: on.backing,
                 telemetry_ratio: bench::paired_ratio(on, off),
             })
         })
         .collect();
     let push = (args.push_mem > 0)
-        .then(|| bench::measure_push(args.push_mem, args.push_threads, args.repeat))
+        .then(|| bench::measure_push(args.push_mem, args.push_threads, args.repeat, backings[0]))
         .transpose()?;
     let downtime = (args.downtime_vcpus > 0)
         .then(|| bench::measure_downtime(args.downtime_vcpus, args.repeat.max(5)))
@@ -287,15 +307,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     } else {
         for r in &ratios {
             println!(
-                "telemetry on/off, {} at {} vCPUs: {:.3} (median of the rounds' ratios)",
+                "telemetry on/off, {} ({}) at {} vCPUs: {:.3} (median of the rounds' ratios)",
                 r.mode.as_str(),
+                r.backing,
                 r.vcpus,
                 r.telemetry_ratio
             );
         }
         if let Some(p) = push {
             println!(
-                "push alone, {} threads: {} in {:.3} s = {:.2} GB/s (min {:.2}, max {:.2})",
+                "push alone ({}), {} threads: {} in {:.3} s = {:.2} GB/s (min {:.2}, max {:.2})",
+                p.backing,
                 p.threads,
                 Bytes(p.bytes),
                 p.secs,

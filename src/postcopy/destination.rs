@@ -3,7 +3,9 @@
 //! background push, and region injection.
 //!
 //! Owns every page copy into the destination. Never copies a page twice: a page is copied
-//! only by whoever claimed it in the page-state map.
+//! only by whoever claimed it in the page-state map. Anonymous RAM is filled with
+//! UFFDIO_COPY; shared RAM by writing the page through its fill mapping and mapping it
+//! into the guest's view with UFFDIO_CONTINUE (the claim makes that write exclusive).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,10 +18,10 @@ use super::source::{PageSource, SourceError};
 use super::throttle::Throttle;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
-use crate::uffd::{PageFault, Userfaultfd};
+use crate::uffd::{Features, PageFault, Userfaultfd};
 use crate::units::{GpaRange, Rate};
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
-use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
+use crate::vmm::{Backing, ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
 /// Largest contiguous run the push copies in one ioctl.
 const PUSH_BATCH_PAGES: u64 = 64;
@@ -63,7 +65,8 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Registers `ram` beyond the boot region with `uffd`; those pages start missing.
+    /// Registers `ram` beyond the boot region with `uffd`; those pages start missing. For
+    /// shared RAM the userfaultfd needs [`Features::MINOR_SHMEM`].
     pub fn new(
         ram: Arc<GuestRam>,
         uffd: Arc<Userfaultfd>,
@@ -88,14 +91,27 @@ impl Destination {
         let data = total - BOOT_PAGES;
         let parts = (uffds.len() as u64).clamp(1, data.max(1));
         let part_pages = data.div_ceil(parts).max(1);
+        let backing = ram.backing();
         for (i, uffd) in uffds.iter().enumerate() {
             let first = BOOT_PAGES + i as u64 * part_pages;
             let end = (first + part_pages).min(total);
-            if first < end {
-                uffd.register_missing(
-                    ram.host_base() + first * PAGE_SIZE,
-                    (end - first) * PAGE_SIZE,
-                )?;
+            if first >= end {
+                continue;
+            }
+            let (start, len) = (
+                ram.host_base() + first * PAGE_SIZE,
+                (end - first) * PAGE_SIZE,
+            );
+            match backing {
+                Backing::Anonymous => uffd.register_missing(start, len)?,
+                Backing::Shared if !uffd.features().contains(Features::MINOR_SHMEM) => {
+                    return Err(PostcopyError::Config(
+                        "shared guest RAM needs a userfaultfd with minor faults on shared \
+                         memory (MINOR_SHMEM)"
+                            .into(),
+                    ));
+                }
+                Backing::Shared => uffd.register_minor(start, len)?,
             }
         }
         Ok(Destination {
@@ -201,8 +217,6 @@ impl Destination {
                 std::thread::sleep(Duration::from_nanos(rtt));
             }
         }
-        let host = self.ram.host_base() + gpa;
-        let uffd = self.uffd_for(page)?;
         match self.source.local_image() {
             Some(image) => {
                 let from = image
@@ -213,9 +227,8 @@ impl Destination {
                         len,
                         size: image.size(),
                     })?;
-                // SAFETY: `from` is `len` bytes of the live image; the destination range
-                // is registered and claimed by us.
-                unsafe { uffd.copy(host, from as *const u8, len, true) }?;
+                // SAFETY: `from` is `len` bytes of the live image.
+                unsafe { self.place(page, from as *const u8, len) }?;
             }
             None => {
                 buf.resize(len as usize, 0);
@@ -226,8 +239,8 @@ impl Destination {
                         self.telemetry.run.checksum_mismatches.add(1);
                     }
                 }
-                // SAFETY: `buf` holds `len` bytes; the range is registered and claimed by us.
-                unsafe { uffd.copy(host, buf.as_ptr(), len, true) }?;
+                // SAFETY: `buf` holds `len` bytes.
+                unsafe { self.place(page, buf.as_ptr(), len) }?;
             }
         }
         let state = match cause {
@@ -249,6 +262,35 @@ impl Destination {
         }
         run.bytes_transferred.add(len);
         self.missing.sub(count);
+        Ok(())
+    }
+
+    /// Puts `len` bytes from `from` into the claimed pages from `page` on and makes them
+    /// present, waking whoever waits on them.
+    ///
+    /// # Safety
+    /// `from` must be valid for reading `len` bytes, and the pages claimed by the caller.
+    unsafe fn place(&self, page: u64, from: *const u8, len: u64) -> Result<(), PostcopyError> {
+        let gpa = page << PAGE_SHIFT;
+        let host = self.ram.host_base() + gpa;
+        let uffd = self.uffd_for(page)?;
+        match self
+            .ram
+            .fill_addr(gpa)
+            .filter(|_| self.ram.contains(gpa, len))
+        {
+            Some(fill) => {
+                // SAFETY: the fill mapping holds the range (checked) and is always present;
+                // the claim makes us its only writer, and the guest cannot see these pages
+                // until they are mapped below.
+                unsafe { std::ptr::copy_nonoverlapping(from, fill as *mut u8, len as usize) };
+                uffd.continue_pages(host, len, true)?;
+            }
+            None => {
+                // SAFETY: the range is registered and claimed by us; `from` per the caller.
+                unsafe { uffd.copy(host, from, len, true) }?;
+            }
+        }
         Ok(())
     }
 
@@ -494,6 +536,24 @@ fn push_batch_pages(rate: Rate) -> u64 {
             let budget = u128::from(rate) * PUSH_BATCH_BUDGET.as_nanos() / 1_000_000_000;
             (budget as u64 / PAGE_SIZE).clamp(1, PUSH_BATCH_PAGES)
         }
+    }
+}
+
+/// The backing a destination gets unless told otherwise: shared memory where this
+/// kernel's userfaultfd resolves minor faults on it (Linux 5.13+), since its faults and
+/// fills allocate nothing (BENCHMARKS.md); anonymous memory elsewhere.
+pub fn preferred_backing() -> Backing {
+    match Userfaultfd::available_features() {
+        Ok((features, _)) if features.contains(Features::MINOR_SHMEM) => Backing::Shared,
+        _ => Backing::Anonymous,
+    }
+}
+
+/// The userfaultfd features a destination of `backing` needs on top of its fault mode's.
+pub fn backing_features(backing: Backing) -> Features {
+    match backing {
+        Backing::Anonymous => Features::NONE,
+        Backing::Shared => Features::MINOR_SHMEM,
     }
 }
 

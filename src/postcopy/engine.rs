@@ -22,7 +22,7 @@ use crate::telemetry::{Aggregate, Event, LatencySummary, Telemetry};
 use crate::uffd::{Features, Userfaultfd};
 use crate::units::{GpaRange, Rate};
 use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
-use crate::vmm::{GuestRam, MissingPageHandler, Vm, VmConfig};
+use crate::vmm::{Backing, GuestRam, MissingPageHandler, Vm, VmConfig};
 
 /// Background push threads at most.
 const PUSH_THREADS: usize = 2;
@@ -80,6 +80,8 @@ pub struct RunConfig {
     pub warmup: Duration,
     pub duration: Duration,
     pub push: bool,
+    /// What backs the destination's RAM; None: [`destination::preferred_backing`].
+    pub backing: Option<Backing>,
     pub timeline: Vec<TimedAction>,
 }
 
@@ -156,6 +158,8 @@ pub struct Summary {
     pub workload: String,
     pub vcpus: usize,
     pub mem_bytes: u64,
+    /// The destination's memory backing: anon or shmem.
+    pub backing: String,
     pub page_size: u64,
     pub pages_total: u64,
     pub pages_boot: u64,
@@ -278,10 +282,14 @@ fn switch_over(
 ) -> Result<Leg, PostcopyError> {
     let vm_config = source_vm.config();
     // The destination is made ready before the source stops, like QEMU's -incoming.
+    let backing = config
+        .backing
+        .unwrap_or_else(destination::preferred_backing);
     let features = match config.mode {
         FaultMode::Uffd => Features::THREAD_ID,
         FaultMode::Exit => Features::SIGBUS,
-    };
+    }
+    .union(destination::backing_features(backing));
     // A slice per vCPU: a userfaultfd per slice, so one vCPU's faults never queue behind
     // another's and each slice is a VMA of its own, whose locks no other vCPU takes
     // (BENCHMARKS.md); shared memory keeps one, read by `readers` in uffd mode.
@@ -289,7 +297,7 @@ fn switch_over(
     let uffds = (0..if per_slice { config.vcpus } else { 1 })
         .map(|_| Userfaultfd::new(features, true).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let dest_ram = Arc::new(GuestRam::new(config.mem_bytes)?);
+    let dest_ram = Arc::new(GuestRam::with_backing(config.mem_bytes, backing)?);
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
@@ -682,6 +690,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
         workload: config.workload.to_string(),
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
+        backing: leg.dest.ram().backing().as_str().to_string(),
         page_size: PAGE_SIZE,
         pages_total: leg.dest.ram().pages(),
         pages_boot: layout::BOOT_PAGES,

@@ -1,30 +1,102 @@
-//! Guest RAM: one anonymous, MAP_NORESERVE mapping at gpa 0, through vm-memory.
+//! Guest RAM: one mapping at gpa 0, through vm-memory, either anonymous (MAP_NORESERVE) or
+//! a memfd allocated up front with a second, always-present mapping of the same pages.
 //!
-//! Owns the mapping and gpa-to-host translation. Pages of a destination VM may be missing
-//! (registered with userfaultfd): callers must only read or write pages they know present.
+//! Owns the mappings and gpa-to-host translation. Pages of a destination VM may be missing
+//! (registered with userfaultfd): callers must only read or write pages they know present,
+//! except through the shared backing's fill mapping, which never faults.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use super::VmmError;
 use super::layout::{MAX_MEM_BYTES, MIN_MEM_BYTES, PAGE_SIZE};
+
+/// What backs guest RAM, which decides how a missing page is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backing {
+    /// Private anonymous memory: a missing page is allocated when it is filled
+    /// (userfaultfd missing faults, UFFDIO_COPY).
+    Anonymous,
+    /// A memfd allocated in full before the guest runs, like a VMM's preallocated RAM: a
+    /// missing page is one not yet mapped into the guest's view. It is filled by writing
+    /// it through the fill mapping and mapping it in (minor faults, UFFDIO_CONTINUE), so
+    /// a fault costs no allocation on either side.
+    Shared,
+}
+
+impl Backing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backing::Anonymous => "anon",
+            Backing::Shared => "shmem",
+        }
+    }
+}
+
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backing, String> {
+        match s {
+            "anon" => Ok(Backing::Anonymous),
+            "shmem" => Ok(Backing::Shared),
+            other => Err(format!(
+                "unknown memory backing '{other}' (expected anon or shmem)"
+            )),
+        }
+    }
+}
+
+/// The shared backing's second view of guest RAM: every page mapped, never registered
+/// with userfaultfd, so fills write through it while the guest's view still faults.
+#[derive(Debug)]
+struct FillMapping {
+    base: u64,
+    len: usize,
+}
+
+impl Drop for FillMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping `GuestRam::shared` created.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
 
 #[derive(Debug)]
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
     host_base: u64,
+    fill_mapping: Option<FillMapping>,
+}
+
+fn check_size(size: u64) -> Result<(), VmmError> {
+    if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&size) || !size.is_multiple_of(PAGE_SIZE) {
+        return Err(VmmError::MemorySize {
+            size,
+            min: MIN_MEM_BYTES,
+            max: MAX_MEM_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn os_error(what: String) -> VmmError {
+    VmmError::Memory(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
 impl GuestRam {
+    /// Anonymous guest RAM, allocated as the guest touches it.
     pub fn new(size: u64) -> Result<GuestRam, VmmError> {
-        if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&size) || !size.is_multiple_of(PAGE_SIZE) {
-            return Err(VmmError::MemorySize {
-                size,
-                min: MIN_MEM_BYTES,
-                max: MAX_MEM_BYTES,
-            });
-        }
+        check_size(size)?;
         let region = MmapRegion::<()>::build(
             None,
             size as usize,
@@ -32,6 +104,75 @@ impl GuestRam {
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
         )
         .map_err(|e| VmmError::Memory(format!("cannot map {size} bytes of guest RAM: {e}")))?;
+        GuestRam::from_region(region, size, None)
+    }
+
+    /// Guest RAM of `backing`.
+    pub fn with_backing(size: u64, backing: Backing) -> Result<GuestRam, VmmError> {
+        match backing {
+            Backing::Anonymous => GuestRam::new(size),
+            Backing::Shared => GuestRam::shared(size),
+        }
+    }
+
+    /// Guest RAM in a memfd whose every page is allocated now, plus a fill mapping.
+    pub fn shared(size: u64) -> Result<GuestRam, VmmError> {
+        check_size(size)?;
+        // SAFETY: a NUL-terminated name and valid flags.
+        let fd = unsafe { libc::memfd_create(c"faultline-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_error("cannot create a memfd for guest RAM".into()));
+        }
+        // SAFETY: `fd` was just returned to us and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file = File::from(fd);
+        file.set_len(size)
+            .map_err(|e| VmmError::Memory(format!("cannot size guest RAM to {size} bytes: {e}")))?;
+        // Allocated before the guest runs, so no fault or fill pays for an allocation.
+        // SAFETY: fallocate on our own memfd.
+        if unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, size as i64) }
+            != 0
+        {
+            return Err(os_error(format!(
+                "cannot allocate {size} bytes of shared guest RAM"
+            )));
+        }
+        // SAFETY: a fresh shared mapping of the whole memfd, populated now; checked below.
+        let alias = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if alias == libc::MAP_FAILED {
+            return Err(os_error(format!(
+                "cannot map {size} bytes of guest RAM for filling"
+            )));
+        }
+        let fill_mapping = FillMapping {
+            base: alias as u64,
+            len: size as usize,
+        };
+        // The guest's view: not populated, so every page starts unmapped there.
+        let region = MmapRegion::<()>::build(
+            Some(FileOffset::new(file, 0)),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .map_err(|e| VmmError::Memory(format!("cannot map {size} bytes of guest RAM: {e}")))?;
+        GuestRam::from_region(region, size, Some(fill_mapping))
+    }
+
+    fn from_region(
+        region: MmapRegion<()>,
+        size: u64,
+        fill_mapping: Option<FillMapping>,
+    ) -> Result<GuestRam, VmmError> {
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| VmmError::Memory("guest RAM region overflows".into()))?;
         let host_base = region.as_ptr() as u64;
@@ -41,7 +182,25 @@ impl GuestRam {
             mem,
             size,
             host_base,
+            fill_mapping,
         })
+    }
+
+    pub fn backing(&self) -> Backing {
+        if self.fill_mapping.is_some() {
+            Backing::Shared
+        } else {
+            Backing::Anonymous
+        }
+    }
+
+    /// Host address of `gpa` in the fill mapping (shared backing only): the same page as
+    /// the guest's, always present, never faulting to userfaultfd.
+    pub fn fill_addr(&self, gpa: u64) -> Option<u64> {
+        self.fill_mapping
+            .as_ref()
+            .filter(|_| gpa < self.size)
+            .map(|m| m.base + gpa)
     }
 
     pub fn size(&self) -> u64 {
@@ -143,5 +302,47 @@ impl GuestRam {
         unsafe {
             std::slice::from_raw_parts((self.host_base + page) as *const u8, PAGE_SIZE as usize)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_ram_shows_fill_mapping_writes_in_the_guest_view() {
+        let ram = GuestRam::shared(MIN_MEM_BYTES).unwrap();
+        assert_eq!(ram.backing(), Backing::Shared);
+        let gpa = 3 * PAGE_SIZE + 16;
+        let fill = ram.fill_addr(gpa).unwrap();
+        // SAFETY: inside the fill mapping, which is fully populated.
+        unsafe { std::ptr::write_volatile(fill as *mut u64, 0xfeed_beef) };
+        assert_eq!(ram.read_u64(gpa).unwrap(), 0xfeed_beef);
+        ram.write_u64s(gpa + 8, &[7]).unwrap();
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { std::ptr::read_volatile((fill + 8) as *const u64) },
+            7
+        );
+        assert_eq!(ram.fill_addr(ram.size()), None);
+    }
+
+    #[test]
+    fn anonymous_ram_has_no_fill_mapping() {
+        let ram = GuestRam::new(MIN_MEM_BYTES).unwrap();
+        assert_eq!(ram.backing(), Backing::Anonymous);
+        assert_eq!(ram.fill_addr(0), None);
+    }
+
+    #[test]
+    fn backing_names_round_trip_and_bad_ones_say_what_is_expected() {
+        for b in [Backing::Anonymous, Backing::Shared] {
+            assert_eq!(b.as_str().parse::<Backing>(), Ok(b));
+        }
+        let err = "hugetlb".parse::<Backing>().unwrap_err();
+        assert!(
+            err.contains("'hugetlb'") && err.contains("anon or shmem"),
+            "{err}"
+        );
     }
 }

@@ -12,10 +12,11 @@ use kvm_ioctls::Cap;
 use serde::Serialize;
 
 use crate::guest::{self, Workload};
+use crate::postcopy::destination;
 use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
 use crate::vmm::{
-    self, ExitPath, FillOutcome, GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError,
-    layout,
+    self, Backing, ExitPath, FillOutcome, GuestRam, MissingPageHandler, RunState, Vm, VmConfig,
+    VmmError, layout,
 };
 
 /// Pages the probe guest touches.
@@ -27,6 +28,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Report {
     pub kvm: KvmReport,
     pub uffd: UffdReport,
+    /// The destination memory a run gets by default; the fault modes are probed on it.
+    pub backing: BackingReport,
     pub fault_modes: FaultModes,
     pub guest_code: GuestCode,
 }
@@ -74,6 +77,13 @@ pub struct UffdReport {
     pub origin: Option<&'static str>,
     pub features: Vec<&'static str>,
     pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackingReport {
+    /// `shmem` or `anon`.
+    pub default: &'static str,
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,13 +174,23 @@ pub fn run() -> Result<Report, VmmError> {
             error: Some(e.to_string()),
         },
     };
+    let backing = destination::preferred_backing();
     let fault_modes = FaultModes {
-        uffd: probe_uffd_mode(),
-        exit: probe_exit_mode(),
+        uffd: probe_uffd_mode(backing),
+        exit: probe_exit_mode(backing),
     };
     Ok(Report {
         kvm: kvm_report,
         uffd: uffd_report,
+        backing: BackingReport {
+            default: backing.as_str(),
+            reason: match backing {
+                Backing::Shared => "minor faults on shared memory, filled with UFFDIO_CONTINUE",
+                Backing::Anonymous => {
+                    "this kernel's userfaultfd lacks MINOR_SHMEM: missing faults, UFFDIO_COPY"
+                }
+            },
+        },
         fault_modes,
         guest_code: probe_guest_code(),
     })
@@ -212,14 +232,16 @@ fn probe_guest_code() -> GuestCode {
 /// writes `PROBE_PAGES` of them, then reports DONE.
 struct ProbeGuest {
     vm: Vm,
+    ram: Arc<GuestRam>,
 }
 
 impl ProbeGuest {
     fn new(
+        backing: Backing,
         uffd: &Userfaultfd,
         handler_for: impl FnOnce(Arc<GuestRam>) -> Option<Arc<dyn MissingPageHandler>>,
     ) -> Result<Self, String> {
-        let ram = Arc::new(GuestRam::new(PROBE_MEM).map_err(|e| e.to_string())?);
+        let ram = Arc::new(GuestRam::with_backing(PROBE_MEM, backing).map_err(|e| e.to_string())?);
         let handler = handler_for(ram.clone());
         let config = VmConfig {
             vcpus: 1,
@@ -240,10 +262,13 @@ impl ProbeGuest {
         .map_err(|e| e.to_string())?;
         // The boot region is loaded before registration, so only data pages are missing.
         vm.load(&program).map_err(|e| e.to_string())?;
-        let data = layout::data_gpa();
-        uffd.register_missing(ram.host_base() + data, ram.size() - data)
-            .map_err(|e| e.to_string())?;
-        Ok(ProbeGuest { vm })
+        let (data, len) = (layout::data_gpa(), ram.size() - layout::data_gpa());
+        match backing {
+            Backing::Anonymous => uffd.register_missing(ram.host_base() + data, len),
+            Backing::Shared => uffd.register_minor(ram.host_base() + data, len),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(ProbeGuest { vm, ram })
     }
 
     /// Runs until DONE, or says why it did not.
@@ -275,27 +300,28 @@ fn run_until_done(vm: &Vm) -> Result<Duration, String> {
     }
 }
 
-/// Fills every fault with a zero page, like a fresh destination with nothing to fetch.
-fn resolve(uffd: &Userfaultfd, addr: u64) -> Result<Fill, String> {
-    let zero = [0u8; layout::PAGE_SIZE as usize];
-    // SAFETY: `zero` is a live page-sized buffer; `addr` is in the registered range.
-    unsafe {
-        uffd.copy(
-            addr & !(layout::PAGE_SIZE - 1),
-            zero.as_ptr(),
-            layout::PAGE_SIZE,
-            true,
-        )
+/// Fills every fault with a zero page, like a fresh destination with nothing to fetch:
+/// a copy for anonymous RAM; shared RAM already holds zeros, so mapping it in is enough.
+fn resolve(uffd: &Userfaultfd, ram: &GuestRam, addr: u64) -> Result<Fill, String> {
+    let page = addr & !(layout::PAGE_SIZE - 1);
+    match ram.backing() {
+        Backing::Shared => uffd.continue_pages(page, layout::PAGE_SIZE, true),
+        Backing::Anonymous => {
+            let zero = [0u8; layout::PAGE_SIZE as usize];
+            // SAFETY: `zero` is a live page-sized buffer; `page` is in the registered range.
+            unsafe { uffd.copy(page, zero.as_ptr(), layout::PAGE_SIZE, true) }
+        }
     }
     .map_err(|e| e.to_string())
 }
 
-fn probe_uffd_mode() -> ModeResult {
-    let uffd = match Userfaultfd::new(Features::THREAD_ID, true) {
+fn probe_uffd_mode(backing: Backing) -> ModeResult {
+    let features = Features::THREAD_ID.union(destination::backing_features(backing));
+    let uffd = match Userfaultfd::new(features, true) {
         Ok(u) => Arc::new(u),
         Err(e) => return ModeResult::failed(e.to_string()),
     };
-    let guest = match ProbeGuest::new(&uffd, |_| None) {
+    let guest = match ProbeGuest::new(backing, &uffd, |_| None) {
         Ok(g) => g,
         Err(e) => return ModeResult::failed(e),
     };
@@ -303,6 +329,7 @@ fn probe_uffd_mode() -> ModeResult {
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let uffd = uffd.clone();
+        let ram = guest.ram.clone();
         let stop = stop.clone();
         std::thread::spawn(move || -> Result<(u64, u64), String> {
             let mut faults = [PageFault {
@@ -317,7 +344,7 @@ fn probe_uffd_mode() -> ModeResult {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 for f in &faults[..n] {
-                    resolve(&uffd, f.address)?;
+                    resolve(&uffd, &ram, f.address)?;
                     handled += 1;
                     attributed += u64::from(f.thread_id == vcpu_tid);
                 }
@@ -358,20 +385,21 @@ impl MissingPageHandler for ExitProbeHandler {
             .ram
             .host_addr(gpa)
             .ok_or_else(|| format!("fault at {gpa:#x} outside RAM"))?;
-        Ok(match resolve(&self.uffd, host)? {
+        Ok(match resolve(&self.uffd, &self.ram, host)? {
             Fill::Filled => FillOutcome::Filled,
             Fill::AlreadyPresent => FillOutcome::AlreadyPresent,
         })
     }
 }
 
-fn probe_exit_mode() -> ModeResult {
-    let uffd = match Userfaultfd::new(Features::SIGBUS, true) {
+fn probe_exit_mode(backing: Backing) -> ModeResult {
+    let features = Features::SIGBUS.union(destination::backing_features(backing));
+    let uffd = match Userfaultfd::new(features, true) {
         Ok(u) => Arc::new(u),
         Err(e) => return ModeResult::failed(format!("needs UFFD_FEATURE_SIGBUS: {e}")),
     };
     let handler_uffd = uffd.clone();
-    let guest = match ProbeGuest::new(&uffd, move |ram| {
+    let guest = match ProbeGuest::new(backing, &uffd, move |ram| {
         Some(Arc::new(ExitProbeHandler {
             uffd: handler_uffd,
             ram,
@@ -438,6 +466,10 @@ pub fn render_text(r: &Report) -> String {
         )),
         Some(e) => out.push_str(&format!("userfaultfd  unavailable: {e}\n")),
     }
+    out.push_str(&format!(
+        "backing      {} ({})\n",
+        r.backing.default, r.backing.reason
+    ));
     out.push_str(&format!("mode uffd    {}\n", mode(&r.fault_modes.uffd)));
     out.push_str(&format!("mode exit    {}\n", mode(&r.fault_modes.exit)));
     let g = &r.guest_code;

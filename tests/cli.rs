@@ -30,6 +30,14 @@ fn probe_json_reports_both_fault_modes_ok_on_this_host() {
         .map(|f| f.as_str().unwrap())
         .collect();
     assert!(features.contains(&"THREAD_ID") && features.contains(&"SIGBUS"));
+    // The fault modes were probed on the backing runs get: shmem wherever minor faults
+    // on shared memory exist.
+    let expected = if features.contains(&"MINOR_SHMEM") {
+        "shmem"
+    } else {
+        "anon"
+    };
+    assert_eq!(v["backing"]["default"], expected, "{v}");
     assert_eq!(v["fault_modes"]["uffd"]["ok"], true, "{v}");
     assert_eq!(v["fault_modes"]["exit"]["ok"], true, "{v}");
     assert!(
@@ -52,6 +60,7 @@ fn probe_text_names_each_mode() {
     let out = faultline().arg("probe").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("backing      "), "{text}");
     assert!(text.contains("mode uffd    ok"), "{text}");
     assert!(text.contains("mode exit    ok via"), "{text}");
     assert!(text.contains("guest code   "), "{text}");

@@ -15,7 +15,10 @@ mkdir -p "$OUT"
 "$BIN" probe >"$OUT/probe.txt" 2>&1 || true
 "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both --repeat 5 \
     --json >"$OUT/bench.json" 2>"$OUT/bench.err"
-# The same at 16 vCPUs with the threads placed by the scheduler, and with one userfaultfd.
+# Both memory backings side by side, interleaved (the run above uses the default, shmem).
+"$BIN" bench --vcpus 1,4,16 --mode uffd,exit --backing anon,shmem --repeat 5 \
+    --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/backings.json" 2>>"$OUT/bench.err"
+# The same at 16 vCPUs with the threads placed by the scheduler.
 "$BIN" bench --vcpus 16 --mode uffd,exit --no-pin --repeat 3 \
     --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 >"$OUT/no-pin-16.txt" 2>>"$OUT/bench.err"
 echo done >"$OUT/done"

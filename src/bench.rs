@@ -646,6 +646,7 @@ pub fn measure_frame(
         workload: "random-read".into(),
         vcpus,
         mem_bytes,
+        backing: Some("anon".into()),
         page_size: PAGE_SIZE,
     })?;
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))

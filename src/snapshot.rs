@@ -70,6 +70,9 @@ pub struct RunInfo {
     pub workload: String,
     pub vcpus: usize,
     pub mem_bytes: u64,
+    /// The destination's memory backing (`shmem`, `anon`); absent in older recordings.
+    #[serde(default)]
+    pub backing: Option<String>,
     pub page_size: u64,
 }
 
@@ -265,4 +268,18 @@ pub struct Snapshot {
     pub message: Option<String>,
     /// Present once the run has ended and been checked.
     pub summary: Option<Summary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_info_from_before_backings_still_reads() {
+        let old = r#"{"scenario":"default","mode":"exit","workload":"touch","vcpus":2,
+                      "mem_bytes":67108864,"page_size":4096}"#;
+        let info: RunInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.backing, None);
+        assert_eq!(info.vcpus, 2);
+    }
 }

@@ -418,6 +418,7 @@ fn run_info(config: &RunConfig) -> RunInfo {
         workload: config.workload.to_string(),
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
+        backing: config.backing.map(|b| b.as_str().to_string()),
         page_size: PAGE_SIZE,
     }
 }
@@ -430,6 +431,15 @@ pub fn run(
     controls: Option<&Receiver<Action>>,
 ) -> Result<Summary, PostcopyError> {
     config.validate()?;
+    // Chosen once, so every migration of the run and its observers see the same backing.
+    let config = &RunConfig {
+        backing: Some(
+            config
+                .backing
+                .unwrap_or_else(destination::preferred_backing),
+        ),
+        ..config.clone()
+    };
     let monitor = Monitor::new(run_info(config))?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {

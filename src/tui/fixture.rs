@@ -303,6 +303,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
             workload: "random-touch".into(),
             vcpus,
             mem_bytes: mem,
+            backing: Some("shmem".into()),
             page_size: PAGE,
         },
         phase,

@@ -91,7 +91,11 @@ pub fn render(
     l2.push(sep());
     l2.extend(kv("pages ", format!("{filled}/{}", s.pages.total)));
     l2.push(sep());
-    l2.extend(kv("ram ", Bytes(s.run.mem_bytes).to_string()));
+    let ram = match &s.run.backing {
+        Some(b) => format!("{} {b}", Bytes(s.run.mem_bytes)),
+        None => Bytes(s.run.mem_bytes).to_string(),
+    };
+    l2.extend(kv("ram ", ram));
     l2.push(sep());
     l2.push(Span::styled(
         format!("{} · {}", s.run.scenario, s.run.workload),

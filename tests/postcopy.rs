@@ -61,6 +61,17 @@ fn check_migration(workload: &str, mode: FaultMode, vcpus: usize, backing: Backi
         assert!(v.stall_ms > 0.0);
         assert!(v.latency_us.p50 <= v.latency_us.p99 && v.latency_us.p99 <= v.latency_us.max);
     }
+    // Every vCPU blocked at once is no longer than any one vCPU's stalls; with one vCPU it
+    // is exactly its stalls (worked out by the monitor from the stall intervals).
+    let least_stalled = s
+        .per_vcpu
+        .iter()
+        .map(|v| v.stall_ms)
+        .fold(f64::INFINITY, f64::min);
+    assert!(s.blocktime_all_ms <= least_stalled * 1.001, "{s:#?}");
+    if vcpus == 1 && s.telemetry_dropped == 0 {
+        assert!(s.blocktime_all_ms >= least_stalled * 0.99, "{s:#?}");
+    }
     let total_faults: u64 = s.per_vcpu.iter().map(|v| v.fault_exits).sum();
     assert!(total_faults >= s.pages_demand, "{s:#?}");
     match mode {

@@ -715,7 +715,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
         bytes_transferred: bytes,
         transfer_bytes_per_sec: (bytes as f64 / o.postcopy.as_secs_f64().max(1e-9)) as u64,
         throttle: config.fetch_rate.to_string(),
-        blocktime_all_ms: telemetry.blocktime_all_ns() as f64 / 1e6,
+        blocktime_all_ms: aggregate.blocktime_all_ns() as f64 / 1e6,
         injections: o.injections.clone(),
         verified: o.mismatches == 0 && guest_errors == 0 && leg.dest.missing() == 0,
         verify: VerifySummary {

@@ -231,7 +231,7 @@ impl Monitor {
             pages,
             fill_pages_per_sec: fill_rate,
             eta_ms,
-            blocktime_all_ms: dest.map_or(0.0, |d| d.telemetry().blocktime_all_ns() as f64 / 1e6),
+            blocktime_all_ms: self.aggregate.blocktime_all_ns() as f64 / 1e6,
             telemetry_dropped: dest.map_or(0, |d| d.telemetry().dropped()),
             vcpus,
             latency: latency(self.aggregate.latency()),
@@ -289,7 +289,12 @@ impl Monitor {
         let Some(dest) = self.leg.as_ref().and_then(|l| l.dest.clone()) else {
             return;
         };
-        for e in dest.telemetry().drain() {
+        let telemetry = dest.telemetry();
+        // In this order (blocked.rs): the window's end, the stalls in progress then, and
+        // only then the events, which include every stall that ended before the read.
+        let until = telemetry.now_ns();
+        let stalled_since = telemetry.stalls_in_progress();
+        for e in telemetry.drain() {
             self.aggregate.fold(&e);
             match e {
                 Event::Fault {
@@ -338,6 +343,7 @@ impl Monitor {
                 }
             }
         }
+        self.aggregate.advance_blocked(until, &stalled_since);
     }
 
     fn sample_vcpus(&mut self, leg: Option<&LiveMigration>, now: Instant) -> Vec<VcpuSnapshot> {

@@ -1,9 +1,11 @@
-//! Folds telemetry events into per-vCPU latency histograms, off the hot path.
+//! Folds telemetry events into per-vCPU latency histograms and the all-vCPUs-blocked time,
+//! off the hot path.
 
 use hdrhistogram::{CreationError, Histogram};
 use serde::{Deserialize, Serialize};
 
 use super::Event;
+use super::blocked::AllBlocked;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
@@ -16,6 +18,7 @@ pub struct Aggregate {
     /// Fault latency in microseconds, per vCPU.
     per_vcpu: Vec<Histogram<u64>>,
     all: Histogram<u64>,
+    blocked: AllBlocked,
 }
 
 /// 1 µs to 1 h at 2 significant digits (1%): plenty for latency, and cheap to query.
@@ -28,6 +31,7 @@ impl Aggregate {
         Ok(Aggregate {
             per_vcpu: (0..vcpus).map(|_| histogram()).collect::<Result<_, _>>()?,
             all: histogram()?,
+            blocked: AllBlocked::new(vcpus),
         })
     }
 
@@ -39,12 +43,24 @@ impl Aggregate {
             ..
         } = *e
         {
+            self.blocked.record(usize::from(v), start_ns, end_ns);
             let us = (end_ns.saturating_sub(start_ns) / 1000).max(1);
             if let Some(h) = self.per_vcpu.get_mut(usize::from(v)) {
                 h.saturating_record(us);
             }
             self.all.saturating_record(us);
         }
+    }
+
+    /// Accounts all-vCPUs-blocked time up to `until_ns`, given the stalls in progress
+    /// then ([`super::Telemetry::stalls_in_progress`], read before the events were folded).
+    pub fn advance_blocked(&mut self, until_ns: u64, stalled_since: &[Option<u64>]) {
+        self.blocked.advance(until_ns, stalled_since);
+    }
+
+    /// Time every vCPU spent stalled at once, as far as accounted.
+    pub fn blocktime_all_ns(&self) -> u64 {
+        self.blocked.total_ns()
     }
 
     fn summarize(h: &Histogram<u64>) -> LatencySummary {

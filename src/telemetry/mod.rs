@@ -6,10 +6,11 @@
 //! Owns the counters and the event stream. Knows nothing of KVM or of the UI.
 
 mod aggregate;
+mod blocked;
 
 pub use aggregate::{Aggregate, LatencySummary};
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use crossbeam_utils::CachePadded;
@@ -87,9 +88,6 @@ pub struct Telemetry {
     /// A cache line each: every vCPU writes its own on every fault.
     pub vcpus: Vec<CachePadded<VcpuCounters>>,
     pub run: RunCounters,
-    stalled_now: AtomicUsize,
-    all_blocked_since: AtomicU64,
-    blocktime_all_ns: AtomicU64,
 }
 
 /// A stall in progress, returned by [`Telemetry::stall_begin`].
@@ -119,9 +117,6 @@ impl Telemetry {
             dropped: AtomicU64::new(0),
             vcpus: (0..vcpus).map(|_| CachePadded::default()).collect(),
             run: RunCounters::default(),
-            stalled_now: AtomicUsize::new(0),
-            all_blocked_since: AtomicU64::new(0),
-            blocktime_all_ns: AtomicU64::new(0),
         }
     }
 
@@ -176,9 +171,6 @@ impl Telemetry {
         if let Some(c) = vcpu.and_then(|v| self.vcpus.get(v)) {
             c.stalled_gpa.store(gpa, Ordering::Relaxed);
             c.stalled_since.store(start_ns + 1, Ordering::Release);
-            if self.stalled_now.fetch_add(1, Ordering::AcqRel) + 1 == self.vcpus.len() {
-                self.all_blocked_since.store(start_ns, Ordering::Release);
-            }
         }
         Stall {
             vcpu,
@@ -193,35 +185,42 @@ impl Telemetry {
             return;
         }
         let end_ns = self.now_ns();
-        match stall.vcpu.and_then(|v| self.vcpus.get(v).map(|c| (v, c))) {
-            Some((_, c)) => {
-                // The total grows before the stall is cleared: an observer adding the two
-                // may count this stall twice for an instant, never miss it.
-                c.stall_ns
-                    .fetch_add(end_ns - stall.start_ns, Ordering::Release);
-                c.faults.fetch_add(1, Ordering::Relaxed);
-                c.stalled_since.store(0, Ordering::Release);
-                if self.stalled_now.fetch_sub(1, Ordering::AcqRel) == self.vcpus.len() {
-                    // Every vCPU was blocked until now (QEMU's postcopy blocktime).
-                    let since = self.all_blocked_since.load(Ordering::Acquire);
-                    self.blocktime_all_ns
-                        .fetch_add(end_ns.saturating_sub(since), Ordering::Relaxed);
-                }
-            }
-            None => {
-                self.run.unattributed_faults.add(1);
-            }
+        let counters = stall.vcpu.and_then(|v| self.vcpus.get(v));
+        if let Some(c) = counters {
+            // The total grows before the stall is cleared: an observer adding the two
+            // may count this stall twice for an instant, never miss it.
+            c.stall_ns
+                .fetch_add(end_ns - stall.start_ns, Ordering::Release);
+            c.faults.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.run.unattributed_faults.add(1);
         }
+        // The event goes out before the stall is cleared, so whoever sees it cleared
+        // finds the event (the all-blocked accounting relies on it: blocked.rs).
         self.emit(Event::Fault {
             vcpu: stall.vcpu.map(|v| v as u16),
             gpa: stall.gpa,
             start_ns: stall.start_ns,
             end_ns,
         });
+        if let Some(c) = counters {
+            // Only our own stall: in uffd mode the vCPU may already be in its next one,
+            // begun by another reader.
+            let _ = c.stalled_since.compare_exchange(
+                stall.start_ns + 1,
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
     }
 
-    pub fn blocktime_all_ns(&self) -> u64 {
-        self.blocktime_all_ns.load(Ordering::Relaxed)
+    /// For each vCPU, when the stall it is in began, if it is in one.
+    pub fn stalls_in_progress(&self) -> Vec<Option<u64>> {
+        self.vcpus
+            .iter()
+            .map(|c| c.stalled_since.load(Ordering::Acquire).checked_sub(1))
+            .collect()
     }
 }
 
@@ -232,15 +231,43 @@ mod tests {
     #[test]
     fn stalls_add_up_per_vcpu_and_all_blocked_time_is_counted() {
         let t = Telemetry::new(2);
+        let mut aggregate = Aggregate::new(2).unwrap();
         let a = t.stall_begin(Some(0), 0x1000);
         let b = t.stall_begin(Some(1), 0x2000);
         std::thread::sleep(std::time::Duration::from_millis(2));
+        // A window that ends while both stall: counted from the stalls in progress.
+        let (until, open) = (t.now_ns(), t.stalls_in_progress());
+        assert!(open.iter().all(Option::is_some));
+        aggregate.advance_blocked(until, &open);
+        assert!(aggregate.blocktime_all_ns() >= 2_000_000);
         t.stall_end(a);
         t.stall_end(b);
+        assert_eq!(t.stalls_in_progress(), vec![None, None]);
         assert_eq!(t.vcpus[0].faults.load(Ordering::Relaxed), 1);
         assert!(t.vcpus[1].stall_ns.load(Ordering::Relaxed) >= 2_000_000);
-        assert!(t.blocktime_all_ns() >= 1_000_000);
         assert_eq!(t.pending(), 2);
+        let (until, open) = (t.now_ns(), t.stalls_in_progress());
+        for e in t.drain() {
+            aggregate.fold(&e);
+        }
+        aggregate.advance_blocked(until, &open);
+        // Both were stalled from b's start to a's end: at most a's whole stall.
+        let both = t.vcpus[0].stall_ns.load(Ordering::Relaxed);
+        assert!(aggregate.blocktime_all_ns() <= both, "{both}");
+        assert!(aggregate.blocktime_all_ns() >= 2_000_000);
+    }
+
+    #[test]
+    fn ending_a_stall_leaves_a_newer_one_of_the_same_vcpu_marked() {
+        let t = Telemetry::new(1);
+        let first = t.stall_begin(Some(0), 0x1000);
+        std::thread::sleep(std::time::Duration::from_micros(10));
+        // Another uffd reader has begun the vCPU's next stall before the first is ended.
+        let second = t.stall_begin(Some(0), 0x2000);
+        t.stall_end(first);
+        assert!(t.stalls_in_progress()[0].is_some());
+        t.stall_end(second);
+        assert_eq!(t.stalls_in_progress()[0], None);
     }
 
     #[test]

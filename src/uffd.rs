@@ -418,7 +418,8 @@ impl Userfaultfd {
 
     /// Maps the already cached pages of `[dst, dst+len)` (a minor-fault range) and, with
     /// `wake`, wakes the threads waiting on them. The page contents must have been written
-    /// through another mapping of the same memory first.
+    /// through another mapping of the same memory first. [`Fill::AlreadyPresent`] when any
+    /// page of the range was mapped already (the kernel stops at the first such page).
     pub fn continue_pages(&self, dst: u64, len: u64, wake: bool) -> Result<Fill> {
         let mut done = 0u64;
         while done < len {
@@ -450,11 +451,7 @@ impl Userfaultfd {
                     if wake {
                         self.wake(dst, len)?;
                     }
-                    return Ok(if done == 0 {
-                        Fill::AlreadyPresent
-                    } else {
-                        Fill::Filled
-                    });
+                    return Ok(Fill::AlreadyPresent);
                 }
                 _ => {
                     return Err(UffdError::Continue {

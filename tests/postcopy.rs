@@ -384,3 +384,94 @@ fn pages_that_travel_are_checked_on_arrival() {
     }
     assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 1);
 }
+
+/// A destination of shared RAM over `mem` bytes whose source image holds each page's
+/// number, with its one userfaultfd (blocking faults: nobody reads it here).
+fn shared_destination(
+    mem: u64,
+) -> (
+    std::sync::Arc<faultline::postcopy::Destination>,
+    std::sync::Arc<faultline::vmm::GuestRam>,
+    std::sync::Arc<faultline::uffd::Userfaultfd>,
+) {
+    use faultline::postcopy::{Destination, InProcessSource, Throttle, destination};
+    use faultline::telemetry::Telemetry;
+    use faultline::uffd::Userfaultfd;
+    use faultline::vmm::GuestRam;
+    use std::sync::Arc;
+
+    let image = GuestRam::new(mem).unwrap();
+    for page in 0..mem / 4096 {
+        image.write(page * 4096, &page.to_le_bytes()).unwrap();
+    }
+    let ram = Arc::new(GuestRam::shared(mem).unwrap());
+    let uffd =
+        Arc::new(Userfaultfd::new(destination::backing_features(Backing::Shared), false).unwrap());
+    let dest = Arc::new(
+        Destination::new(
+            ram.clone(),
+            uffd.clone(),
+            Arc::new(InProcessSource::new(Arc::new(image))),
+            Throttle::new(Rate::Unlimited),
+            Duration::ZERO,
+            Arc::new(Telemetry::new(1)),
+        )
+        .unwrap(),
+    );
+    (dest, ram, uffd)
+}
+
+#[test]
+fn a_present_page_the_kernel_unmapped_is_mapped_again_on_its_next_fault() {
+    let (dest, ram, _uffd) = shared_destination(64 << 20);
+    let gpa = 1000 * 4096;
+    dest.fill_demand(gpa, true).unwrap();
+    assert_eq!(ram.read_u64(gpa).unwrap(), 1000);
+    // What reclaim does to a shared page: the guest's view loses it, the memfd keeps it.
+    // SAFETY: one whole page of guest RAM, which stays in the memfd.
+    let r = unsafe {
+        libc::madvise(
+            (ram.host_base() + gpa) as *mut libc::c_void,
+            4096,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+    let reader = {
+        let ram = ram.clone();
+        // Faults (a minor fault on a page the map calls present) and sleeps until mapped.
+        std::thread::spawn(move || ram.read_u64(gpa).unwrap())
+    };
+    // As a uffd reader would on that fault: the page is mapped again and the reader woken.
+    let start = std::time::Instant::now();
+    while !reader.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reader never woke"
+        );
+        dest.fill_demand(gpa, false).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(reader.join().unwrap(), 1000);
+    // Once mapped, a later fault's fill finds it present and mapped.
+    assert_eq!(
+        dest.fill_demand(gpa, true).unwrap(),
+        faultline::vmm::FillOutcome::AlreadyPresent
+    );
+}
+
+#[test]
+fn a_claimable_page_found_mapped_is_an_error_and_never_filled_again() {
+    let (dest, ram, uffd) = shared_destination(64 << 20);
+    let gpa = 2000 * 4096;
+    // Mapped behind the page map's back: the guest could already see whatever it holds.
+    uffd.continue_pages(ram.host_base() + gpa, 4096, true)
+        .unwrap();
+    let err = dest.fill_demand(gpa, true).unwrap_err();
+    assert!(err.to_string().contains("already mapped"), "{err}");
+    // The page stays claimed, so no later fill writes over what the guest may see.
+    assert_eq!(
+        dest.pages().get(gpa / 4096),
+        faultline::postcopy::page_state::PageState::Requested
+    );
+}

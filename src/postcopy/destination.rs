@@ -18,7 +18,7 @@ use super::source::{PageSource, SourceError};
 use super::throttle::Throttle;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
-use crate::uffd::{Features, PageFault, Userfaultfd};
+use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
 use crate::units::{GpaRange, Rate};
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{Backing, ExitPath, FillOutcome, GuestRam, MissingPageHandler};
@@ -274,24 +274,52 @@ impl Destination {
         let gpa = page << PAGE_SHIFT;
         let host = self.ram.host_base() + gpa;
         let uffd = self.uffd_for(page)?;
-        match self
+        if self.ram.backing() == Backing::Anonymous {
+            // SAFETY: the range is registered and claimed by us; `from` per the caller. The
+            // kernel copies only into pages not yet present (EEXIST otherwise).
+            unsafe { uffd.copy(host, from, len, true) }?;
+            return Ok(());
+        }
+        let map_error = |why: String| PostcopyError::Map { gpa, len, why };
+        let fill = self
             .ram
             .fill_addr(gpa)
             .filter(|_| self.ram.contains(gpa, len))
-        {
-            Some(fill) => {
-                // SAFETY: the fill mapping holds the range (checked) and is always present;
-                // the claim makes us its only writer, and the guest cannot see these pages
-                // until they are mapped below.
-                unsafe { std::ptr::copy_nonoverlapping(from, fill as *mut u8, len as usize) };
-                uffd.continue_pages(host, len, true)?;
-            }
-            None => {
-                // SAFETY: the range is registered and claimed by us; `from` per the caller.
-                unsafe { uffd.copy(host, from, len, true) }?;
-            }
+            .ok_or_else(|| map_error("outside guest RAM".into()))?;
+        // SAFETY: the fill mapping holds the range (checked). The claim makes us the range's
+        // only writer, and a claimable page is never mapped in the guest's view (a page
+        // found mapped below is an error, and stays claimed), so the guest cannot see these
+        // pages until they are mapped below.
+        unsafe { std::ptr::copy_nonoverlapping(from, fill as *mut u8, len as usize) };
+        match uffd.continue_pages(host, len, true) {
+            Ok(Fill::Filled) => Ok(()),
+            Ok(Fill::AlreadyPresent) => Err(map_error(
+                "a page was already mapped, so the guest may have seen it overwritten".into(),
+            )),
+            Err(e) => Err(map_error(e.to_string())),
         }
-        Ok(())
+    }
+
+    /// Maps present `page` into the guest's view again if it is not mapped (shared RAM:
+    /// the kernel may unmap a page it reclaims, and the next access faults as if missing),
+    /// and wakes whoever waits on it. Some(true) if this mapped it; None if the page is
+    /// missing again by now (an injection came first).
+    fn remap_present(&self, page: u64) -> Result<Option<bool>, PostcopyError> {
+        let host = self.ram.host_base() + (page << PAGE_SHIFT);
+        let uffd = self.uffd_for(page)?;
+        if self.ram.backing() == Backing::Anonymous {
+            // The fault may have raced with the copy's wake-up: wake again, cheaply.
+            uffd.wake(host, PAGE_SIZE)?;
+            return Ok(Some(false));
+        }
+        // Not while an injection drops pages: it unmaps them before marking them missing.
+        let _gate = self.fill_gate.read();
+        if !self.pages.get(page).is_present() {
+            return Ok(None);
+        }
+        Ok(Some(
+            uffd.continue_pages(host, PAGE_SIZE, true)? == Fill::Filled,
+        ))
     }
 
     /// Makes the page of `gpa` present on behalf of a fault. With `wait`, returns only once
@@ -304,12 +332,15 @@ impl Destination {
         loop {
             let state = self.pages.get(page);
             if state.is_present() {
-                if !wait {
-                    // The fault may have raced with the copy's wake-up: wake again, cheaply.
-                    self.uffd_for(page)?
-                        .wake(self.ram.host_base() + (page << PAGE_SHIFT), PAGE_SIZE)?;
-                }
-                return Ok(if first {
+                let remapped = if first || !wait {
+                    match self.remap_present(page)? {
+                        Some(remapped) => remapped,
+                        None => continue,
+                    }
+                } else {
+                    false
+                };
+                return Ok(if first && !remapped {
                     FillOutcome::AlreadyPresent
                 } else {
                     FillOutcome::Filled
@@ -329,7 +360,7 @@ impl Destination {
                     });
                     self.demand_waiting.sub(1);
                     if let Err(e) = r {
-                        self.pages.unclaim(page);
+                        self.abandon(page, 1, &e);
                         return Err(e);
                     }
                     return Ok(FillOutcome::Filled);
@@ -389,6 +420,16 @@ impl Destination {
             }
         }
         Ok(())
+    }
+
+    /// Gives claimed pages back after a failed fill, unless they may be mapped already.
+    fn abandon(&self, page: u64, count: u64, e: &PostcopyError) {
+        if matches!(e, PostcopyError::Map { .. }) {
+            return;
+        }
+        for p in page..page + count {
+            self.pages.unclaim(p);
+        }
     }
 
     /// Claims up to `max` (at most `PUSH_BATCH_PAGES`) contiguous missing pages from `from`;
@@ -453,9 +494,7 @@ impl Destination {
                 cursor = page + count;
             }
             if let Err(e) = self.fetch_and_copy(page, count, FillCause::Push, &mut buf, &mut sums) {
-                for p in page..page + count {
-                    self.pages.unclaim(p);
-                }
+                self.abandon(page, count, &e);
                 return Err(e);
             }
         }

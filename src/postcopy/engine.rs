@@ -459,7 +459,7 @@ pub fn run(
         drop(guard);
         let mut monitor = handle.join().map_err(|_| PostcopyError::Panicked)?;
         // Fold the last events in before the latency figures are read.
-        monitor.catch_up();
+        monitor.catch_up(status);
         match outcome {
             Ok(o) => {
                 let summary = summarize(config, &o, monitor.aggregate());

@@ -38,6 +38,10 @@ pub enum PostcopyError {
         min: u64,
         max: u64,
     },
+    /// Shared RAM only: mapping filled pages into the guest's view failed or found a page
+    /// already mapped, so some of them may be visible; they stay claimed, never refilled.
+    #[error("cannot map filled pages at {gpa:#x}+{len:#x} into the guest's view: {why}")]
+    Map { gpa: u64, len: u64, why: String },
     #[error("cannot drop pages of an injected range: {0}")]
     Drop(#[source] std::io::Error),
     #[error("cannot start a post-copy thread: {0}")]

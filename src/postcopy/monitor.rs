@@ -123,9 +123,19 @@ impl Monitor {
         Ok(m)
     }
 
-    /// Folds the events not yet seen, without making a snapshot.
-    pub fn catch_up(&mut self) {
+    /// Folds the events not yet seen, without making a snapshot; first moves to the newest
+    /// migration if one began since the last tick.
+    pub fn catch_up(&mut self, status: &RunStatus) {
+        self.follow_leg(status);
         self.fold_events();
+    }
+
+    fn follow_leg(&mut self, status: &RunStatus) {
+        if let Some(live) = status.live()
+            && self.leg.as_ref().is_none_or(|l| l.number != live.number)
+        {
+            self.start_leg(live);
+        }
     }
 
     /// Latency histograms of the current migration, for the run's summary.
@@ -172,11 +182,7 @@ impl Monitor {
     pub fn tick(&mut self, status: &RunStatus) -> Snapshot {
         let now = Instant::now();
         self.advance_columns(now);
-        if let Some(live) = status.live()
-            && self.leg.as_ref().is_none_or(|l| l.number != live.number)
-        {
-            self.start_leg(live);
-        }
+        self.follow_leg(status);
         for n in status.take_notes() {
             self.message = Some(n);
         }

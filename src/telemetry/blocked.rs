@@ -5,8 +5,15 @@
 //! are the intervals of its fault events plus, if it was stalled at `until`, the stall in
 //! progress; the time every vCPU spent stalled at once is the intersection of those sets.
 //! The caller reads the clock, then each vCPU's stall in progress, then drains the events:
-//! a stall ends by emitting its event before it clears its in-progress mark, so every
-//! stall that ended before the read is among the events drained after it.
+//! a stall ends by emitting its event before it clears its in-progress mark, so when the
+//! read finds a vCPU's mark cleared (or set by that vCPU thread's next stall), its earlier
+//! stalls are among the events drained after it.
+//!
+//! Exact but for the instructions between a stall's clock read and its mark (at the start,
+//! where a window can miss them; at the end, where a window can count them): nanoseconds,
+//! unless the thread is preempted right there. In uffd mode a vCPU's next stall may be
+//! marked by another reader before the previous reader's event is out; that event can
+//! then miss its window. Dropped events lose their stalls.
 
 /// Half-open `[start, end)` in telemetry nanoseconds.
 type Interval = (u64, u64);

@@ -3,7 +3,8 @@
 //!
 //! Owns the mappings and gpa-to-host translation. Pages of a destination VM may be missing
 //! (registered with userfaultfd): callers must only read or write pages they know present,
-//! except through the shared backing's fill mapping, which never faults.
+//! except through the shared backing's fill mapping, which is never registered with
+//! userfaultfd and so never waits for a fill.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -195,7 +196,7 @@ impl GuestRam {
     }
 
     /// Host address of `gpa` in the fill mapping (shared backing only): the same page as
-    /// the guest's, always present, never faulting to userfaultfd.
+    /// the guest's, populated up front and never registered with userfaultfd.
     pub fn fill_addr(&self, gpa: u64) -> Option<u64> {
         self.fill_mapping
             .as_ref()

@@ -233,6 +233,15 @@ pub enum Fill {
     AlreadyPresent,
 }
 
+/// How far a resolving ioctl got over its range.
+enum Resolved {
+    All,
+    /// Stopped at a page already present, `done` bytes in.
+    StoppedAtPresent {
+        done: u64,
+    },
+}
+
 /// An open userfaultfd with its negotiated features.
 #[derive(Debug)]
 pub struct Userfaultfd {
@@ -373,47 +382,31 @@ impl Userfaultfd {
     /// # Safety
     /// `src` must be valid for reading `len` bytes; `dst` must lie in a registered range.
     pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64, wake: bool) -> Result<Fill> {
-        let mut done = 0u64;
-        while done < len {
-            let mut copy = UffdioCopy {
-                dst: dst + done,
-                src: src as u64 + done,
-                len: len - done,
-                mode: if wake { 0 } else { UFFDIO_COPY_MODE_DONTWAKE },
-                copy: 0,
-            };
-            // SAFETY: valid uffdio_copy; the caller vouches for the addresses.
-            let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_COPY(), &mut copy) };
-            if copy.copy > 0 {
-                done += copy.copy as u64;
-            }
-            if ret >= 0 {
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // A partial copy or a concurrent mm change: go on from where it stopped.
-                Some(libc::EAGAIN) => continue,
-                Some(libc::EEXIST) => {
-                    if wake {
-                        self.wake(dst, len)?;
-                    }
-                    return Ok(if done == 0 {
-                        Fill::AlreadyPresent
-                    } else {
-                        Fill::Filled
-                    });
-                }
-                _ => {
-                    return Err(UffdError::Copy {
-                        dst: dst + done,
-                        len: len - done,
-                        source: err,
-                    });
-                }
-            }
-        }
-        Ok(Fill::Filled)
+        let mode = if wake { 0 } else { UFFDIO_COPY_MODE_DONTWAKE };
+        let filled = self.resolve_range(
+            dst,
+            len,
+            wake,
+            |done| {
+                let mut copy = UffdioCopy {
+                    dst: dst + done,
+                    src: src as u64 + done,
+                    len: len - done,
+                    mode,
+                    copy: 0,
+                };
+                // SAFETY: valid uffdio_copy; the caller vouches for the addresses.
+                let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_COPY(), &mut copy) };
+                (ret, copy.copy)
+            },
+            |dst, len, source| UffdError::Copy { dst, len, source },
+        )?;
+        // A copy that stopped at a present page after copying some did fill those.
+        Ok(match filled {
+            Resolved::All => Fill::Filled,
+            Resolved::StoppedAtPresent { done } if done > 0 => Fill::Filled,
+            Resolved::StoppedAtPresent { .. } => Fill::AlreadyPresent,
+        })
     }
 
     /// Maps the already cached pages of `[dst, dst+len)` (a minor-fault range) and, with
@@ -421,25 +414,54 @@ impl Userfaultfd {
     /// through another mapping of the same memory first. [`Fill::AlreadyPresent`] when any
     /// page of the range was mapped already (the kernel stops at the first such page).
     pub fn continue_pages(&self, dst: u64, len: u64, wake: bool) -> Result<Fill> {
+        let mode = if wake {
+            0
+        } else {
+            UFFDIO_CONTINUE_MODE_DONTWAKE
+        };
+        let mapped = self.resolve_range(
+            dst,
+            len,
+            wake,
+            |done| {
+                let mut cont = UffdioContinue {
+                    range: UffdioRange {
+                        start: dst + done,
+                        len: len - done,
+                    },
+                    mode,
+                    mapped: 0,
+                };
+                // SAFETY: valid uffdio_continue for the duration of the call; the kernel
+                // only maps pages that already back the range.
+                let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_CONTINUE(), &mut cont) };
+                (ret, cont.mapped)
+            },
+            |dst, len, source| UffdError::Continue { dst, len, source },
+        )?;
+        Ok(match mapped {
+            Resolved::All => Fill::Filled,
+            Resolved::StoppedAtPresent { .. } => Fill::AlreadyPresent,
+        })
+    }
+
+    /// Issues a resolving ioctl over `[dst, dst+len)` until all of it is done: `call(done)`
+    /// starts it `done` bytes in and returns its result and the bytes it resolved. A partial
+    /// run or a concurrent mm change (EAGAIN) goes on from where it stopped; a page already
+    /// present (EEXIST) ends it, waking the range's waiters when `wake`.
+    fn resolve_range(
+        &self,
+        dst: u64,
+        len: u64,
+        wake: bool,
+        mut call: impl FnMut(u64) -> (i32, i64),
+        error: impl Fn(u64, u64, io::Error) -> UffdError,
+    ) -> Result<Resolved> {
         let mut done = 0u64;
         while done < len {
-            let mut cont = UffdioContinue {
-                range: UffdioRange {
-                    start: dst + done,
-                    len: len - done,
-                },
-                mode: if wake {
-                    0
-                } else {
-                    UFFDIO_CONTINUE_MODE_DONTWAKE
-                },
-                mapped: 0,
-            };
-            // SAFETY: valid uffdio_continue for the duration of the call; the kernel only
-            // maps pages that already back the range.
-            let ret = unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_CONTINUE(), &mut cont) };
-            if cont.mapped > 0 {
-                done += cont.mapped as u64;
+            let (ret, progress) = call(done);
+            if progress > 0 {
+                done += progress as u64;
             }
             if ret >= 0 {
                 continue;
@@ -451,18 +473,12 @@ impl Userfaultfd {
                     if wake {
                         self.wake(dst, len)?;
                     }
-                    return Ok(Fill::AlreadyPresent);
+                    return Ok(Resolved::StoppedAtPresent { done });
                 }
-                _ => {
-                    return Err(UffdError::Continue {
-                        dst: dst + done,
-                        len: len - done,
-                        source: err,
-                    });
-                }
+                _ => return Err(error(dst + done, len - done, err)),
             }
         }
-        Ok(Fill::Filled)
+        Ok(Resolved::All)
     }
 
     /// Maps the shared zero page over the missing page range at `dst` and wakes waiters.

@@ -94,6 +94,64 @@ fn os_error(what: String) -> VmmError {
     VmmError::Memory(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
+/// Maps every page of `[base, base+len)` now, a share of it per CPU (one thread took
+/// 1.2-4.5 s for 4 GiB on the 2-core machine, two 0.65-0.85 s), so that fills never fault
+/// on the fill mapping. Kernels before 5.14 lack MADV_POPULATE_WRITE: fills fault it in.
+fn populate(base: u64, len: usize) -> Result<(), VmmError> {
+    const MIN_SHARE: usize = 64 << 20;
+    let page = PAGE_SIZE as usize;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(len.div_ceil(MIN_SHARE))
+        .max(1);
+    let share = len.div_ceil(threads).div_ceil(page) * page;
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                s.spawn(move || {
+                    let start = i * share;
+                    let n = share.min(len.saturating_sub(start));
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    // SAFETY: a page-aligned part of the fill mapping, which we own.
+                    let r = unsafe {
+                        libc::madvise(
+                            (base + start as u64) as *mut libc::c_void,
+                            n,
+                            libc::MADV_POPULATE_WRITE,
+                        )
+                    };
+                    if r == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("populate thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => {
+                return Err(VmmError::Memory(format!(
+                    "cannot map {len} bytes of guest RAM for filling: {e}"
+                )));
+            }
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
 impl GuestRam {
     /// Anonymous guest RAM, allocated as the guest touches it.
     pub fn new(size: u64) -> Result<GuestRam, VmmError> {
@@ -138,13 +196,13 @@ impl GuestRam {
                 "cannot allocate {size} bytes of shared guest RAM"
             )));
         }
-        // SAFETY: a fresh shared mapping of the whole memfd, populated now; checked below.
+        // SAFETY: a fresh shared mapping of the whole memfd; checked below.
         let alias = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 size as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED,
                 std::os::fd::AsRawFd::as_raw_fd(&file),
                 0,
             )
@@ -158,6 +216,7 @@ impl GuestRam {
             base: alias as u64,
             len: size as usize,
         };
+        populate(fill_mapping.base, fill_mapping.len)?;
         // The guest's view: not populated, so every page starts unmapped there.
         let region = MmapRegion::<()>::build(
             Some(FileOffset::new(file, 0)),

@@ -263,11 +263,8 @@ impl ProbeGuest {
         // The boot region is loaded before registration, so only data pages are missing.
         vm.load(&program).map_err(|e| e.to_string())?;
         let (data, len) = (layout::data_gpa(), ram.size() - layout::data_gpa());
-        match backing {
-            Backing::Anonymous => uffd.register_missing(ram.host_base() + data, len),
-            Backing::Shared => uffd.register_minor(ram.host_base() + data, len),
-        }
-        .map_err(|e| e.to_string())?;
+        destination::register(uffd, backing, ram.host_base() + data, len)
+            .map_err(|e| e.to_string())?;
         Ok(ProbeGuest { vm, ram })
     }
 

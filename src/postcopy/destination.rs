@@ -102,17 +102,14 @@ impl Destination {
                 ram.host_base() + first * PAGE_SIZE,
                 (end - first) * PAGE_SIZE,
             );
-            match backing {
-                Backing::Anonymous => uffd.register_missing(start, len)?,
-                Backing::Shared if !uffd.features().contains(Features::MINOR_SHMEM) => {
-                    return Err(PostcopyError::Config(
-                        "shared guest RAM needs a userfaultfd with minor faults on shared \
-                         memory (MINOR_SHMEM)"
-                            .into(),
-                    ));
-                }
-                Backing::Shared => uffd.register_minor(start, len)?,
+            if backing == Backing::Shared && !uffd.features().contains(Features::MINOR_SHMEM) {
+                return Err(PostcopyError::Config(
+                    "shared guest RAM needs a userfaultfd with minor faults on shared memory \
+                     (MINOR_SHMEM)"
+                        .into(),
+                ));
             }
+            register(uffd, backing, start, len)?;
         }
         Ok(Destination {
             pages: PageStateMap::new(total, BOOT_PAGES),
@@ -585,6 +582,20 @@ pub fn preferred_backing() -> Backing {
     match Userfaultfd::available_features() {
         Ok((features, _)) if features.contains(Features::MINOR_SHMEM) => Backing::Shared,
         _ => Backing::Anonymous,
+    }
+}
+
+/// Registers `[start, start+len)` of RAM of `backing` so that its missing pages fault to
+/// `uffd`: missing faults for anonymous RAM, minor faults for shared.
+pub fn register(
+    uffd: &Userfaultfd,
+    backing: Backing,
+    start: u64,
+    len: u64,
+) -> Result<(), crate::uffd::UffdError> {
+    match backing {
+        Backing::Anonymous => uffd.register_missing(start, len),
+        Backing::Shared => uffd.register_minor(start, len),
     }
 }
 

@@ -67,7 +67,9 @@ pub enum Notice {
 
 /// Raw mode, the alternate screen and mouse reporting, undone on drop and on panic.
 pub struct TerminalGuard {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
+    /// Dropped by hand: ratatui's drop prints to stderr when it cannot show the cursor,
+    /// and printing to a terminal that has hung up panics.
+    terminal: std::mem::ManuallyDrop<Terminal<CrosstermBackend<Stdout>>>,
 }
 
 fn restore() {
@@ -103,14 +105,26 @@ impl TerminalGuard {
                 return Err(e.into());
             }
         };
-        Ok(TerminalGuard { terminal })
+        Ok(TerminalGuard {
+            terminal: std::mem::ManuallyDrop::new(terminal),
+        })
     }
 }
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         restore();
+        if self.terminal.show_cursor().is_ok() {
+            // SAFETY: dropped once, here; the field is not used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.terminal) };
+        }
+        // Otherwise the terminal is gone: its buffers are left to the process's end.
     }
+}
+
+/// Whether a terminal error means the terminal itself has gone (hung up, closed).
+fn is_hang_up(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ENXIO))
 }
 
 /// Signal handlers of the loop, removed when it ends: after it, a signal acts as usual.
@@ -151,6 +165,14 @@ fn wait_hung_up(timeout: Duration) -> bool {
 /// Runs the UI until the operator quits, the terminal goes away or a terminating signal
 /// arrives.
 pub fn run(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
+    match run_loop(feed, app) {
+        // A terminal that stops taking reads or writes has hung up: as good as SIGHUP.
+        Err(TuiError::Io(e)) if is_hang_up(&e) => Ok(Exit::Signal),
+        other => other,
+    }
+}
+
+fn run_loop(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
     let signalled = Arc::new(AtomicBool::new(false));
     let mut handlers = SignalHandlers(Vec::new());
     for sig in [

@@ -297,14 +297,18 @@ fn switch_over(
     let uffds = (0..if per_slice { config.vcpus } else { 1 })
         .map(|_| Userfaultfd::new(features, true).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    // Shared RAM is allocated and mapped here, while the source still runs: say so, and
+    // how long it took.
+    let size = crate::units::Bytes(config.mem_bytes);
+    status.note(format!(
+        "migration {number}: making {size} of {backing} RAM ready on the destination"
+    ));
     let made = Instant::now();
     let dest_ram = Arc::new(GuestRam::with_backing(config.mem_bytes, backing)?);
-    // Shared RAM is allocated and mapped here, while the source still runs: say how long.
-    tracing::info!(
-        "migration {number}: destination RAM ready, {} {backing} in {} ms",
-        crate::units::Bytes(config.mem_bytes),
+    status.note(format!(
+        "migration {number}: destination RAM ready ({size} {backing}) in {} ms",
         made.elapsed().as_millis()
-    );
+    ));
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));

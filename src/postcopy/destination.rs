@@ -299,14 +299,17 @@ impl Destination {
 
     /// Maps present `page` into the guest's view again if it is not mapped (shared RAM:
     /// the kernel may unmap a page it reclaims, and the next access faults as if missing),
-    /// and wakes whoever waits on it. Some(true) if this mapped it; None if the page is
-    /// missing again by now (an injection came first).
-    fn remap_present(&self, page: u64) -> Result<Option<bool>, PostcopyError> {
+    /// and wakes whoever waits on it (`sleepers`: uffd mode). Some(true) if this mapped
+    /// it; None if the page is missing again by now (an injection came first).
+    fn remap_present(&self, page: u64, sleepers: bool) -> Result<Option<bool>, PostcopyError> {
         let host = self.ram.host_base() + (page << PAGE_SHIFT);
         let uffd = self.uffd_for(page)?;
         if self.ram.backing() == Backing::Anonymous {
-            // The fault may have raced with the copy's wake-up: wake again, cheaply.
-            uffd.wake(host, PAGE_SIZE)?;
+            // An anonymous page stays mapped once present. The fault may have raced with
+            // the copy's wake-up: wake again, cheaply.
+            if sleepers {
+                uffd.wake(host, PAGE_SIZE)?;
+            }
             return Ok(Some(false));
         }
         // Not while an injection drops pages: it unmaps them before marking them missing.
@@ -330,7 +333,7 @@ impl Destination {
             let state = self.pages.get(page);
             if state.is_present() {
                 let remapped = if first || !wait {
-                    match self.remap_present(page)? {
+                    match self.remap_present(page, !wait)? {
                         Some(remapped) => remapped,
                         None => continue,
                     }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::guest::{self, Workload};
-use crate::postcopy::{Destination, InProcessSource, PostcopyError, Throttle, destination};
+use crate::postcopy::net::{self, NetError, PageServer, Transport};
+use crate::postcopy::{
+    Destination, InProcessSource, PostcopyError, SourceError, Throttle, destination,
+};
 use crate::telemetry::{Aggregate, Telemetry};
 use crate::uffd::{Features, Userfaultfd};
 use crate::units::Rate;
@@ -95,6 +98,8 @@ pub struct TrialConfig {
     pub telemetry: bool,
     /// What backs the VM's RAM (and so how a missing page is filled).
     pub backing: Backing,
+    /// How pages travel from the source image.
+    pub transport: Transport,
 }
 
 impl TrialConfig {
@@ -150,6 +155,10 @@ impl Trial {
     }
 }
 
+fn source_error(e: NetError) -> BenchError {
+    BenchError::Postcopy(PostcopyError::Source(SourceError::Net(e)))
+}
+
 /// Makes every page of `ram` present by writing one byte to it.
 fn prefill(ram: &GuestRam) -> Result<(), VmmError> {
     let mut gpa = BOOT_SIZE;
@@ -181,6 +190,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
     let mut dest = None;
     let mut workers = Vec::new();
+    // Serves the image for the whole trial when pages travel over TCP.
+    let _server: Option<PageServer>;
     let handler: Option<Arc<dyn MissingPageHandler>> = match c.mode {
         BenchMode::Prefill => {
             prefill(&ram)?;
@@ -201,7 +212,9 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             // A source image in real memory, as a migration's would be.
             let image = GuestRam::new(mem)?;
             prefill(&image)?;
-            let source = Arc::new(InProcessSource::new(Arc::new(image)));
+            let image = Arc::new(InProcessSource::new(Arc::new(image)));
+            let (source, server) = net::page_source(c.transport, image).map_err(source_error)?;
+            _server = server;
             let d = Arc::new(Destination::with_uffds(
                 ram.clone(),
                 uffds,
@@ -322,6 +335,8 @@ pub struct BenchResult {
     pub vcpus: usize,
     /// `anon` or `shmem`.
     pub backing: &'static str,
+    /// `local` or `tcp`.
+    pub transport: &'static str,
     pub readers: usize,
     pub uffd_per_vcpu: bool,
     /// vCPU i (and its uffd reader) bound to the i-th CPU.
@@ -427,6 +442,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
         mode: c.mode,
         vcpus: c.vcpus,
         backing: c.backing.as_str(),
+        transport: c.transport.as_str(),
         readers: match c.mode {
             BenchMode::Uffd if c.uffd_per_vcpu => c.vcpus,
             BenchMode::Uffd => c.readers,
@@ -460,6 +476,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PushResult {
     pub backing: &'static str,
+    pub transport: &'static str,
     pub threads: usize,
     pub bytes: u64,
     pub secs: f64,
@@ -474,9 +491,10 @@ pub fn measure_push(
     threads: usize,
     repeat: usize,
     backing: Backing,
+    transport: Transport,
 ) -> Result<PushResult, BenchError> {
     let mut trials = (0..repeat.max(1))
-        .map(|_| run_push_trial(mem_bytes, threads, backing))
+        .map(|_| run_push_trial(mem_bytes, threads, backing, transport))
         .collect::<Result<Vec<_>, _>>()?;
     trials.sort_by(|a, b| a.bytes_per_sec.total_cmp(&b.bytes_per_sec));
     let mut median = trials[trials.len() / 2];
@@ -491,10 +509,13 @@ pub fn run_push_trial(
     mem_bytes: u64,
     threads: usize,
     backing: Backing,
+    transport: Transport,
 ) -> Result<PushResult, BenchError> {
     let mem = mem_bytes.max(layout::MIN_MEM_BYTES);
     let image = GuestRam::new(mem)?;
     prefill(&image)?;
+    let image = Arc::new(InProcessSource::new(Arc::new(image)));
+    let (source, _server) = net::page_source(transport, image).map_err(source_error)?;
     let ram = Arc::new(GuestRam::with_backing(mem, backing)?);
     let dest = Arc::new(Destination::new(
         ram,
@@ -502,7 +523,7 @@ pub fn run_push_trial(
             destination::backing_features(backing),
             true,
         )?),
-        Arc::new(InProcessSource::new(Arc::new(image))),
+        source,
         Throttle::new(Rate::Unlimited),
         Duration::ZERO,
         Arc::new(Telemetry::new(1)),
@@ -532,6 +553,7 @@ pub fn run_push_trial(
     }
     Ok(PushResult {
         backing: backing.as_str(),
+        transport: transport.as_str(),
         threads: parts as usize,
         bytes,
         secs,
@@ -566,6 +588,7 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
         duration: Duration::ZERO,
         push: true,
         backing: None,
+        transport: crate::postcopy::Transport::Local,
         timeline: Vec::new(),
     };
     let mut downtimes = (0..runs.max(1))
@@ -647,6 +670,7 @@ pub fn measure_frame(
         vcpus,
         mem_bytes,
         backing: Some("anon".into()),
+        transport: Some("local".into()),
         page_size: PAGE_SIZE,
     })?;
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))

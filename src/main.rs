@@ -110,6 +110,10 @@ struct RunArgs {
     /// kernel supports it.
     #[arg(long)]
     backing: Option<faultline::vmm::Backing>,
+    /// How pages travel: local (copied from the source's image in this process) or tcp
+    /// (fetched from a page server over a loopback socket). Default: local.
+    #[arg(long)]
+    transport: Option<faultline::postcopy::Transport>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -177,6 +181,9 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     if let Some(b) = args.backing {
         c.backing = Some(b);
     }
+    if let Some(t) = args.transport {
+        c.transport = t;
+    }
     c.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(c)
 }
@@ -204,7 +211,7 @@ fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<
     )?;
     writeln!(
         out,
-        "downtime {} us, post-copy {} ms{}, {} at {}/s (throttle {})",
+        "downtime {} us, post-copy {} ms{}, {} at {}/s ({}, throttle {})",
         s.downtime_us,
         s.postcopy_ms,
         if s.postcopy_complete {
@@ -214,6 +221,7 @@ fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<
         },
         Bytes(s.bytes_transferred),
         Bytes(s.transfer_bytes_per_sec),
+        s.transport,
         s.throttle
     )?;
     writeln!(

@@ -71,6 +71,7 @@ struct File {
     duration: Option<Spanned<String>>,
     push: Option<bool>,
     backing: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
     #[serde(default)]
     timeline: Vec<Spanned<Entry>>,
 }
@@ -102,6 +103,7 @@ pub fn defaults() -> RunConfig {
         duration: Duration::from_secs(10),
         push: true,
         backing: None,
+        transport: crate::postcopy::Transport::Local,
         timeline: Vec::new(),
     }
 }
@@ -194,6 +196,9 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
     }
     if let Some(b) = &f.backing {
         c.backing = Some(loc.value(b, str::parse::<crate::vmm::Backing>)?);
+    }
+    if let Some(t) = &f.transport {
+        c.transport = loc.value(t, str::parse::<crate::postcopy::Transport>)?;
     }
     if let Some(p) = f.push {
         c.push = p;
@@ -289,6 +294,27 @@ mod tests {
                 .starts_with("s.toml:2:11: unknown memory backing 'hugetlb'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transport_is_local_unless_the_file_says_tcp() {
+        use crate::postcopy::Transport;
+        assert_eq!(
+            parse("s.toml", "vcpus = 2").unwrap().transport,
+            Transport::Local
+        );
+        assert_eq!(
+            parse("s.toml", "transport = \"tcp\"").unwrap().transport,
+            Transport::Tcp
+        );
+        let err = parse("s.toml", "vcpus = 2\ntransport = \"udp\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("s.toml:2:13: unknown page transport 'udp'"),
+            "{err}"
+        );
+        // The slow-link built-in sends its pages over a real socket.
+        assert_eq!(load("throttled").unwrap().transport, Transport::Tcp);
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct RunInfo {
     /// The destination's memory backing (`shmem`, `anon`); absent in older recordings.
     #[serde(default)]
     pub backing: Option<String>,
+    /// How pages travel (`local`, `tcp`); absent in older recordings.
+    #[serde(default)]
+    pub transport: Option<String>,
     pub page_size: u64,
 }
 

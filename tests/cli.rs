@@ -170,6 +170,53 @@ fn headless_text_run_ends_with_the_verdict() {
 }
 
 #[test]
+fn a_run_over_tcp_says_so_and_verifies() {
+    let out = quick_run(&[
+        "--mode",
+        "exit",
+        "--workload",
+        "verify",
+        "--transport",
+        "tcp",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("(tcp, throttle unlimited)"), "{text}");
+    assert!(
+        text.lines().last().unwrap().starts_with("verified:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bench_over_tcp_reports_the_transport_of_each_result_and_the_push() {
+    let out = faultline()
+        .args([
+            "bench",
+            "--vcpus",
+            "1",
+            "--mode",
+            "exit,uffd",
+            "--transport",
+            "tcp",
+        ])
+        .args(["--mem-per-vcpu", "8M", "--repeat", "1", "--push-mem", "64M"])
+        .args(["--downtime-vcpus", "0", "--frame-vcpus", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{v:#}");
+    for r in results {
+        assert_eq!(r["transport"], "tcp", "{r}");
+        assert!(r["pages_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(v["push"]["transport"], "tcp");
+    assert_eq!(v["push"]["bytes"].as_u64().unwrap(), 62 << 20);
+}
+
+#[test]
 fn bad_scenario_file_names_file_line_and_column() {
     let dir = std::env::temp_dir().join(format!("faultline-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -198,6 +245,7 @@ fn unknown_scenario_and_bad_values_exit_2() {
         vec!["run", "--headless", "--workload", "zigzag"],
         vec!["run", "--headless", "--rtt", "soon"],
         vec!["run", "--headless", "--backing", "hugetlb"],
+        vec!["run", "--headless", "--transport", "udp"],
     ] {
         let out = faultline().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -294,6 +342,7 @@ fn bench_refuses_bad_sizes_and_modes_with_one_line() {
         &["bench", "--vcpus", "0"][..],
         &["bench", "--reader-spin", "soon"][..],
         &["bench", "--backing", "hugetlb"][..],
+        &["bench", "--transport", "udp"][..],
     ] {
         let out = faultline().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

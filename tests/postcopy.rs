@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use faultline::guest::Workload;
-use faultline::postcopy::{self, Action, FaultMode, RunConfig, RunStatus, Summary, TimedAction};
+use faultline::postcopy::{
+    self, Action, FaultMode, RunConfig, RunStatus, Summary, TimedAction, Transport,
+};
 use faultline::units::{GpaRange, Rate};
 use faultline::vmm::Backing;
 
@@ -21,6 +23,7 @@ fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
         duration: Duration::from_millis(400),
         push: true,
         backing: None,
+        transport: Transport::Local,
         timeline: vec![],
     }
 }
@@ -45,9 +48,16 @@ fn check_migration(workload: &str, mode: FaultMode, vcpus: usize, backing: Backi
     // the push on 2 cores), and every vCPU must fault here; the run fills the rest at full
     // speed after its duration.
     c.fetch_rate = Rate::BytesPerSec(64 << 20);
-    let s = run(&c);
+    check(&c);
+}
+
+/// Runs `c` and checks everything a migration promises.
+fn check(c: &RunConfig) {
+    let (mode, vcpus) = (c.mode, c.vcpus);
+    let s = run(c);
     assert!(s.verified, "{s:#?}");
-    assert_eq!(s.backing, backing.as_str());
+    assert_eq!(Some(s.backing.as_str()), c.backing.map(Backing::as_str));
+    assert_eq!(s.transport, c.transport.as_str());
     assert_eq!(s.verify.mismatches, 0);
     assert_eq!(s.verify.guest_errors, 0);
     assert_eq!(
@@ -130,8 +140,13 @@ fn read_only_guest_leaves_destination_identical_to_source() {
 }
 
 fn check_injection(mode: FaultMode, backing: Backing) {
+    check_injection_over(mode, backing, Transport::Local);
+}
+
+fn check_injection_over(mode: FaultMode, backing: Backing, transport: Transport) {
     let mut c = config("verify", mode, 4);
     c.backing = Some(backing);
+    c.transport = transport;
     c.fetch_rate = Rate::BytesPerSec(64 << 20);
     c.duration = Duration::from_millis(1500);
     let range = GpaRange {
@@ -144,6 +159,7 @@ fn check_injection(mode: FaultMode, backing: Backing) {
     }];
     let s = run(&c);
     assert!(s.verified, "{s:#?}");
+    assert_eq!(s.transport, transport.as_str());
     assert_eq!(s.injections.len(), 1);
     assert!(s.pages_injected > 0, "{s:#?}");
     assert!(s.pages_injected <= range.len / 4096);
@@ -173,6 +189,31 @@ fn injection_refetches_the_range_and_still_verifies_uffd_anon() {
 #[test]
 fn injection_refetches_the_range_and_still_verifies_exit_anon() {
     check_injection(FaultMode::Exit, Backing::Anonymous);
+}
+
+/// Pages over a real socket: fetched from a page server, checked on arrival, and an
+/// injected range's pages put back through it.
+fn check_over_tcp(mode: FaultMode) {
+    let mut c = config("verify", mode, 4);
+    c.backing = Some(Backing::Shared);
+    c.transport = Transport::Tcp;
+    c.fetch_rate = Rate::BytesPerSec(64 << 20);
+    check(&c);
+}
+
+#[test]
+fn migration_over_tcp_verifies_uffd() {
+    check_over_tcp(FaultMode::Uffd);
+}
+
+#[test]
+fn migration_over_tcp_verifies_exit() {
+    check_over_tcp(FaultMode::Exit);
+}
+
+#[test]
+fn injection_over_tcp_puts_pages_back_and_still_verifies() {
+    check_injection_over(FaultMode::Exit, Backing::Shared, Transport::Tcp);
 }
 
 #[test]
@@ -316,6 +357,64 @@ fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
         // Copied straight from the in-process image: nothing travels, nothing is checksummed.
         assert_eq!(dest.telemetry().run.checksum_mismatches.get(), 0);
     }
+}
+
+#[test]
+fn pages_pushed_over_tcp_arrive_whole_and_checked() {
+    use faultline::postcopy::InProcessSource;
+    use faultline::postcopy::net::{PageServer, TcpSource};
+    use std::sync::Arc;
+    let mut server = None;
+    let (dest, ram) = push_everything(Backing::Shared, |image| {
+        let s = PageServer::bind("127.0.0.1:0", Arc::new(InProcessSource::new(image))).unwrap();
+        let source = Arc::new(TcpSource::connect(s.addr()).unwrap());
+        server = Some(s);
+        source
+    });
+    for page in 512..ram.pages() {
+        assert_eq!(ram.read_u64(page * 4096).unwrap(), page, "page {page}");
+    }
+    let run = &dest.telemetry().run;
+    assert_eq!(run.checksum_mismatches.get(), 0);
+    assert_eq!(run.bytes_transferred.get(), (ram.pages() - 512) * 4096);
+    // One connection per push thread at most (and the first, from connecting).
+    assert!(server.unwrap().connections() <= 3);
+}
+
+#[test]
+fn a_demand_fill_whose_source_is_gone_fails_and_leaves_the_page_missing() {
+    use faultline::postcopy::net::{PageServer, TcpSource};
+    use faultline::postcopy::page_state::PageState;
+    use faultline::postcopy::{Destination, InProcessSource, Throttle, destination};
+    use faultline::telemetry::Telemetry;
+    use faultline::uffd::Userfaultfd;
+    use faultline::vmm::GuestRam;
+    use std::sync::Arc;
+
+    let mem = 64 << 20;
+    let image = Arc::new(InProcessSource::new(Arc::new(GuestRam::new(mem).unwrap())));
+    let server = PageServer::bind("127.0.0.1:0", image).unwrap();
+    let addr = server.addr();
+    let uffd =
+        Arc::new(Userfaultfd::new(destination::backing_features(Backing::Shared), false).unwrap());
+    let dest = Destination::new(
+        Arc::new(GuestRam::shared(mem).unwrap()),
+        uffd,
+        Arc::new(TcpSource::connect(addr).unwrap()),
+        Throttle::new(Rate::Unlimited),
+        Duration::ZERO,
+        Arc::new(Telemetry::new(1)),
+    )
+    .unwrap();
+    let gpa = 1000 * 4096;
+    dest.fill_demand(gpa - 4096, true).unwrap();
+    drop(server);
+    let err = dest.fill_demand(gpa, true).unwrap_err().to_string();
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    // Nothing was placed: the page can be claimed again once a source answers.
+    assert_eq!(dest.pages().get(1000), PageState::Missing);
+    assert_eq!(dest.pages().get(999), PageState::FilledByDemand);
 }
 
 #[test]

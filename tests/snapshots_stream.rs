@@ -22,6 +22,7 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         duration: Duration::from_millis(1500),
         push: true,
         backing: None,
+        transport: faultline::postcopy::Transport::Local,
         timeline: vec![],
     }
 }

@@ -53,6 +53,28 @@ fn keys(app: &mut App, s: &str) {
 }
 
 #[test]
+fn the_header_names_a_socket_transport_and_stays_quiet_about_local_copies() {
+    let header = |transport: &str| {
+        let mut app = App::with_theme(Theme::colored());
+        let mut s = fixture::snapshot(4, GIB, 20);
+        s.run.transport = Some(transport.into());
+        app.on_snapshot(s);
+        screen(160, 48, &app)
+            .lines()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let tcp = header("tcp");
+    assert!(tcp.contains("/s tcp"), "{tcp}");
+    let local = header("local");
+    assert!(
+        !local.contains("local") && !local.contains("tcp"),
+        "{local}"
+    );
+}
+
+#[test]
 fn waiting_for_the_first_snapshot() {
     let app = App::with_theme(Theme::colored());
     insta::assert_snapshot!("waiting_80x24", screen(80, 24, &app));

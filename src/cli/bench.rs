@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use faultline::bench::{
     self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
 };
+use faultline::postcopy::Transport;
 use faultline::postcopy::destination::{auto_reader_spin, preferred_backing};
 use faultline::units::Bytes;
 use faultline::vmm::Backing;
@@ -34,6 +35,10 @@ pub struct BenchArgs {
     /// where the kernel supports it, else anon. The push is timed on the first.
     #[arg(long, value_delimiter = ',')]
     backing: Vec<Backing>,
+    /// How pages travel: local (copied from the source image in this process), tcp (fetched
+    /// from a page server over a loopback socket). The push is timed on the first.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    transport: Vec<Transport>,
     /// With --one-uffd: its handler threads; default one per vCPU up to two (more lose to
     /// wake-up contention on one userfaultfd, BENCHMARKS.md).
     #[arg(long)]
@@ -100,6 +105,7 @@ struct Ratio {
     mode: BenchMode,
     vcpus: usize,
     backing: &'static str,
+    transport: &'static str,
     /// pages/s with telemetry on over pages/s with it off: the median of the rounds' ratios.
     telemetry_ratio: f64,
 }
@@ -125,9 +131,10 @@ fn k(v: f64) -> String {
 
 fn print_row(r: &BenchResult) {
     println!(
-        "{:<8} {:<7} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
+        "{:<8} {:<7} {:<5} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
         r.mode.as_str(),
         r.backing,
+        r.transport,
         r.vcpus,
         if r.mode == BenchMode::Uffd {
             r.readers.to_string()
@@ -167,11 +174,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     };
     let mut configs = Vec::new();
     for &vcpus in &args.vcpus {
-        for (&mode, &backing) in args
-            .mode
-            .iter()
-            .flat_map(|m| backings.iter().map(move |b| (m, b)))
-        {
+        let transports = &args.transport;
+        for (&mode, &backing, &transport) in args.mode.iter().flat_map(|m| {
+            backings
+                .iter()
+                .flat_map(move |b| transports.iter().map(move |t| (m, b, t)))
+        }) {
             // The observer has nothing to observe when no page is ever missing.
             let telem: &[bool] = if mode == BenchMode::Prefill {
                 &[false]
@@ -198,6 +206,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     pin: !args.no_pin,
                     telemetry: t,
                     backing,
+                    transport,
                 });
             }
         }
@@ -234,9 +243,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             }
         );
         println!(
-            "{:<8} {:<7} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
+            "{:<8} {:<7} {:<5} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
             "mode",
             "memory",
+            "via",
             "vcpus",
             "readers",
             "telemetry",
@@ -269,18 +279,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         .filter(|r| r.telemetry)
         .filter_map(|on| {
             let off = results.iter().find(|o| {
-                !o.telemetry && o.mode == on.mode && o.vcpus == on.vcpus && o.backing == on.backing
+                !o.telemetry
+                    && o.mode == on.mode
+                    && o.vcpus == on.vcpus
+                    && o.backing == on.backing
+                    && o.transport == on.transport
             })?;
             Some(Ratio {
                 mode: on.mode,
                 vcpus: on.vcpus,
                 backing: on.backing,
+                transport: on.transport,
                 telemetry_ratio: bench::paired_ratio(on, off),
             })
         })
         .collect();
     let push = (args.push_mem > 0)
-        .then(|| bench::measure_push(args.push_mem, args.push_threads, args.repeat, backings[0]))
+        .then(|| {
+            bench::measure_push(
+                args.push_mem,
+                args.push_threads,
+                args.repeat,
+                backings[0],
+                args.transport.first().copied().unwrap_or_default(),
+            )
+        })
         .transpose()?;
     let downtime = (args.downtime_vcpus > 0)
         .then(|| bench::measure_downtime(args.downtime_vcpus, args.repeat.max(5)))
@@ -307,17 +330,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     } else {
         for r in &ratios {
             println!(
-                "telemetry on/off, {} ({}) at {} vCPUs: {:.3} (median of the rounds' ratios)",
+                "telemetry on/off, {} ({}, {}) at {} vCPUs: {:.3} (median of the rounds' ratios)",
                 r.mode.as_str(),
                 r.backing,
+                r.transport,
                 r.vcpus,
                 r.telemetry_ratio
             );
         }
         if let Some(p) = push {
             println!(
-                "push alone ({}), {} threads: {} in {:.3} s = {:.2} GB/s (min {:.2}, max {:.2})",
+                "push alone ({}, {}), {} threads: {} in {:.3} s = {:.2} GB/s (min {:.2}, max {:.2})",
                 p.backing,
+                p.transport,
                 p.threads,
                 Bytes(p.bytes),
                 p.secs,

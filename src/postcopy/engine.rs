@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::PostcopyError;
 use super::destination::{self, Destination};
 use super::monitor::Monitor;
-use super::source::InProcessSource;
+use super::net::{self, PageServer, Transport};
+use super::source::{InProcessSource, SourceError};
 use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
 use crate::guest::{self, Sharing, Workload};
@@ -82,6 +83,8 @@ pub struct RunConfig {
     pub push: bool,
     /// What backs the destination's RAM; None: [`destination::preferred_backing`].
     pub backing: Option<Backing>,
+    /// How pages travel from the source to the destination.
+    pub transport: Transport,
     pub timeline: Vec<TimedAction>,
 }
 
@@ -160,6 +163,9 @@ pub struct Summary {
     pub mem_bytes: u64,
     /// The destination's memory backing: anon or shmem.
     pub backing: String,
+    /// How pages travelled: local or tcp.
+    #[serde(default = "local_transport")]
+    pub transport: String,
     pub page_size: u64,
     pub pages_total: u64,
     pub pages_boot: u64,
@@ -182,6 +188,10 @@ pub struct Summary {
     pub telemetry_dropped: u64,
     pub latency_us: LatencySummary,
     pub per_vcpu: Vec<VcpuSummary>,
+}
+
+fn local_transport() -> String {
+    Transport::Local.as_str().into()
 }
 
 /// Sleeps up to `d`, returning early with an error if a vCPU of `vm` fails.
@@ -221,6 +231,14 @@ impl Workers {
         result
     }
 
+    /// Stops the rest after one ended early, and returns why it ended.
+    fn failure(self) -> PostcopyError {
+        match self.finish() {
+            Err(e) => e,
+            Ok(()) => PostcopyError::Config("a post-copy thread stopped early".into()),
+        }
+    }
+
     fn any_finished(&self) -> bool {
         self.threads.iter().any(|t| t.is_finished())
     }
@@ -240,10 +258,13 @@ struct Leg {
     number: u32,
     vm: Vm,
     dest: Arc<Destination>,
-    source: Arc<InProcessSource>,
+    /// The source's image, which the checks compare against.
+    image: Arc<InProcessSource>,
     workers: Workers,
     switched_at: Instant,
     downtime: Duration,
+    /// Serves `image` when pages travel over TCP; dropped after the workers that fetch.
+    _server: Option<PageServer>,
 }
 
 impl Leg {
@@ -262,7 +283,7 @@ impl Leg {
     fn compare(&self, config: &RunConfig) -> (u64, u64) {
         let run = &self.dest.telemetry().run;
         let (m, n) = compare_data(
-            self.source.image(),
+            self.image.image(),
             self.dest.ram(),
             config.workload.written_qwords(),
         );
@@ -310,12 +331,20 @@ fn switch_over(
         made.elapsed().as_millis()
     ));
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
-    let source = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+    let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+    let (source, server) =
+        net::page_source(config.transport, image.clone()).map_err(SourceError::from)?;
+    if let Some(s) = &server {
+        status.note(format!(
+            "migration {number}: pages travel over tcp from {}",
+            s.addr()
+        ));
+    }
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
     let dest = Arc::new(Destination::with_uffds(
         dest_ram.clone(),
         uffds,
-        source.clone(),
+        source,
         Throttle::new(rate),
         config.rtt,
         telemetry,
@@ -396,10 +425,11 @@ fn switch_over(
         number,
         vm,
         dest,
-        source,
+        image,
         workers,
         switched_at,
         downtime,
+        _server: server,
     })
 }
 
@@ -430,6 +460,7 @@ fn run_info(config: &RunConfig) -> RunInfo {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         backing: config.backing.map(|b| b.as_str().to_string()),
+        transport: Some(config.transport.as_str().to_string()),
         page_size: PAGE_SIZE,
     }
 }
@@ -564,6 +595,12 @@ fn migrate(
     loop {
         if let Some(f) = leg.vm.failure() {
             return Err(PostcopyError::GuestFailed(f));
+        }
+        // Handler and push threads end only when stopped: one that ended has failed, and
+        // the vCPUs it served would wait for their pages for ever.
+        if leg.workers.any_finished() {
+            let Leg { workers, .. } = leg;
+            return Err(workers.failure());
         }
         let elapsed = first_switch.elapsed();
         let mut actions = Vec::new();
@@ -712,6 +749,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         backing: leg.dest.ram().backing().as_str().to_string(),
+        transport: config.transport.as_str().to_string(),
         page_size: PAGE_SIZE,
         pages_total: leg.dest.ram().pages(),
         pages_boot: layout::BOOT_PAGES,

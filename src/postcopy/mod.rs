@@ -7,6 +7,7 @@
 pub mod destination;
 pub mod engine;
 pub mod monitor;
+pub mod net;
 pub mod page_state;
 pub mod source;
 pub mod status;
@@ -15,6 +16,7 @@ pub mod throttle;
 pub use destination::Destination;
 pub use engine::{Action, FaultMode, Phase, RunConfig, Summary, TimedAction, run};
 pub use monitor::Monitor;
+pub use net::Transport;
 pub use source::{InProcessSource, PageSource, SourceError};
 pub use status::{LiveMigration, RunStatus};
 pub use throttle::Throttle;

@@ -1,5 +1,5 @@
 //! Where pages come from: the `PageSource` trait and its in-process implementation over
-//! the source VM's memory image. A TCP peer implements the same trait.
+//! the source VM's memory image. A TCP peer implements the same trait (`net::TcpSource`).
 
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ pub enum SourceError {
     OutOfRange { gpa: u64, len: u64, size: u64 },
     #[error("page source failed: {0}")]
     Io(String),
+    #[error(transparent)]
+    Net(#[from] super::net::NetError),
 }
 
 /// Serves pages of the guest's memory image as it was at switchover.

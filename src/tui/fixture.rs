@@ -304,6 +304,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
             vcpus,
             mem_bytes: mem,
             backing: Some("shmem".into()),
+            transport: Some("local".into()),
             page_size: PAGE,
         },
         phase,

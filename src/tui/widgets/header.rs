@@ -82,10 +82,12 @@ pub fn render(
     let mut l2 = Vec::with_capacity(16);
     l2.extend(kv("throttle ", s.throttle.clone()));
     l2.push(sep());
-    l2.extend(kv(
-        "transfer ",
-        Rate::BytesPerSec(s.transfer_bytes_per_sec).to_string(),
-    ));
+    let mut transfer = Rate::BytesPerSec(s.transfer_bytes_per_sec).to_string();
+    // Local copies are the default; a socket is worth saying.
+    if let Some(t) = s.run.transport.as_deref().filter(|&t| t != "local") {
+        transfer = format!("{transfer} {t}");
+    }
+    l2.extend(kv("transfer ", transfer));
     l2.push(sep());
     l2.extend(kv("downtime ", downtime));
     l2.push(sep());

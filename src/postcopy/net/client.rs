@@ -1,0 +1,254 @@
+//! `TcpSource`: a `PageSource` that fetches from a page server. Each thread that fetches
+//! takes a connection of its own from an idle pool (opening one if none is idle), so
+//! concurrent faults never queue behind one another on a socket or a lock.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::NetError;
+use super::wire::{
+    HEADER_LEN, Hello, MAX_PAYLOAD, MAX_REASON, Op, Request, Response, Status, Welcome,
+    checksum_bytes,
+};
+use crate::postcopy::source::{PageSource, SourceError};
+use crate::vmm::layout::PAGE_SIZE;
+
+/// Idle connections kept for reuse; more are closed when returned.
+const POOL: usize = 64;
+/// Room for a response header, a page and its checksum in one read.
+const READ_BUFFER: usize = 16 << 10;
+
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    scratch: Vec<u8>,
+}
+
+pub struct TcpSource {
+    addr: SocketAddr,
+    image_size: u64,
+    idle_tx: Sender<Connection>,
+    idle_rx: Receiver<Connection>,
+}
+
+/// What became of one request: the connection can be reused unless the error broke it.
+enum Failure {
+    /// The server answered with an error; the connection is still in step.
+    Answered(SourceError),
+    Broken(NetError),
+}
+
+impl TcpSource {
+    /// Connects to the page server at `addr` and learns the size of its image.
+    pub fn connect(addr: SocketAddr) -> Result<TcpSource, NetError> {
+        let (first, image_size) = open(addr)?;
+        let (idle_tx, idle_rx) = crossbeam_channel::bounded(POOL);
+        let _ = idle_tx.try_send(first);
+        Ok(TcpSource {
+            addr,
+            image_size,
+            idle_tx,
+            idle_rx,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn image_size(&self) -> u64 {
+        self.image_size
+    }
+
+    fn check(&self, gpa: u64, len: u64) -> Result<(), SourceError> {
+        let fits = gpa
+            .checked_add(len)
+            .is_some_and(|end| end <= self.image_size);
+        if fits && gpa.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE) {
+            Ok(())
+        } else {
+            Err(SourceError::OutOfRange {
+                gpa,
+                len,
+                size: self.image_size,
+            })
+        }
+    }
+
+    /// Runs `work` on an idle connection (or a new one) and returns it to the pool unless
+    /// the work broke it.
+    fn with_connection<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, Failure>,
+    ) -> Result<T, SourceError> {
+        let mut conn = match self.idle_rx.try_recv() {
+            Ok(c) => c,
+            Err(_) => open(self.addr)?.0,
+        };
+        match work(&mut conn) {
+            Ok(v) => {
+                let _ = self.idle_tx.try_send(conn);
+                Ok(v)
+            }
+            Err(Failure::Answered(e)) => {
+                let _ = self.idle_tx.try_send(conn);
+                Err(e)
+            }
+            Err(Failure::Broken(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// A connection that failed under a request; an early end of stream says who ended it.
+fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
+    let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        std::io::Error::new(source.kind(), "the source closed it")
+    } else {
+        source
+    };
+    NetError::Lost { addr, source }
+}
+
+/// Opens a connection and says hello; returns it with the image size the server reports.
+fn open(addr: SocketAddr) -> Result<(Connection, u64), NetError> {
+    let connect = |source| NetError::Connect { addr, source };
+    let stream = TcpStream::connect(addr).map_err(connect)?;
+    stream.set_nodelay(true).map_err(connect)?;
+    let mut conn = Connection {
+        reader: BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(connect)?),
+        writer: stream,
+        scratch: Vec::new(),
+    };
+    conn.writer
+        .write_all(&Hello.encode())
+        .map_err(|e| lost(addr, e))?;
+    let mut header = [0u8; HEADER_LEN];
+    conn.reader
+        .read_exact(&mut header)
+        .map_err(|e| lost(addr, e))?;
+    // A server that refuses the hello answers with an error response, not a welcome.
+    if let Ok(r) = Response::decode(&header)
+        && r.status == Status::Malformed
+    {
+        return Err(NetError::Refused {
+            addr,
+            why: read_reason(&mut conn, r.len).unwrap_or_else(|_| "hello refused".into()),
+        });
+    }
+    let welcome = Welcome::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
+    Ok((conn, welcome.image_size))
+}
+
+fn read_reason(conn: &mut Connection, len: u32) -> std::io::Result<String> {
+    let mut why = vec![0u8; (len as usize).min(MAX_REASON)];
+    conn.reader.read_exact(&mut why)?;
+    Ok(String::from_utf8_lossy(&why).into_owned())
+}
+
+impl TcpSource {
+    /// Sends `request` (with `payload` for a put-back) and reads the response header; an
+    /// error response is read whole and turned into the source's error.
+    fn exchange(
+        &self,
+        conn: &mut Connection,
+        request: Request,
+        payload: &[u8],
+    ) -> Result<Response, Failure> {
+        let addr = self.addr;
+        let lost = |e| Failure::Broken(lost(addr, e));
+        if payload.is_empty() {
+            conn.writer.write_all(&request.encode()).map_err(lost)?;
+        } else {
+            conn.scratch.clear();
+            conn.scratch.extend_from_slice(&request.encode());
+            conn.scratch.extend_from_slice(payload);
+            conn.writer.write_all(&conn.scratch).map_err(lost)?;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        conn.reader.read_exact(&mut header).map_err(lost)?;
+        let response = Response::decode(&header)
+            .map_err(|source| Failure::Broken(NetError::Wire { addr, source }))?;
+        let expected = match request.op {
+            Op::Fetch => request.len,
+            Op::PutBack => 0,
+        };
+        match response.status {
+            Status::Ok if response.len == expected => Ok(response),
+            Status::Ok => Err(Failure::Broken(NetError::Refused {
+                addr,
+                why: format!(
+                    "answered {} bytes where {expected} were asked for",
+                    response.len
+                ),
+            })),
+            Status::OutOfRange => {
+                read_reason(conn, response.len).map_err(lost)?;
+                Err(Failure::Answered(SourceError::OutOfRange {
+                    gpa: request.gpa,
+                    len: u64::from(request.len),
+                    size: response.detail,
+                }))
+            }
+            Status::Malformed => {
+                let why = read_reason(conn, response.len).map_err(lost)?;
+                Err(Failure::Broken(NetError::Refused { addr, why }))
+            }
+            Status::Failed => {
+                let why = read_reason(conn, response.len).map_err(lost)?;
+                Err(Failure::Answered(SourceError::Io(format!(
+                    "page source at {addr}: {why}"
+                ))))
+            }
+        }
+    }
+}
+
+impl PageSource for TcpSource {
+    fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError> {
+        self.check(gpa, buf.len() as u64)?;
+        let addr = self.addr;
+        self.with_connection(|conn| {
+            let lost = |e| Failure::Broken(lost(addr, e));
+            let mut at = gpa;
+            for chunk in buf.chunks_mut(MAX_PAYLOAD as usize) {
+                let request = Request {
+                    op: Op::Fetch,
+                    gpa: at,
+                    len: chunk.len() as u32,
+                };
+                self.exchange(conn, request, &[])?;
+                conn.reader.read_exact(chunk).map_err(lost)?;
+                let mut sums = [0u8; 4];
+                for _ in 0..checksum_bytes(request.len) / 4 {
+                    conn.reader.read_exact(&mut sums).map_err(lost)?;
+                    checksums.push(u32::from_le_bytes(sums));
+                }
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), SourceError> {
+        self.check(gpa, data.len() as u64)?;
+        self.with_connection(|conn| {
+            let mut at = gpa;
+            for chunk in data.chunks(MAX_PAYLOAD as usize) {
+                let request = Request {
+                    op: Op::PutBack,
+                    gpa: at,
+                    len: chunk.len() as u32,
+                };
+                self.exchange(conn, request, chunk)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("tcp {}", self.addr)
+    }
+}

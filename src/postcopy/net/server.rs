@@ -1,0 +1,244 @@
+//! The page server: serves the source's memory image over TCP, a thread per connection (a
+//! destination opens one per thread that fetches at once). A client that breaks the
+//! protocol gets an error response and loses its connection; the others go on.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use super::NetError;
+use super::wire::{
+    self, HEADER_LEN, Hello, MAX_PAYLOAD, Op, Request, Response, Status, Welcome, WireError,
+};
+use crate::postcopy::source::{InProcessSource, PageSource, SourceError};
+
+/// How often the accept loop looks at its stop flag.
+const ACCEPT_POLL_MS: i32 = 50;
+/// Room for a request header and a put-back of a few pages in one read.
+const READ_BUFFER: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// Serves one image until dropped; dropping it closes every connection.
+pub struct PageServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<AtomicU64>,
+}
+
+impl PageServer {
+    /// Listens on `addr` (port 0 picks a free one) and serves `image`.
+    pub fn bind(addr: impl ToSocketAddrs, image: Arc<InProcessSource>) -> Result<Self, NetError> {
+        let shown = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map_or_else(|| "the given address".to_string(), |a| a.to_string());
+        let listen_error = |source| NetError::Listen {
+            addr: shown.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let accept = {
+            let (stop, connections) = (stop.clone(), connections.clone());
+            std::thread::Builder::new()
+                .name("page-server".into())
+                .spawn(move || accept_loop(&listener, &image, &stop, &connections))
+                .map_err(NetError::Thread)?
+        };
+        Ok(PageServer {
+            addr: local,
+            stop,
+            accept: Some(accept),
+            connections,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    image: &Arc<InProcessSource>,
+    stop: &AtomicBool,
+    connections: &AtomicU64,
+) {
+    let mut served: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the timeout lets the loop notice `stop`.
+        if unsafe { libc::poll(&mut pfd, 1, ACCEPT_POLL_MS) } <= 0 {
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("page server: accept failed: {e}");
+                continue;
+            }
+        };
+        served.retain(|(_, t)| !t.is_finished());
+        let Ok(handle) = stream.try_clone() else {
+            tracing::warn!("page server: cannot keep a handle on {peer}; connection refused");
+            continue;
+        };
+        let image = image.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("page-serve{}", connections.load(Ordering::Relaxed)))
+            .spawn(move || {
+                if let Err(e) = serve(&stream, &image) {
+                    tracing::warn!("page server: client {peer}: {e}; connection closed");
+                }
+                // The accept loop holds a handle too: hang up now, not when it stops.
+                let _ = stream.shutdown(Shutdown::Both);
+            });
+        match spawned {
+            Ok(t) => {
+                connections.fetch_add(1, Ordering::Relaxed);
+                served.push((handle, t));
+            }
+            Err(e) => tracing::warn!("page server: cannot serve {peer}: {e}"),
+        }
+    }
+    // Unblocks every connection's read, then waits for its thread.
+    for (stream, thread) in served {
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = thread.join();
+    }
+}
+
+/// Reads a frame header; false if the peer closed the connection cleanly before it.
+fn read_header(r: &mut impl Read, b: &mut [u8; HEADER_LEN]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut b[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Sends an error response whose payload is `why`.
+fn refuse(w: &mut impl Write, status: Status, detail: u64, why: &str) -> std::io::Result<()> {
+    let why = wire::reason(why);
+    let mut frame = Vec::with_capacity(HEADER_LEN + why.len());
+    frame.extend_from_slice(
+        &Response {
+            status,
+            len: why.len() as u32,
+            detail,
+        }
+        .encode(),
+    );
+    frame.extend_from_slice(why.as_bytes());
+    w.write_all(&frame)
+}
+
+/// Answers a source's failure to serve a well-formed request; the connection stays up.
+fn refuse_source(w: &mut impl Write, e: &SourceError) -> std::io::Result<()> {
+    match e {
+        SourceError::OutOfRange { size, .. } => {
+            refuse(w, Status::OutOfRange, *size, &e.to_string())
+        }
+        _ => refuse(w, Status::Failed, 0, &e.to_string()),
+    }
+}
+
+fn serve(stream: &TcpStream, image: &InProcessSource) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut writer = stream;
+    let mut header = [0u8; HEADER_LEN];
+    if !read_header(&mut reader, &mut header)? {
+        return Ok(());
+    }
+    if let Err(e) = Hello::decode(&header) {
+        refuse(&mut writer, Status::Malformed, 0, &e.to_string())?;
+        return Err(e.into());
+    }
+    writer.write_all(
+        &Welcome {
+            image_size: image.image().size(),
+        }
+        .encode(),
+    )?;
+    // One response frame: header, data, checksums; reused for every request.
+    let mut frame = Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD as usize);
+    let mut sums = Vec::new();
+    loop {
+        if !read_header(&mut reader, &mut header)? {
+            return Ok(());
+        }
+        let request = match Request::decode(&header) {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(&mut writer, Status::Malformed, 0, &e.to_string())?;
+                return Err(e.into());
+            }
+        };
+        let len = request.len as usize;
+        match request.op {
+            Op::Fetch => {
+                frame.clear();
+                frame.resize(HEADER_LEN + len, 0);
+                sums.clear();
+                match image.fetch(request.gpa, &mut frame[HEADER_LEN..], &mut sums) {
+                    Ok(()) => {
+                        frame[..HEADER_LEN].copy_from_slice(&Response::ok(request.len).encode());
+                        for s in &sums {
+                            frame.extend_from_slice(&s.to_le_bytes());
+                        }
+                        writer.write_all(&frame)?;
+                    }
+                    Err(e) => refuse_source(&mut writer, &e)?,
+                }
+            }
+            Op::PutBack => {
+                frame.clear();
+                frame.resize(len, 0);
+                reader.read_exact(&mut frame)?;
+                match image.put_back(request.gpa, &frame) {
+                    Ok(()) => writer.write_all(&Response::ok(0).encode())?,
+                    Err(e) => refuse_source(&mut writer, &e)?,
+                }
+            }
+        }
+    }
+}

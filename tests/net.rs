@@ -1,0 +1,269 @@
+//! Pages over real TCP sockets: the page server in front of an image, `TcpSource`, peers
+//! that break the protocol, and a source that goes away.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use faultline::postcopy::net::wire::{self, HEADER_LEN, Hello, Op, Request, Response, Status};
+use faultline::postcopy::net::{NetError, PageServer, TcpSource};
+use faultline::postcopy::{InProcessSource, PageSource, SourceError};
+use faultline::vmm::GuestRam;
+
+const MEM: u64 = 64 << 20;
+
+/// An image whose every page starts with its own number.
+fn image() -> Arc<InProcessSource> {
+    let ram = GuestRam::new(MEM).unwrap();
+    for page in 0..MEM / 4096 {
+        ram.write(page * 4096, &page.to_le_bytes()).unwrap();
+    }
+    Arc::new(InProcessSource::new(Arc::new(ram)))
+}
+
+fn serve() -> (PageServer, Arc<InProcessSource>) {
+    let image = image();
+    (
+        PageServer::bind("127.0.0.1:0", image.clone()).unwrap(),
+        image,
+    )
+}
+
+fn page_number(page: &[u8]) -> u64 {
+    u64::from_le_bytes(page[..8].try_into().unwrap())
+}
+
+#[test]
+fn fetched_pages_arrive_with_the_sources_checksums() {
+    let (server, _image) = serve();
+    let source = TcpSource::connect(server.addr()).unwrap();
+    assert_eq!(source.image_size(), MEM);
+    assert_eq!(source.describe(), format!("tcp {}", server.addr()));
+    // 3 pages, then 2 MiB: more than one frame carries, so it travels in pieces.
+    for (first, pages) in [(10u64, 3u64), (1000, 512)] {
+        let mut buf = vec![0u8; (pages * 4096) as usize];
+        let mut sums = Vec::new();
+        source.fetch(first * 4096, &mut buf, &mut sums).unwrap();
+        assert_eq!(sums.len() as u64, pages);
+        for (i, (page, sum)) in buf.chunks(4096).zip(&sums).enumerate() {
+            assert_eq!(page_number(page), first + i as u64);
+            assert_eq!(crc32fast::hash(page), *sum);
+        }
+    }
+}
+
+#[test]
+fn put_back_writes_the_image_at_the_source() {
+    let (server, image) = serve();
+    let source = TcpSource::connect(server.addr()).unwrap();
+    let data = vec![0xabu8; 8192];
+    source.put_back(20 * 4096, &data).unwrap();
+    let mut back = vec![0u8; 8192];
+    image.image().read(20 * 4096, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(image.image().read_u64(22 * 4096).unwrap(), 22);
+}
+
+#[test]
+fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
+    let (server, _image) = serve();
+    let source = Arc::new(TcpSource::connect(server.addr()).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let source = source.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                for page in (t * 1000..t * 1000 + 200).map(|p| p + 512) {
+                    let mut sums = Vec::new();
+                    source.fetch(page * 4096, &mut buf, &mut sums).unwrap();
+                    assert_eq!(page_number(&buf), page);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // 800 fetches, and a connection is opened only when none is idle.
+    let connections = server.connections();
+    assert!((1..=4).contains(&connections), "{connections} connections");
+}
+
+#[test]
+fn a_range_outside_the_image_is_refused_without_losing_the_connection() {
+    let (server, _image) = serve();
+    let source = TcpSource::connect(server.addr()).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let err = source
+        .fetch(MEM - 4096, &mut buf, &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(err, SourceError::OutOfRange { size: MEM, .. }),
+        "{err}"
+    );
+    // The server's own check, for a client that does not check first.
+    let mut raw = hello(&server);
+    send(
+        &mut raw,
+        Request {
+            op: Op::Fetch,
+            gpa: MEM,
+            len: 4096,
+        },
+    );
+    let (r, why) = response(&mut raw);
+    assert_eq!((r.status, r.detail), (Status::OutOfRange, MEM));
+    assert!(why.contains("outside"), "{why}");
+    // Still in step: the next request is answered.
+    send(
+        &mut raw,
+        Request {
+            op: Op::Fetch,
+            gpa: 4096,
+            len: 4096,
+        },
+    );
+    let mut header = [0u8; HEADER_LEN];
+    raw.read_exact(&mut header).unwrap();
+    assert_eq!(Response::decode(&header).unwrap(), Response::ok(4096));
+}
+
+fn connect(server: &PageServer) -> TcpStream {
+    let s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn hello(server: &PageServer) -> TcpStream {
+    let mut s = connect(server);
+    s.write_all(&Hello.encode()).unwrap();
+    let mut welcome = [0u8; HEADER_LEN];
+    s.read_exact(&mut welcome).unwrap();
+    assert_eq!(wire::Welcome::decode(&welcome).unwrap().image_size, MEM);
+    s
+}
+
+fn send(s: &mut TcpStream, r: Request) {
+    s.write_all(&r.encode()).unwrap();
+}
+
+/// Reads an error response and its reason.
+fn response(s: &mut TcpStream) -> (Response, String) {
+    let mut header = [0u8; HEADER_LEN];
+    s.read_exact(&mut header).unwrap();
+    let r = Response::decode(&header).unwrap();
+    let mut why = vec![0u8; r.len as usize];
+    s.read_exact(&mut why).unwrap();
+    (r, String::from_utf8(why).unwrap())
+}
+
+/// The server answers `frames` with a Malformed response naming `expected`, then hangs up.
+fn assert_refused(mut s: TcpStream, frames: &[u8], expected: &str) {
+    s.write_all(frames).unwrap();
+    let (r, why) = response(&mut s);
+    assert_eq!(r.status, Status::Malformed);
+    assert!(why.contains(expected), "{why:?} lacks {expected:?}");
+    let mut rest = [0u8; 1];
+    assert_eq!(s.read(&mut rest).unwrap(), 0, "the connection stays open");
+}
+
+#[test]
+fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_served() {
+    let (server, _image) = serve();
+    let source = TcpSource::connect(server.addr()).unwrap();
+    assert_refused(
+        connect(&server),
+        b"GET / HTTP/1.1\r\n",
+        "not a faultline page stream",
+    );
+    let mut old = Hello.encode();
+    old[4] = 7;
+    assert_refused(connect(&server), &old, "protocol version 7");
+    let mut bad_op = Request {
+        op: Op::Fetch,
+        gpa: 4096,
+        len: 4096,
+    }
+    .encode();
+    bad_op[0] = 9;
+    assert_refused(hello(&server), &bad_op, "unknown request 9");
+    let huge = Request {
+        op: Op::PutBack,
+        gpa: 4096,
+        len: 4096,
+    };
+    let mut huge = huge.encode();
+    huge[4..8].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    assert_refused(hello(&server), &huge, "bytes in one frame");
+    let unaligned = Request {
+        op: Op::Fetch,
+        gpa: 4096 + 12,
+        len: 4096,
+    };
+    assert_refused(hello(&server), &unaligned.encode(), "not whole pages");
+    // A client that hangs up mid-frame costs nothing but its connection.
+    let mut cut = hello(&server);
+    cut.write_all(&huge[..5]).unwrap();
+    drop(cut);
+    // A well-behaved client was served all along.
+    let mut buf = vec![0u8; 4096];
+    source.fetch(600 * 4096, &mut buf, &mut Vec::new()).unwrap();
+    assert_eq!(page_number(&buf), 600);
+}
+
+#[test]
+fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
+    let (server, _image) = serve();
+    let addr = server.addr();
+    let source = TcpSource::connect(addr).unwrap();
+    let mut buf = vec![0u8; 4096];
+    source.fetch(4096, &mut buf, &mut Vec::new()).unwrap();
+    drop(server);
+    // The pooled connection finds the source gone...
+    let err = source.fetch(4096, &mut buf, &mut Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, SourceError::Net(NetError::Lost { .. })),
+        "{text}"
+    );
+    assert!(
+        text.contains(&addr.to_string()) && text.contains("connection lost"),
+        "{text}"
+    );
+    // ...and a new one cannot be made.
+    let err = source.fetch(4096, &mut buf, &mut Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, SourceError::Net(NetError::Connect { .. })),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!("cannot connect to the page source at {addr}")),
+        "{text}"
+    );
+    assert!(!text.contains('\n'));
+}
+
+#[test]
+fn nothing_listening_is_a_one_line_connect_error() {
+    // A port that was free a moment ago.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = TcpSource::connect(addr).err().unwrap();
+    assert!(matches!(err, NetError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn a_port_in_use_is_a_one_line_listen_error() {
+    let (server, image) = serve();
+    let err = PageServer::bind(server.addr(), image).err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot serve pages on {}", server.addr())),
+        "{text}"
+    );
+}

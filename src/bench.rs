@@ -100,6 +100,8 @@ pub struct TrialConfig {
     pub backing: Backing,
     /// How pages travel from the source image.
     pub transport: Transport,
+    /// Over TCP: how long each end of a connection waits awake for the other.
+    pub net_spin: Duration,
 }
 
 impl TrialConfig {
@@ -213,7 +215,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             let image = GuestRam::new(mem)?;
             prefill(&image)?;
             let image = Arc::new(InProcessSource::new(Arc::new(image)));
-            let (source, server) = net::page_source(c.transport, image).map_err(source_error)?;
+            let (source, server) =
+                net::page_source(c.transport, image, c.net_spin).map_err(source_error)?;
             _server = server;
             let d = Arc::new(Destination::with_uffds(
                 ram.clone(),
@@ -342,6 +345,8 @@ pub struct BenchResult {
     /// vCPU i (and its uffd reader) bound to the i-th CPU.
     pub pinned: bool,
     pub reader_spin_us: u64,
+    /// Over TCP: how long each end of a connection waits awake for the other.
+    pub net_spin_us: u64,
     pub telemetry: bool,
     pub pages: u64,
     pub secs: f64,
@@ -450,6 +455,11 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
         },
         uffd_per_vcpu: c.mode != BenchMode::Prefill && c.uffd_per_vcpu,
         pinned: c.pin,
+        net_spin_us: if c.transport == Transport::Tcp {
+            c.net_spin.as_micros() as u64
+        } else {
+            0
+        },
         reader_spin_us: if c.mode == BenchMode::Uffd {
             c.reader_spin.as_micros() as u64
         } else {
@@ -515,7 +525,8 @@ pub fn run_push_trial(
     let image = GuestRam::new(mem)?;
     prefill(&image)?;
     let image = Arc::new(InProcessSource::new(Arc::new(image)));
-    let (source, _server) = net::page_source(transport, image).map_err(source_error)?;
+    let spin = net::socket_spin(threads.max(1), 0);
+    let (source, _server) = net::page_source(transport, image, spin).map_err(source_error)?;
     let ram = Arc::new(GuestRam::with_backing(mem, backing)?);
     let dest = Arc::new(Destination::new(
         ram,

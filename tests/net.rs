@@ -25,7 +25,7 @@ fn image() -> Arc<InProcessSource> {
 fn serve() -> (PageServer, Arc<InProcessSource>) {
     let image = image();
     (
-        PageServer::bind("127.0.0.1:0", image.clone()).unwrap(),
+        PageServer::bind("127.0.0.1:0", image.clone(), Duration::ZERO).unwrap(),
         image,
     )
 }
@@ -37,7 +37,7 @@ fn page_number(page: &[u8]) -> u64 {
 #[test]
 fn fetched_pages_arrive_with_the_sources_checksums() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr()).unwrap();
+    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
     assert_eq!(source.image_size(), MEM);
     assert_eq!(source.describe(), format!("tcp {}", server.addr()));
     // 3 pages, then 2 MiB: more than one frame carries, so it travels in pieces.
@@ -56,7 +56,7 @@ fn fetched_pages_arrive_with_the_sources_checksums() {
 #[test]
 fn put_back_writes_the_image_at_the_source() {
     let (server, image) = serve();
-    let source = TcpSource::connect(server.addr()).unwrap();
+    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
     let data = vec![0xabu8; 8192];
     source.put_back(20 * 4096, &data).unwrap();
     let mut back = vec![0u8; 8192];
@@ -67,8 +67,10 @@ fn put_back_writes_the_image_at_the_source() {
 
 #[test]
 fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
-    let (server, _image) = serve();
-    let source = Arc::new(TcpSource::connect(server.addr()).unwrap());
+    // Both ends wait awake a little for each other, as with cores to spare.
+    let spin = Duration::from_micros(50);
+    let server = PageServer::bind("127.0.0.1:0", image(), spin).unwrap();
+    let source = Arc::new(TcpSource::connect(server.addr(), spin).unwrap());
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let source = source.clone();
@@ -93,7 +95,7 @@ fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
 #[test]
 fn a_range_outside_the_image_is_refused_without_losing_the_connection() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr()).unwrap();
+    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
     let mut buf = vec![0u8; 8192];
     let err = source
         .fetch(MEM - 4096, &mut buf, &mut Vec::new())
@@ -171,7 +173,7 @@ fn assert_refused(mut s: TcpStream, frames: &[u8], expected: &str) {
 #[test]
 fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_served() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr()).unwrap();
+    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
     assert_refused(
         connect(&server),
         b"GET / HTTP/1.1\r\n",
@@ -216,7 +218,7 @@ fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_serv
 fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
     let (server, _image) = serve();
     let addr = server.addr();
-    let source = TcpSource::connect(addr).unwrap();
+    let source = TcpSource::connect(addr, Duration::ZERO).unwrap();
     let mut buf = vec![0u8; 4096];
     source.fetch(4096, &mut buf, &mut Vec::new()).unwrap();
     drop(server);
@@ -252,7 +254,7 @@ fn nothing_listening_is_a_one_line_connect_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let err = TcpSource::connect(addr).err().unwrap();
+    let err = TcpSource::connect(addr, Duration::ZERO).err().unwrap();
     assert!(matches!(err, NetError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
@@ -260,7 +262,9 @@ fn nothing_listening_is_a_one_line_connect_error() {
 #[test]
 fn a_port_in_use_is_a_one_line_listen_error() {
     let (server, image) = serve();
-    let err = PageServer::bind(server.addr(), image).err().unwrap();
+    let err = PageServer::bind(server.addr(), image, Duration::ZERO)
+        .err()
+        .unwrap();
     let text = err.to_string();
     assert!(
         text.starts_with(&format!("cannot serve pages on {}", server.addr())),

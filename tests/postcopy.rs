@@ -366,8 +366,13 @@ fn pages_pushed_over_tcp_arrive_whole_and_checked() {
     use std::sync::Arc;
     let mut server = None;
     let (dest, ram) = push_everything(Backing::Shared, |image| {
-        let s = PageServer::bind("127.0.0.1:0", Arc::new(InProcessSource::new(image))).unwrap();
-        let source = Arc::new(TcpSource::connect(s.addr()).unwrap());
+        let s = PageServer::bind(
+            "127.0.0.1:0",
+            Arc::new(InProcessSource::new(image)),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let source = Arc::new(TcpSource::connect(s.addr(), Duration::ZERO).unwrap());
         server = Some(s);
         source
     });
@@ -393,14 +398,14 @@ fn a_demand_fill_whose_source_is_gone_fails_and_leaves_the_page_missing() {
 
     let mem = 64 << 20;
     let image = Arc::new(InProcessSource::new(Arc::new(GuestRam::new(mem).unwrap())));
-    let server = PageServer::bind("127.0.0.1:0", image).unwrap();
+    let server = PageServer::bind("127.0.0.1:0", image, Duration::ZERO).unwrap();
     let addr = server.addr();
     let uffd =
         Arc::new(Userfaultfd::new(destination::backing_features(Backing::Shared), false).unwrap());
     let dest = Destination::new(
         Arc::new(GuestRam::shared(mem).unwrap()),
         uffd,
-        Arc::new(TcpSource::connect(addr).unwrap()),
+        Arc::new(TcpSource::connect(addr, Duration::ZERO).unwrap()),
         Throttle::new(Rate::Unlimited),
         Duration::ZERO,
         Arc::new(Telemetry::new(1)),

@@ -8,6 +8,7 @@ use faultline::bench::{
 };
 use faultline::postcopy::Transport;
 use faultline::postcopy::destination::{auto_reader_spin, preferred_backing};
+use faultline::postcopy::net::socket_spin;
 use faultline::units::Bytes;
 use faultline::vmm::Backing;
 use serde::Serialize;
@@ -53,6 +54,11 @@ pub struct BenchArgs {
     /// and reader has a core, else 0.
     #[arg(long, value_parser = parse_spin, default_value = "auto")]
     reader_spin: Spin,
+    /// Over TCP, how long each end of a connection waits awake for the other before it
+    /// sleeps, e.g. 50us; `auto`: 50us when every fetching thread and the server thread
+    /// at its other end have a core, else 0.
+    #[arg(long, value_parser = parse_spin, default_value = "auto")]
+    net_spin: Spin,
     /// Let the scheduler place vCPU threads and uffd readers, instead of vCPU i and its
     /// reader sharing the i-th CPU (the default: BENCHMARKS.md).
     #[arg(long)]
@@ -194,6 +200,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 Spin::Auto if args.one_uffd => auto_reader_spin(vcpus + readers),
                 Spin::Auto => auto_reader_spin(2 * vcpus),
             };
+            let net_spin = match (args.net_spin, mode) {
+                (Spin::Fixed(d), _) => d,
+                // A vCPU sleeps while its reader fetches: only the vCPUs beyond one per
+                // reader compete for cores.
+                (Spin::Auto, BenchMode::Uffd) if args.one_uffd => {
+                    socket_spin(readers, vcpus.saturating_sub(readers))
+                }
+                (Spin::Auto, BenchMode::Uffd) => socket_spin(vcpus, 0),
+                (Spin::Auto, _) => socket_spin(vcpus, 0),
+            };
             for &t in telem {
                 configs.push(TrialConfig {
                     mode,
@@ -202,6 +218,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     readers,
                     rtt: args.rtt,
                     reader_spin,
+                    net_spin,
                     uffd_per_vcpu: !args.one_uffd,
                     pin: !args.no_pin,
                     telemetry: t,

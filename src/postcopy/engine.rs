@@ -332,8 +332,26 @@ fn switch_over(
     ));
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
     let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
+    // is shared, so a rate limit still holds for both together.
+    let parts =
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
+    let reader_count = match (config.mode, per_slice) {
+        (FaultMode::Exit, _) => 0,
+        (FaultMode::Uffd, true) => config.vcpus,
+        (FaultMode::Uffd, false) => config.readers.max(1),
+    };
+    // Who fetches: the vCPUs themselves or the readers (a vCPU sleeps while its fault is
+    // fetched, so only the vCPUs beyond one per reader compete), and the push threads.
+    let spin = match config.mode {
+        FaultMode::Exit => net::socket_spin(config.vcpus + parts as usize, 0),
+        FaultMode::Uffd => net::socket_spin(
+            reader_count + parts as usize,
+            config.vcpus.saturating_sub(reader_count),
+        ),
+    };
     let (source, server) =
-        net::page_source(config.transport, image.clone()).map_err(SourceError::from)?;
+        net::page_source(config.transport, image.clone(), spin).map_err(SourceError::from)?;
     if let Some(s) = &server {
         status.note(format!(
             "migration {number}: pages travel over tcp from {}",
@@ -364,18 +382,19 @@ fn switch_over(
         dest: dest.clone(),
         threads: Vec::new(),
     };
-    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
-    // is shared, so a rate limit still holds for both together.
-    let parts =
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
     if config.mode == FaultMode::Uffd {
         let readers: Vec<usize> = if per_slice {
             (0..dest.uffd_count()).collect()
         } else {
             vec![0; config.readers.max(1)]
         };
+        // Over TCP every fetcher has a server thread at the other end.
+        let servers = match config.transport {
+            Transport::Tcp => reader_count + parts as usize,
+            Transport::Local => 0,
+        };
         dest.set_reader_spin(destination::auto_reader_spin(
-            config.vcpus + readers.len() + parts as usize,
+            config.vcpus + readers.len() + parts as usize + servers,
         ));
         for (i, u) in readers.into_iter().enumerate() {
             workers.threads.push(destination::spawn(

@@ -4,14 +4,15 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::NetError;
 use super::wire::{
     HEADER_LEN, Hello, MAX_PAYLOAD, MAX_REASON, Op, Request, Response, Status, Welcome,
     checksum_bytes,
 };
+use super::{NetError, SpinRead};
 use crate::postcopy::source::{PageSource, SourceError};
 use crate::vmm::layout::PAGE_SIZE;
 
@@ -21,7 +22,7 @@ const POOL: usize = 64;
 const READ_BUFFER: usize = 16 << 10;
 
 struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<SpinRead>,
     writer: TcpStream,
     scratch: Vec<u8>,
 }
@@ -29,6 +30,8 @@ struct Connection {
 pub struct TcpSource {
     addr: SocketAddr,
     image_size: u64,
+    /// How long a fetch waits for its answer awake before it sleeps in the kernel.
+    spin: Duration,
     idle_tx: Sender<Connection>,
     idle_rx: Receiver<Connection>,
 }
@@ -41,14 +44,16 @@ enum Failure {
 }
 
 impl TcpSource {
-    /// Connects to the page server at `addr` and learns the size of its image.
-    pub fn connect(addr: SocketAddr) -> Result<TcpSource, NetError> {
-        let (first, image_size) = open(addr)?;
+    /// Connects to the page server at `addr` and learns the size of its image. A fetch
+    /// waits for its answer awake for up to `spin` (worth it only with a core to spare).
+    pub fn connect(addr: SocketAddr, spin: Duration) -> Result<TcpSource, NetError> {
+        let (first, image_size) = open(addr, spin)?;
         let (idle_tx, idle_rx) = crossbeam_channel::bounded(POOL);
         let _ = idle_tx.try_send(first);
         Ok(TcpSource {
             addr,
             image_size,
+            spin,
             idle_tx,
             idle_rx,
         })
@@ -85,7 +90,7 @@ impl TcpSource {
     ) -> Result<T, SourceError> {
         let mut conn = match self.idle_rx.try_recv() {
             Ok(c) => c,
-            Err(_) => open(self.addr)?.0,
+            Err(_) => open(self.addr, self.spin)?.0,
         };
         match work(&mut conn) {
             Ok(v) => {
@@ -112,12 +117,18 @@ fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
 }
 
 /// Opens a connection and says hello; returns it with the image size the server reports.
-fn open(addr: SocketAddr) -> Result<(Connection, u64), NetError> {
+fn open(addr: SocketAddr, spin: Duration) -> Result<(Connection, u64), NetError> {
     let connect = |source| NetError::Connect { addr, source };
     let stream = TcpStream::connect(addr).map_err(connect)?;
     stream.set_nodelay(true).map_err(connect)?;
     let mut conn = Connection {
-        reader: BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(connect)?),
+        reader: BufReader::with_capacity(
+            READ_BUFFER,
+            SpinRead {
+                stream: stream.try_clone().map_err(connect)?,
+                spin,
+            },
+        ),
         writer: stream,
         scratch: Vec::new(),
     };

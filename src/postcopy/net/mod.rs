@@ -11,24 +11,43 @@ pub use server::PageServer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::source::{InProcessSource, PageSource};
 
 /// What a destination fetches from: `image` itself, or a page server in front of it on the
-/// loopback interface, returned too (it serves for as long as it lives).
+/// loopback interface, returned too (it serves for as long as it lives). Both ends of a
+/// connection wait awake for up to `spin` before sleeping: see [`socket_spin`].
 pub fn page_source(
     transport: Transport,
     image: Arc<InProcessSource>,
+    spin: Duration,
 ) -> Result<(Arc<dyn PageSource>, Option<PageServer>), NetError> {
     match transport {
         Transport::Local => Ok((image, None)),
         Transport::Tcp => {
-            let server = PageServer::bind("127.0.0.1:0", image)?;
-            let client = TcpSource::connect(server.addr())?;
+            let server = PageServer::bind("127.0.0.1:0", image, spin)?;
+            let client = TcpSource::connect(server.addr(), spin)?;
             Ok((Arc::new(client), Some(server)))
         }
     }
 }
+
+/// How long each end of a page connection waits awake for the other, given `fetchers`
+/// threads that fetch at once (each with a server thread at the other end) and `others`
+/// busy threads besides: a wait awake saves a sleep and a wake-up on each side of every
+/// request (1.4x the demand rate with a core to spare), but with fewer cores than
+/// threads it takes the CPU the other side needs (half the rate: BENCHMARKS.md).
+pub fn socket_spin(fetchers: usize, others: usize) -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if 2 * fetchers + others <= cores {
+        SOCKET_SPIN
+    } else {
+        Duration::ZERO
+    }
+}
+
+const SOCKET_SPIN: Duration = Duration::from_micros(50);
 
 /// How pages travel from the source to the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -99,4 +118,39 @@ pub enum NetError {
     Refused { addr: SocketAddr, why: String },
     #[error("cannot start a page server thread: {0}")]
     Thread(#[source] std::io::Error),
+}
+
+/// A socket reader that, when nothing has arrived yet, keeps asking for up to `spin`
+/// before it sleeps in the kernel: an answer due within microseconds then costs no
+/// sleep and wake-up on either side.
+pub(crate) struct SpinRead {
+    pub stream: std::net::TcpStream,
+    pub spin: std::time::Duration,
+}
+
+impl std::io::Read for SpinRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let mut started: Option<std::time::Instant> = None;
+        loop {
+            // SAFETY: `buf` is valid for writing `buf.len()` bytes.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => {}
+                std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+            let t0 = *started.get_or_insert_with(std::time::Instant::now);
+            if t0.elapsed() >= self.spin {
+                return std::io::Read::read(&mut self.stream, buf);
+            }
+            std::hint::spin_loop();
+        }
+    }
 }

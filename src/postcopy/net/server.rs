@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::NetError;
 use super::wire::{
@@ -37,8 +38,13 @@ pub struct PageServer {
 }
 
 impl PageServer {
-    /// Listens on `addr` (port 0 picks a free one) and serves `image`.
-    pub fn bind(addr: impl ToSocketAddrs, image: Arc<InProcessSource>) -> Result<Self, NetError> {
+    /// Listens on `addr` (port 0 picks a free one) and serves `image`. After answering, a
+    /// connection waits for the next request awake for up to `spin` before it sleeps.
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        image: Arc<InProcessSource>,
+        spin: Duration,
+    ) -> Result<Self, NetError> {
         let shown = addr
             .to_socket_addrs()
             .ok()
@@ -56,7 +62,7 @@ impl PageServer {
             let (stop, connections) = (stop.clone(), connections.clone());
             std::thread::Builder::new()
                 .name("page-server".into())
-                .spawn(move || accept_loop(&listener, &image, &stop, &connections))
+                .spawn(move || accept_loop(&listener, &image, spin, &stop, &connections))
                 .map_err(NetError::Thread)?
         };
         Ok(PageServer {
@@ -89,6 +95,7 @@ impl Drop for PageServer {
 fn accept_loop(
     listener: &TcpListener,
     image: &Arc<InProcessSource>,
+    spin: Duration,
     stop: &AtomicBool,
     connections: &AtomicU64,
 ) {
@@ -119,7 +126,7 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name(format!("page-serve{}", connections.load(Ordering::Relaxed)))
             .spawn(move || {
-                if let Err(e) = serve(&stream, &image) {
+                if let Err(e) = serve(&stream, &image, spin) {
                     tracing::warn!("page server: client {peer}: {e}; connection closed");
                 }
                 // The accept loop holds a handle too: hang up now, not when it stops.
@@ -181,9 +188,15 @@ fn refuse_source(w: &mut impl Write, e: &SourceError) -> std::io::Result<()> {
     }
 }
 
-fn serve(stream: &TcpStream, image: &InProcessSource) -> Result<(), ConnError> {
+fn serve(stream: &TcpStream, image: &InProcessSource, spin: Duration) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut reader = BufReader::with_capacity(
+        READ_BUFFER,
+        super::SpinRead {
+            stream: stream.try_clone()?,
+            spin,
+        },
+    );
     let mut writer = stream;
     let mut header = [0u8; HEADER_LEN];
     if !read_header(&mut reader, &mut header)? {

@@ -21,4 +21,7 @@ mkdir -p "$OUT"
 # The same at 16 vCPUs with the threads placed by the scheduler.
 "$BIN" bench --vcpus 16 --mode uffd,exit --no-pin --repeat 3 \
     --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 >"$OUT/no-pin-16.txt" 2>>"$OUT/bench.err"
+# Pages over TCP against local copies; the push is timed over TCP.
+"$BIN" bench --vcpus 1,4,16 --mode uffd,exit --transport tcp,local --repeat 3 \
+    --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/tcp.json" 2>>"$OUT/bench.err"
 echo done >"$OUT/done"

@@ -144,8 +144,9 @@ impl Session {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "the program did not exit; screen:\n{}",
-                self.text()
+                "the program did not exit; screen:\n{}\nlog:\n{}",
+                self.text(),
+                std::fs::read_to_string(&self.log.0).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -147,19 +147,62 @@ pub enum Exit {
     Signal,
 }
 
-/// Waits up to `timeout` for input on the terminal. True if the terminal has gone away
-/// (window closed, ssh link dropped): reads then return nothing forever, crossterm's own
-/// poll spins on that, and no SIGHUP is promised to reach us.
-fn wait_hung_up(timeout: Duration) -> bool {
+/// True if the terminal has gone away (window closed, ssh link dropped): reads then
+/// return nothing forever, and no SIGHUP is promised to reach us.
+fn hung_up() -> bool {
+    // No events asked for: a hang-up is reported regardless, and input is left alone.
     let mut pfd = libc::pollfd {
         fd: libc::STDIN_FILENO,
-        events: libc::POLLIN,
+        events: 0,
         revents: 0,
     };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd. A signal (SIGWINCH, SIGTERM) ends the wait early: fine.
-    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: one valid pollfd; no wait.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
     ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Terminal input, read on a thread of its own. Crossterm's reader never returns once the
+/// terminal hangs up under it (a read of nothing is not an end to it: it reads again), so
+/// the loop must not call it: the loop stays free to notice the hang-up and end, and the
+/// process's end takes the reader with it.
+struct Input {
+    events: crossbeam_channel::Receiver<io::Result<Event>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How often the input thread looks at its stop flag.
+const INPUT_POLL: Duration = Duration::from_millis(50);
+
+impl Input {
+    fn start() -> Result<Input, TuiError> {
+        let (tx, events) = crossbeam_channel::bounded(256);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("tui-input".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    let event = match event::poll(INPUT_POLL) {
+                        Ok(false) => continue,
+                        Ok(true) => event::read(),
+                        Err(e) => Err(e),
+                    };
+                    let failed = event.is_err();
+                    if tx.send(event).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(TuiError::Io)?;
+        Ok(Input { events, stop })
+    }
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        // Not joined: on a hung-up terminal the thread may never come back.
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 /// Runs the UI until the operator quits, the terminal goes away or a terminating signal
@@ -186,6 +229,7 @@ fn run_loop(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
     }
     app.set_source_keys(feed.keys());
     let mut guard = TerminalGuard::enter()?;
+    let input = Input::start()?;
     let frame = Duration::from_secs(1) / FPS;
     let mut next_frame = Instant::now();
     let mut dirty = true;
@@ -213,16 +257,22 @@ fn run_loop(feed: &mut dyn Feed, app: &mut App) -> Result<Exit, TuiError> {
             dirty = false;
             next_frame = now + frame;
         }
-        // Input is read between frames; a key is handled at once and drawn next frame.
+        if hung_up() {
+            return Ok(Exit::Signal);
+        }
+        // Input is taken between frames; a key is handled at once and drawn next frame.
         let wait = next_frame
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(5));
-        if wait_hung_up(wait) {
-            return Ok(Exit::Signal);
-        }
-        // Crossterm may hold several parsed events from one read: take them all.
-        while event::poll(Duration::ZERO)? {
-            match event::read()? {
+        let first = match input.events.recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(TuiError::Io(io::Error::other("terminal input stopped")));
+            }
+        };
+        for event in first.into_iter().chain(input.events.try_iter()) {
+            match event? {
                 Event::Key(k) if k.kind != KeyEventKind::Release && app.prompt().is_none() => {
                     if let Some(m) = feed.on_key(&k) {
                         app.set_message(m);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::guest::{self, Workload};
-use crate::postcopy::net::{self, NetError, PageServer, Transport};
+use crate::postcopy::net::{self, ClientOptions, NetError, PageServer, Transport};
 use crate::postcopy::{
     Destination, InProcessSource, PostcopyError, SourceError, Throttle, destination,
 };
@@ -157,6 +157,14 @@ impl Trial {
     }
 }
 
+/// A benchmark's connections fail at once if the source is lost: nothing takes it down.
+fn options(spin: Duration) -> ClientOptions {
+    ClientOptions {
+        spin,
+        recover: Duration::ZERO,
+    }
+}
+
 fn source_error(e: NetError) -> BenchError {
     BenchError::Postcopy(PostcopyError::Source(SourceError::Net(e)))
 }
@@ -216,7 +224,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             prefill(&image)?;
             let image = Arc::new(InProcessSource::new(Arc::new(image)));
             let (source, server) =
-                net::page_source(c.transport, image, c.net_spin).map_err(source_error)?;
+                net::page_source(c.transport, image, options(c.net_spin)).map_err(source_error)?;
             _server = server;
             let d = Arc::new(Destination::with_uffds(
                 ram.clone(),
@@ -526,7 +534,8 @@ pub fn run_push_trial(
     prefill(&image)?;
     let image = Arc::new(InProcessSource::new(Arc::new(image)));
     let spin = net::socket_spin(threads.max(1), 0);
-    let (source, _server) = net::page_source(transport, image, spin).map_err(source_error)?;
+    let (source, _server) =
+        net::page_source(transport, image, options(spin)).map_err(source_error)?;
     let ram = Arc::new(GuestRam::with_backing(mem, backing)?);
     let dest = Arc::new(Destination::new(
         ram,
@@ -670,6 +679,7 @@ pub fn measure_frame(
         number: 1,
         vcpus: Vec::new(),
         dest: Some(dest),
+        link: None,
         switched_at: Some(Instant::now()),
         downtime: Some(Duration::ZERO),
         baseline_per_sec: vec![1.0; vcpus],

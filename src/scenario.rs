@@ -83,6 +83,7 @@ struct Entry {
     inject: Option<Spanned<String>>,
     throttle: Option<Spanned<String>>,
     push: Option<bool>,
+    link: Option<bool>,
 }
 
 /// The configuration every scenario starts from.
@@ -216,10 +217,13 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
         if let Some(p) = e.push {
             actions.push(Action::Push(p));
         }
+        if let Some(l) = e.link {
+            actions.push(Action::Link(l));
+        }
         if actions.len() != 1 {
             return Err(loc.at(
                 entry.span().start,
-                "each timeline entry needs exactly one of inject, throttle or push".into(),
+                "each timeline entry needs exactly one of inject, throttle, push or link".into(),
             ));
         }
         for action in actions {
@@ -322,6 +326,21 @@ mod tests {
         assert_eq!(parse("s.toml", "vcpus = 2").unwrap().backing, None);
         let c = parse("s.toml", "backing = \"anon\"").unwrap();
         assert_eq!(c.backing, Some(crate::vmm::Backing::Anonymous));
+    }
+
+    #[test]
+    fn a_timeline_can_take_the_link_down_and_up() {
+        let text = "transport = \"tcp\"\n[[timeline]]\nat = \"1s\"\nlink = false\n\
+                    [[timeline]]\nat = \"3s\"\nlink = true\n";
+        let c = parse("t.toml", text).unwrap();
+        let actions: Vec<_> = c.timeline.iter().map(|t| (t.at, t.action)).collect();
+        assert_eq!(
+            actions,
+            vec![
+                (Duration::from_secs(1), Action::Link(false)),
+                (Duration::from_secs(3), Action::Link(true)),
+            ]
+        );
     }
 
     #[test]

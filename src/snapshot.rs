@@ -250,6 +250,10 @@ pub struct Snapshot {
     pub transfer_bytes_per_sec: u64,
     pub downtime_us: Option<u64>,
     pub push_enabled: bool,
+    /// Whether the link to the source is up, when pages travel over TCP (the operator can
+    /// take it down); absent for local copies and in older recordings.
+    #[serde(default)]
+    pub link_up: Option<bool>,
     pub pages: PageCounts,
     pub fill_pages_per_sec: f64,
     /// Until no page is missing at the current fill rate.

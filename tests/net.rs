@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faultline::postcopy::net::wire::{self, HEADER_LEN, Hello, Op, Request, Response, Status};
-use faultline::postcopy::net::{NetError, PageServer, TcpSource};
+use faultline::postcopy::net::{ClientOptions, NetError, PageServer, TcpSource};
 use faultline::postcopy::{InProcessSource, PageSource, SourceError};
 use faultline::vmm::GuestRam;
 
@@ -37,7 +37,7 @@ fn page_number(page: &[u8]) -> u64 {
 #[test]
 fn fetched_pages_arrive_with_the_sources_checksums() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
+    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
     assert_eq!(source.image_size(), MEM);
     assert_eq!(source.describe(), format!("tcp {}", server.addr()));
     // 3 pages, then 2 MiB: more than one frame carries, so it travels in pieces.
@@ -56,7 +56,7 @@ fn fetched_pages_arrive_with_the_sources_checksums() {
 #[test]
 fn put_back_writes_the_image_at_the_source() {
     let (server, image) = serve();
-    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
+    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
     let data = vec![0xabu8; 8192];
     source.put_back(20 * 4096, &data).unwrap();
     let mut back = vec![0u8; 8192];
@@ -70,7 +70,11 @@ fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
     // Both ends wait awake a little for each other, as with cores to spare.
     let spin = Duration::from_micros(50);
     let server = PageServer::bind("127.0.0.1:0", image(), spin).unwrap();
-    let source = Arc::new(TcpSource::connect(server.addr(), spin).unwrap());
+    let options = ClientOptions {
+        spin,
+        ..ClientOptions::default()
+    };
+    let source = Arc::new(TcpSource::connect(server.addr(), options).unwrap());
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let source = source.clone();
@@ -95,7 +99,7 @@ fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
 #[test]
 fn a_range_outside_the_image_is_refused_without_losing_the_connection() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
+    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
     let mut buf = vec![0u8; 8192];
     let err = source
         .fetch(MEM - 4096, &mut buf, &mut Vec::new())
@@ -173,7 +177,7 @@ fn assert_refused(mut s: TcpStream, frames: &[u8], expected: &str) {
 #[test]
 fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_served() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), Duration::ZERO).unwrap();
+    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
     assert_refused(
         connect(&server),
         b"GET / HTTP/1.1\r\n",
@@ -218,7 +222,7 @@ fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_serv
 fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
     let (server, _image) = serve();
     let addr = server.addr();
-    let source = TcpSource::connect(addr, Duration::ZERO).unwrap();
+    let source = TcpSource::connect(addr, ClientOptions::default()).unwrap();
     let mut buf = vec![0u8; 4096];
     source.fetch(4096, &mut buf, &mut Vec::new()).unwrap();
     drop(server);
@@ -254,7 +258,9 @@ fn nothing_listening_is_a_one_line_connect_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let err = TcpSource::connect(addr, Duration::ZERO).err().unwrap();
+    let err = TcpSource::connect(addr, ClientOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, NetError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
@@ -270,4 +276,68 @@ fn a_port_in_use_is_a_one_line_listen_error() {
         text.starts_with(&format!("cannot serve pages on {}", server.addr())),
         "{text}"
     );
+}
+
+#[test]
+fn a_fetch_waits_out_a_link_outage_and_gets_its_page() {
+    let (server, _image) = serve();
+    let options = ClientOptions {
+        recover: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let source = Arc::new(TcpSource::connect(server.addr(), options).unwrap());
+    let mut buf = vec![0u8; 4096];
+    source.fetch(700 * 4096, &mut buf, &mut Vec::new()).unwrap();
+    let link = server.link();
+    link.set(false);
+    assert!(!link.is_up());
+    let fetcher = {
+        let source = source.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            let mut sums = Vec::new();
+            let started = std::time::Instant::now();
+            source.fetch(800 * 4096, &mut buf, &mut sums).unwrap();
+            (
+                started.elapsed(),
+                page_number(&buf),
+                page_number(&buf[4096..]),
+                sums,
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !fetcher.is_finished(),
+        "a fetch got through a link that is down"
+    );
+    link.set(true);
+    let (waited, first, second, sums) = fetcher.join().unwrap();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert_eq!((first, second), (800, 801));
+    // Retried whole: one checksum per page, none left from the failed attempt.
+    assert_eq!(sums.len(), 2);
+}
+
+#[test]
+fn a_source_that_stays_away_past_the_recovery_window_fails_the_fetch() {
+    let (server, _image) = serve();
+    let options = ClientOptions {
+        recover: Duration::from_millis(200),
+        ..ClientOptions::default()
+    };
+    let source = TcpSource::connect(server.addr(), options).unwrap();
+    server.link().set(false);
+    let started = std::time::Instant::now();
+    let err = source
+        .fetch(4096, &mut vec![0u8; 4096], &mut Vec::new())
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let text = err.to_string();
+    assert!(
+        matches!(err, SourceError::Net(NetError::Unreachable { .. })),
+        "{text}"
+    );
+    assert!(text.starts_with("gave up after 0."), "{text}");
+    assert!(text.contains(&server.addr().to_string()), "{text}");
 }

@@ -217,6 +217,66 @@ fn injection_over_tcp_puts_pages_back_and_still_verifies() {
 }
 
 #[test]
+fn a_link_outage_stalls_the_faults_then_the_run_recovers_and_verifies() {
+    let mut c = config("random-read", FaultMode::Exit, 2);
+    c.transport = Transport::Tcp;
+    c.fetch_rate = Rate::BytesPerSec(32 << 20);
+    c.duration = Duration::from_millis(1200);
+    let at = |ms| Duration::from_millis(ms);
+    c.timeline = vec![
+        TimedAction {
+            at: at(200),
+            action: Action::Link(false),
+        },
+        // Refused while the link is down: the range's content could not go back.
+        TimedAction {
+            at: at(400),
+            action: Action::Inject(GpaRange {
+                start: 8 << 20,
+                len: 4 << 20,
+            }),
+        },
+        TimedAction {
+            at: at(700),
+            action: Action::Link(true),
+        },
+    ];
+    let s = run(&c);
+    assert!(s.verified, "{s:#?}");
+    assert!(s.injections.is_empty() && s.pages_injected == 0, "{s:#?}");
+    // The guest faults all along: some fault waited out most of the outage.
+    assert!(s.latency_us.max >= 300_000, "{s:#?}");
+    assert!(s.blocktime_all_ms >= 300.0, "{s:#?}");
+}
+
+#[test]
+fn a_run_ended_during_an_outage_brings_the_link_back_and_verifies() {
+    let mut c = config("random-read", FaultMode::Uffd, 2);
+    c.transport = Transport::Tcp;
+    c.fetch_rate = Rate::BytesPerSec(32 << 20);
+    c.duration = Duration::from_millis(600);
+    c.timeline = vec![TimedAction {
+        at: Duration::from_millis(200),
+        action: Action::Link(false),
+    }];
+    let s = run(&c);
+    assert!(s.verified, "{s:#?}");
+    assert!(!s.postcopy_complete);
+}
+
+#[test]
+fn a_link_action_on_local_copies_is_refused_and_the_run_goes_on() {
+    let mut c = config("random-read", FaultMode::Exit, 1);
+    c.timeline = vec![TimedAction {
+        at: Duration::from_millis(100),
+        action: Action::Link(false),
+    }];
+    let s = run(&c);
+    assert!(s.verified, "{s:#?}");
+    assert!(s.latency_us.max < 300_000, "{s:#?}");
+}
+
+#[test]
 fn throttle_holds_the_transfer_rate() {
     let mut c = config("random-read", FaultMode::Exit, 2);
     let limit = 20u64 << 20;
@@ -362,7 +422,7 @@ fn memory_split_over_several_userfaultfds_fills_completely_and_exactly() {
 #[test]
 fn pages_pushed_over_tcp_arrive_whole_and_checked() {
     use faultline::postcopy::InProcessSource;
-    use faultline::postcopy::net::{PageServer, TcpSource};
+    use faultline::postcopy::net::{ClientOptions, PageServer, TcpSource};
     use std::sync::Arc;
     let mut server = None;
     let (dest, ram) = push_everything(Backing::Shared, |image| {
@@ -372,7 +432,7 @@ fn pages_pushed_over_tcp_arrive_whole_and_checked() {
             Duration::ZERO,
         )
         .unwrap();
-        let source = Arc::new(TcpSource::connect(s.addr(), Duration::ZERO).unwrap());
+        let source = Arc::new(TcpSource::connect(s.addr(), ClientOptions::default()).unwrap());
         server = Some(s);
         source
     });
@@ -388,7 +448,7 @@ fn pages_pushed_over_tcp_arrive_whole_and_checked() {
 
 #[test]
 fn a_demand_fill_whose_source_is_gone_fails_and_leaves_the_page_missing() {
-    use faultline::postcopy::net::{PageServer, TcpSource};
+    use faultline::postcopy::net::{ClientOptions, PageServer, TcpSource};
     use faultline::postcopy::page_state::PageState;
     use faultline::postcopy::{Destination, InProcessSource, Throttle, destination};
     use faultline::telemetry::Telemetry;
@@ -405,7 +465,7 @@ fn a_demand_fill_whose_source_is_gone_fails_and_leaves_the_page_missing() {
     let dest = Destination::new(
         Arc::new(GuestRam::shared(mem).unwrap()),
         uffd,
-        Arc::new(TcpSource::connect(addr, Duration::ZERO).unwrap()),
+        Arc::new(TcpSource::connect(addr, ClientOptions::default()).unwrap()),
         Throttle::new(Rate::Unlimited),
         Duration::ZERO,
         Arc::new(Telemetry::new(1)),

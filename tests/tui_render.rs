@@ -53,11 +53,12 @@ fn keys(app: &mut App, s: &str) {
 }
 
 #[test]
-fn the_header_names_a_socket_transport_and_stays_quiet_about_local_copies() {
-    let header = |transport: &str| {
+fn the_header_names_a_socket_transport_and_its_link_and_stays_quiet_about_local_copies() {
+    let header = |transport: &str, link_up: Option<bool>| {
         let mut app = App::with_theme(Theme::colored());
         let mut s = fixture::snapshot(4, GIB, 20);
         s.run.transport = Some(transport.into());
+        s.link_up = link_up;
         app.on_snapshot(s);
         screen(160, 48, &app)
             .lines()
@@ -65,11 +66,16 @@ fn the_header_names_a_socket_transport_and_stays_quiet_about_local_copies() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let tcp = header("tcp");
-    assert!(tcp.contains("/s tcp"), "{tcp}");
-    let local = header("local");
+    let tcp = header("tcp", Some(true));
     assert!(
-        !local.contains("local") && !local.contains("tcp"),
+        tcp.contains("/s tcp") && tcp.contains("push on  link up"),
+        "{tcp}"
+    );
+    let down = header("tcp", Some(false));
+    assert!(down.contains("link DOWN"), "{down}");
+    let local = header("local", None);
+    assert!(
+        !local.contains("local") && !local.contains("tcp") && !local.contains("link"),
         "{local}"
     );
 }

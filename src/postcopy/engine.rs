@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::PostcopyError;
 use super::destination::{self, Destination};
 use super::monitor::Monitor;
-use super::net::{self, PageServer, Transport};
+use super::net::{self, ClientOptions, LinkSwitch, PageServer, Transport};
 use super::source::{InProcessSource, SourceError};
 use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
@@ -27,6 +27,8 @@ use crate::vmm::{Backing, GuestRam, MissingPageHandler, Vm, VmConfig};
 
 /// Background push threads at most.
 const PUSH_THREADS: usize = 2;
+/// How long a fetch keeps reconnecting to a lost source before the run fails.
+const LINK_RECOVERY: Duration = Duration::from_secs(60);
 
 /// How a fault reaches userspace on the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -59,6 +61,9 @@ pub enum Action {
     Push(bool),
     /// Migrate the running guest again, from the current destination to a new one.
     Remigrate,
+    /// Take the link between source and destination down (false) or up (true): pages
+    /// over TCP only. While it is down every fetch waits, and vCPUs that fault stall.
+    Link(bool),
 }
 
 /// An action at a time after switchover.
@@ -253,8 +258,33 @@ impl Drop for Workers {
     }
 }
 
+/// The page server's link, when pages travel over TCP. Up again when the leg ends, however
+/// it ends, so no thread that fetches waits for a link that nobody is left to restore.
+struct LinkControl(Option<LinkSwitch>);
+
+impl LinkControl {
+    fn switch(&self) -> Option<&LinkSwitch> {
+        self.0.as_ref()
+    }
+
+    fn is_down(&self) -> bool {
+        self.0.as_ref().is_some_and(|l| !l.is_up())
+    }
+}
+
+impl Drop for LinkControl {
+    fn drop(&mut self) {
+        if let Some(l) = &self.0 {
+            l.set(true);
+        }
+    }
+}
+
 /// One migration: the destination VM that now runs the guest, and what serves it.
 struct Leg {
+    /// First, so it is dropped first: the link is back before the vCPUs and workers that
+    /// may be waiting on it are stopped.
+    link: LinkControl,
     number: u32,
     vm: Vm,
     dest: Arc<Destination>,
@@ -350,8 +380,13 @@ fn switch_over(
             config.vcpus.saturating_sub(reader_count),
         ),
     };
+    let options = ClientOptions {
+        spin,
+        recover: LINK_RECOVERY,
+    };
     let (source, server) =
-        net::page_source(config.transport, image.clone(), spin).map_err(SourceError::from)?;
+        net::page_source(config.transport, image.clone(), options).map_err(SourceError::from)?;
+    let link = LinkControl(server.as_ref().map(PageServer::link));
     if let Some(s) = &server {
         status.note(format!(
             "migration {number}: pages travel over tcp from {}",
@@ -431,6 +466,7 @@ fn switch_over(
         number,
         vcpus: shared(&vm),
         dest: Some(dest.clone()),
+        link: link.switch().cloned(),
         switched_at: Some(switched_at),
         downtime: Some(downtime),
         baseline_per_sec: baseline.to_vec(),
@@ -441,6 +477,7 @@ fn switch_over(
         downtime.as_micros()
     ));
     Ok(Leg {
+        link,
         number,
         vm,
         dest,
@@ -571,6 +608,7 @@ fn migrate(
         number: 0,
         vcpus: shared(&source_vm),
         dest: None,
+        link: None,
         switched_at: None,
         downtime: None,
         baseline_per_sec: Vec::new(),
@@ -632,6 +670,13 @@ fn migrate(
             actions.extend(rx.try_iter());
         }
         for action in actions {
+            if action == Action::Remigrate && leg.link.is_down() {
+                status.note(
+                    "new migration refused: the link is down, and the rest of this one \
+                     must come from the source first",
+                );
+                continue;
+            }
             if action == Action::Remigrate {
                 status.note(format!(
                     "migration {}: filling the rest before migrating again",
@@ -656,7 +701,7 @@ fn migrate(
                 complete_at = None;
                 continue;
             }
-            match apply(&leg.dest, &leg.vm, action) {
+            match apply(&leg.dest, &leg.vm, leg.link.switch(), action) {
                 Ok(Some(inj)) => {
                     status.note(format!(
                         "injected {} pages at {:#x}; guest paused {} us",
@@ -667,7 +712,9 @@ fn migrate(
                 }
                 Ok(None) => status.note(describe(action)),
                 // An operator's bad range is reported; the run goes on.
-                Err(e @ PostcopyError::BadRange { .. }) => status.note(e.to_string()),
+                Err(e @ (PostcopyError::BadRange { .. } | PostcopyError::Refused(_))) => {
+                    status.note(e.to_string())
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -686,6 +733,14 @@ fn migrate(
         std::thread::sleep(Duration::from_millis(2));
     }
 
+    // The rest comes from the source: bring the link back first (a vCPU waiting on a
+    // fetch cannot pause until it returns).
+    if leg.link.is_down() {
+        if let Some(l) = leg.link.switch() {
+            l.set(true);
+        }
+        status.note("link up again to finish the run");
+    }
     // Stop the guest; bring in whatever is still missing so the checks see every page.
     leg.vm.pause_all()?;
     let postcopy_complete = complete_at.is_some();
@@ -733,6 +788,10 @@ fn describe(action: Action) -> String {
         Action::Push(false) => "background push paused: only demand fetches run".into(),
         Action::Inject(r) => format!("inject {:#x}+{:#x}", r.start, r.len),
         Action::Remigrate => "new migration".into(),
+        Action::Link(false) => "link down: the destination cannot reach the source; \
+                                faults wait for it"
+            .into(),
+        Action::Link(true) => "link up: fetches resume".into(),
     }
 }
 
@@ -801,6 +860,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
 fn apply(
     dest: &Destination,
     vm: &Vm,
+    link: Option<&LinkSwitch>,
     action: Action,
 ) -> Result<Option<InjectionSummary>, PostcopyError> {
     match action {
@@ -808,6 +868,24 @@ fn apply(
         Action::Push(on) => dest.set_push(on),
         // Handled by the run loop, which owns the VMs.
         Action::Remigrate => {}
+        Action::Link(up) => match link {
+            Some(l) => l.set(up),
+            None => {
+                return Err(PostcopyError::Refused(
+                    "pages are copied locally: there is no link to take down \
+                     (--transport tcp has one)"
+                        .into(),
+                ));
+            }
+        },
+        // The pages' content goes back to the source, and the pages would wait for it.
+        Action::Inject(_) if link.is_some_and(|l| !l.is_up()) => {
+            return Err(PostcopyError::Refused(
+                "injection refused: the link is down, and the pages' content must go back \
+                 to the source"
+                    .into(),
+            ));
+        }
         Action::Inject(range) => {
             let t = Instant::now();
             vm.pause_all()?;

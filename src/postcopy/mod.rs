@@ -56,4 +56,7 @@ pub enum PostcopyError {
     Telemetry(String),
     #[error("{0}")]
     Config(String),
+    /// An operator's action that cannot be done now; the run goes on.
+    #[error("{0}")]
+    Refused(String),
 }

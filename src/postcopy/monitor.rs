@@ -234,6 +234,10 @@ impl Monitor {
                 .and_then(|l| l.downtime)
                 .map(|d| d.as_micros() as u64),
             push_enabled: dest.is_some_and(|d| d.push_enabled()),
+            link_up: leg
+                .as_ref()
+                .and_then(|l| l.link.as_ref())
+                .map(|l| l.is_up()),
             pages,
             fill_pages_per_sec: fill_rate,
             eta_ms,

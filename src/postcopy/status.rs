@@ -23,6 +23,8 @@ pub struct LiveMigration {
     pub number: u32,
     pub vcpus: Vec<Arc<VcpuShared>>,
     pub dest: Option<Arc<Destination>>,
+    /// The page server's link, when pages travel over TCP.
+    pub link: Option<super::net::LinkSwitch>,
     pub switched_at: Option<Instant>,
     pub downtime: Option<Duration>,
     /// Each vCPU's guest accesses per second during warm-up, on the source.

@@ -101,13 +101,14 @@ pub struct Drawn {
     pub vcpu_offset: usize,
 }
 
-/// A throttle or push setting sent but maybe not yet seen in a snapshot: the base for the
-/// next step while the snapshot it was sent against is still the newest.
+/// A throttle, push or link setting sent but maybe not yet seen in a snapshot: the base
+/// for the next step while the snapshot it was sent against is still the newest.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
     seq: u64,
     throttle: Option<Rate>,
     push: Option<bool>,
+    link: Option<bool>,
 }
 
 pub struct App {
@@ -342,6 +343,7 @@ impl App {
             KeyCode::Char('t') => self.open_prompt(PromptKind::Throttle),
             KeyCode::Char('i') => self.open_prompt(PromptKind::Inject),
             KeyCode::Char('p') => return self.toggle_push(),
+            KeyCode::Char('n') => return self.toggle_link(),
             KeyCode::Char('r') => {
                 self.set_info("remigrate: migrating the guest again");
                 return Some(Action::Remigrate);
@@ -473,6 +475,25 @@ impl App {
         Some(Action::Push(on))
     }
 
+    fn toggle_link(&mut self) -> Option<Action> {
+        let Some(latest) = self.latest() else {
+            self.set_error("no snapshot yet: the link state is unknown");
+            return None;
+        };
+        let Some(up_now) = latest.link_up else {
+            self.set_error("pages are copied locally: no link to take down (--transport tcp)");
+            return None;
+        };
+        let up = !self.pending().and_then(|s| s.link).unwrap_or(up_now);
+        self.remember(|s| s.link = Some(up));
+        self.set_info(if up {
+            "link → up (fetches resume)"
+        } else {
+            "link → DOWN (faults wait for the source)"
+        });
+        Some(Action::Link(up))
+    }
+
     fn remember(&mut self, f: impl FnOnce(&mut Sent)) {
         let Some(seq) = self.latest().map(|l| l.seq) else {
             return;
@@ -481,6 +502,7 @@ impl App {
             seq,
             throttle: None,
             push: None,
+            link: None,
         });
         f(&mut s);
         self.sent = Some(s);
@@ -812,6 +834,42 @@ mod tests {
         assert_eq!(app.map_cursor(), 127 * 4);
         press(&mut app, KeyCode::Down);
         assert_eq!(app.map_cursor(), 127 * 4);
+    }
+
+    #[test]
+    fn the_link_key_toggles_a_tcp_link_and_explains_a_local_run() {
+        let mut app = app_with(None);
+        assert_eq!(press(&mut app, KeyCode::Char('n')), None);
+        assert_eq!(
+            status(&app),
+            (
+                "pages are copied locally: no link to take down (--transport tcp)",
+                true
+            )
+        );
+        let mut s = fixture::snapshot(4, 1 << 30, 21);
+        s.link_up = Some(true);
+        app.on_snapshot(s);
+        assert_eq!(
+            press(&mut app, KeyCode::Char('n')),
+            Some(Action::Link(false))
+        );
+        assert_eq!(
+            status(&app),
+            ("link → DOWN (faults wait for the source)", false)
+        );
+        // Pressed again before a snapshot shows the change: back up, not down twice.
+        assert_eq!(
+            press(&mut app, KeyCode::Char('n')),
+            Some(Action::Link(true))
+        );
+        let mut s = fixture::snapshot(4, 1 << 30, 22);
+        s.link_up = Some(false);
+        app.on_snapshot(s);
+        assert_eq!(
+            press(&mut app, KeyCode::Char('n')),
+            Some(Action::Link(true))
+        );
     }
 
     #[test]

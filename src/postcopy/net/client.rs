@@ -4,7 +4,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -27,11 +27,25 @@ struct Connection {
     scratch: Vec<u8>,
 }
 
+/// How a `TcpSource` behaves on its connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// How long a fetch waits for its answer awake before it sleeps in the kernel (worth
+    /// it only with a core to spare).
+    pub spin: Duration,
+    /// How long a request keeps trying to reach a source it lost (reconnecting, as
+    /// post-copy recovery does) before it fails; zero fails at once.
+    pub recover: Duration,
+}
+
+/// The first wait between attempts to reach a lost source; it doubles up to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(1);
+const RETRY_LAST: Duration = Duration::from_millis(50);
+
 pub struct TcpSource {
     addr: SocketAddr,
     image_size: u64,
-    /// How long a fetch waits for its answer awake before it sleeps in the kernel.
-    spin: Duration,
+    options: ClientOptions,
     idle_tx: Sender<Connection>,
     idle_rx: Receiver<Connection>,
 }
@@ -44,16 +58,15 @@ enum Failure {
 }
 
 impl TcpSource {
-    /// Connects to the page server at `addr` and learns the size of its image. A fetch
-    /// waits for its answer awake for up to `spin` (worth it only with a core to spare).
-    pub fn connect(addr: SocketAddr, spin: Duration) -> Result<TcpSource, NetError> {
-        let (first, image_size) = open(addr, spin)?;
+    /// Connects to the page server at `addr` and learns the size of its image.
+    pub fn connect(addr: SocketAddr, options: ClientOptions) -> Result<TcpSource, NetError> {
+        let (first, image_size) = open(addr, options.spin)?;
         let (idle_tx, idle_rx) = crossbeam_channel::bounded(POOL);
         let _ = idle_tx.try_send(first);
         Ok(TcpSource {
             addr,
             image_size,
-            spin,
+            options,
             idle_tx,
             idle_rx,
         })
@@ -83,25 +96,51 @@ impl TcpSource {
     }
 
     /// Runs `work` on an idle connection (or a new one) and returns it to the pool unless
-    /// the work broke it.
+    /// the work broke it. A lost source is tried again, on new connections, for up to
+    /// `options.recover`; `work` must be safe to repeat.
     fn with_connection<T>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, Failure>,
+        mut work: impl FnMut(&mut Connection) -> Result<T, Failure>,
     ) -> Result<T, SourceError> {
-        let mut conn = match self.idle_rx.try_recv() {
-            Ok(c) => c,
-            Err(_) => open(self.addr, self.spin)?.0,
-        };
-        match work(&mut conn) {
-            Ok(v) => {
-                let _ = self.idle_tx.try_send(conn);
-                Ok(v)
+        let mut lost_since: Option<Instant> = None;
+        let mut wait = RETRY_FIRST;
+        loop {
+            let attempt = match self.idle_rx.try_recv() {
+                Ok(c) => Ok(c),
+                Err(_) => open(self.addr, self.options.spin).map(|(c, _)| c),
             }
-            Err(Failure::Answered(e)) => {
-                let _ = self.idle_tx.try_send(conn);
-                Err(e)
+            .map_err(Failure::Broken)
+            .and_then(|mut conn| {
+                let r = work(&mut conn);
+                if !matches!(r, Err(Failure::Broken(_))) {
+                    let _ = self.idle_tx.try_send(conn);
+                }
+                r
+            });
+            let e = match attempt {
+                Ok(v) => return Ok(v),
+                Err(Failure::Answered(e)) => return Err(e),
+                Err(Failure::Broken(e)) => e,
+            };
+            if !matches!(e, NetError::Lost { .. } | NetError::Connect { .. }) {
+                return Err(e.into());
             }
-            Err(Failure::Broken(e)) => Err(e.into()),
+            // Whatever sat idle went down with the link.
+            while self.idle_rx.try_recv().is_ok() {}
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.options.recover {
+                return Err(if self.options.recover.is_zero() {
+                    e.into()
+                } else {
+                    NetError::Unreachable {
+                        waited: since.elapsed(),
+                        last: Box::new(e),
+                    }
+                    .into()
+                });
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(RETRY_LAST);
         }
     }
 }
@@ -220,7 +259,10 @@ impl PageSource for TcpSource {
     fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError> {
         self.check(gpa, buf.len() as u64)?;
         let addr = self.addr;
+        let had = checksums.len();
         self.with_connection(|conn| {
+            // A repeat after a lost connection starts over.
+            checksums.truncate(had);
             let lost = |e| Failure::Broken(lost(addr, e));
             let mut at = gpa;
             for chunk in buf.chunks_mut(MAX_PAYLOAD as usize) {

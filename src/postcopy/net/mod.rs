@@ -6,8 +6,8 @@ pub mod client;
 pub mod server;
 pub mod wire;
 
-pub use client::TcpSource;
-pub use server::PageServer;
+pub use client::{ClientOptions, TcpSource};
+pub use server::{LinkSwitch, PageServer};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,17 +17,17 @@ use super::source::{InProcessSource, PageSource};
 
 /// What a destination fetches from: `image` itself, or a page server in front of it on the
 /// loopback interface, returned too (it serves for as long as it lives). Both ends of a
-/// connection wait awake for up to `spin` before sleeping: see [`socket_spin`].
+/// connection wait awake for up to `options.spin` before sleeping: see [`socket_spin`].
 pub fn page_source(
     transport: Transport,
     image: Arc<InProcessSource>,
-    spin: Duration,
+    options: ClientOptions,
 ) -> Result<(Arc<dyn PageSource>, Option<PageServer>), NetError> {
     match transport {
         Transport::Local => Ok((image, None)),
         Transport::Tcp => {
-            let server = PageServer::bind("127.0.0.1:0", image, spin)?;
-            let client = TcpSource::connect(server.addr(), spin)?;
+            let server = PageServer::bind("127.0.0.1:0", image, options.spin)?;
+            let client = TcpSource::connect(server.addr(), options)?;
             Ok((Arc::new(client), Some(server)))
         }
     }
@@ -116,6 +116,12 @@ pub enum NetError {
     },
     #[error("page source at {addr}: {why}")]
     Refused { addr: SocketAddr, why: String },
+    /// A lost source did not come back within the recovery window.
+    #[error("gave up after {:.1} s without the source: {last}", waited.as_secs_f64())]
+    Unreachable {
+        waited: Duration,
+        last: Box<NetError>,
+    },
     #[error("cannot start a page server thread: {0}")]
     Thread(#[source] std::io::Error),
 }

@@ -5,8 +5,8 @@
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,9 +32,51 @@ enum ConnError {
 /// Serves one image until dropped; dropping it closes every connection.
 pub struct PageServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
-    connections: Arc<AtomicU64>,
+}
+
+/// What the accept loop, the server's owner and its link switches share (never the
+/// destination's fault path: only accepting, the link and stopping take the lock).
+struct Shared {
+    stop: AtomicBool,
+    connections: AtomicU64,
+    link: Mutex<Link>,
+}
+
+struct Link {
+    up: bool,
+    /// Each open connection, to hang up on when the link goes down or the server stops.
+    served: Vec<(TcpStream, JoinHandle<()>)>,
+}
+
+impl Shared {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        // A panicked connection thread leaves nothing half-done under this lock.
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Takes a page server's link down and up again: down, every connection is hung up on and
+/// new ones are closed as soon as they are accepted, as if the network between source and
+/// destination had failed; up, connections are served again.
+#[derive(Clone)]
+pub struct LinkSwitch(Arc<Shared>);
+
+impl LinkSwitch {
+    pub fn set(&self, up: bool) {
+        let mut link = self.0.link();
+        link.up = up;
+        if !up {
+            for (stream, _) in &link.served {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.link().up
+    }
 }
 
 impl PageServer {
@@ -56,20 +98,25 @@ impl PageServer {
         };
         let listener = TcpListener::bind(addr).map_err(listen_error)?;
         let local = listener.local_addr().map_err(listen_error)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            link: Mutex::new(Link {
+                up: true,
+                served: Vec::new(),
+            }),
+        });
         let accept = {
-            let (stop, connections) = (stop.clone(), connections.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("page-server".into())
-                .spawn(move || accept_loop(&listener, &image, spin, &stop, &connections))
+                .spawn(move || accept_loop(&listener, &image, spin, &shared))
                 .map_err(NetError::Thread)?
         };
         Ok(PageServer {
             addr: local,
-            stop,
+            shared,
             accept: Some(accept),
-            connections,
         })
     }
 
@@ -77,15 +124,20 @@ impl PageServer {
         self.addr
     }
 
-    /// Connections accepted so far.
+    /// Connections accepted and served so far.
     pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// The switch for this server's link.
+    pub fn link(&self) -> LinkSwitch {
+        LinkSwitch(self.shared.clone())
     }
 }
 
 impl Drop for PageServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -96,11 +148,9 @@ fn accept_loop(
     listener: &TcpListener,
     image: &Arc<InProcessSource>,
     spin: Duration,
-    stop: &AtomicBool,
-    connections: &AtomicU64,
+    shared: &Shared,
 ) {
-    let mut served: Vec<(TcpStream, JoinHandle<()>)> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
+    while !shared.stop.load(Ordering::Acquire) {
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,
@@ -117,30 +167,40 @@ fn accept_loop(
                 continue;
             }
         };
-        served.retain(|(_, t)| !t.is_finished());
+        // Checked and recorded under the lock, so a link going down finds every
+        // connection it must hang up on.
+        let mut link = shared.link();
+        link.served.retain(|(_, t)| !t.is_finished());
+        if !link.up {
+            continue;
+        }
         let Ok(handle) = stream.try_clone() else {
             tracing::warn!("page server: cannot keep a handle on {peer}; connection refused");
             continue;
         };
         let image = image.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("page-serve{}", connections.load(Ordering::Relaxed)))
+            .name(format!(
+                "page-serve{}",
+                shared.connections.load(Ordering::Relaxed)
+            ))
             .spawn(move || {
                 if let Err(e) = serve(&stream, &image, spin) {
                     tracing::warn!("page server: client {peer}: {e}; connection closed");
                 }
-                // The accept loop holds a handle too: hang up now, not when it stops.
+                // Others hold a handle too: hang up now, not when the server stops.
                 let _ = stream.shutdown(Shutdown::Both);
             });
         match spawned {
             Ok(t) => {
-                connections.fetch_add(1, Ordering::Relaxed);
-                served.push((handle, t));
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                link.served.push((handle, t));
             }
             Err(e) => tracing::warn!("page server: cannot serve {peer}: {e}"),
         }
     }
     // Unblocks every connection's read, then waits for its thread.
+    let served = std::mem::take(&mut shared.link().served);
     for (stream, thread) in served {
         let _ = stream.shutdown(Shutdown::Both);
         let _ = thread.join();

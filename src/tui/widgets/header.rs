@@ -65,6 +65,15 @@ pub fn render(
     } else {
         Span::styled("off", theme.warn())
     });
+    if let Some(up) = s.link_up {
+        l1.push(sep());
+        l1.push(Span::styled("link ", theme.label()));
+        l1.push(if up {
+            Span::styled("up", theme.good())
+        } else {
+            Span::styled("DOWN", theme.warn())
+        });
+    }
     buf.set_line(area.x, area.y, &Line::from(l1), area.width);
     if let Freeze::Frozen { newer } = freeze {
         let marker = format!(" FROZEN +{newer} ");

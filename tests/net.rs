@@ -66,7 +66,7 @@ fn put_back_writes_the_image_at_the_source() {
 }
 
 #[test]
-fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
+fn each_thread_that_fetches_keeps_one_connection() {
     // Both ends wait awake a little for each other, as with cores to spare.
     let spin = Duration::from_micros(50);
     let server = PageServer::bind("127.0.0.1:0", image(), spin).unwrap();
@@ -91,9 +91,9 @@ fn connections_are_reused_never_more_than_one_per_thread_fetching_at_once() {
     for t in threads {
         t.join().unwrap();
     }
-    // 800 fetches, and a connection is opened only when none is idle.
+    // 800 fetches: one connection per thread, and the one that learned the image size.
     let connections = server.connections();
-    assert!((1..=4).contains(&connections), "{connections} connections");
+    assert_eq!(connections, 5);
 }
 
 #[test]
@@ -276,6 +276,7 @@ fn a_port_in_use_is_a_one_line_listen_error() {
         text.starts_with(&format!("cannot serve pages on {}", server.addr())),
         "{text}"
     );
+    assert!(!text.contains('\n'), "{text}");
 }
 
 #[test]
@@ -340,4 +341,157 @@ fn a_source_that_stays_away_past_the_recovery_window_fails_the_fetch() {
     );
     assert!(text.starts_with("gave up after 0."), "{text}");
     assert!(text.contains(&server.addr().to_string()), "{text}");
+}
+
+/// How the fake server below answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Good,
+    /// Ok, but one page short.
+    WrongLength,
+    UnknownStatus,
+    /// Half the data, then the connection closes.
+    Truncated,
+    /// The source's own failure: an error answer, the connection stays in step.
+    Failed,
+}
+
+/// A page server that breaks the protocol on purpose: it answers requests, in order and
+/// whatever connection they come on, as `script` says. Returns its address and a count of
+/// the connections it accepted.
+fn scripted_server(
+    script: Vec<Answer>,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut script = script.into_iter();
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            let mut header = [0u8; HEADER_LEN];
+            conn.read_exact(&mut header).unwrap();
+            Hello::decode(&header).unwrap();
+            conn.write_all(&wire::Welcome { image_size: MEM }.encode())
+                .unwrap();
+            while conn.read_exact(&mut header).is_ok() {
+                let r = Request::decode(&header).unwrap();
+                let data: Vec<u8> = (0..r.len as u64 / 4096)
+                    .flat_map(|p| {
+                        let mut page = vec![0u8; 4096];
+                        page[..8].copy_from_slice(&(r.gpa / 4096 + p).to_le_bytes());
+                        page
+                    })
+                    .collect();
+                let mut frame = Vec::new();
+                let answer = script.next().unwrap_or(Answer::Good);
+                match answer {
+                    Answer::Good | Answer::WrongLength | Answer::Truncated => {
+                        let len = match answer {
+                            Answer::WrongLength => r.len - 4096,
+                            _ => r.len,
+                        };
+                        frame.extend_from_slice(&Response::ok(len).encode());
+                        frame.extend_from_slice(&data[..len as usize]);
+                        for page in data[..len as usize].chunks(4096) {
+                            frame.extend_from_slice(&crc32fast::hash(page).to_le_bytes());
+                        }
+                        if let Answer::Truncated = answer {
+                            frame.truncate(HEADER_LEN + 2048);
+                        }
+                    }
+                    Answer::UnknownStatus => {
+                        let mut h = Response::ok(r.len).encode();
+                        h[0] = 42;
+                        frame.extend_from_slice(&h);
+                    }
+                    Answer::Failed => {
+                        let why = b"disk on fire";
+                        let h = Response {
+                            status: Status::Failed,
+                            len: why.len() as u32,
+                            detail: 0,
+                        };
+                        frame.extend_from_slice(&h.encode());
+                        frame.extend_from_slice(why);
+                    }
+                }
+                conn.write_all(&frame).unwrap();
+                if matches!(answer, Answer::Truncated) {
+                    break;
+                }
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_server_that_breaks_the_protocol_costs_the_client_its_connection_never_its_step() {
+    use std::sync::atomic::Ordering;
+    let script = vec![
+        Answer::WrongLength,
+        Answer::Good,
+        Answer::UnknownStatus,
+        Answer::Truncated,
+        Answer::Failed,
+        Answer::Good,
+    ];
+    let (addr, accepted) = scripted_server(script);
+    let source = TcpSource::connect(addr, ClientOptions::default()).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let mut fetch = |page: u64| {
+        let mut sums = Vec::new();
+        source
+            .fetch(page * 4096, &mut buf, &mut sums)
+            .map(|()| (page_number(&buf), page_number(&buf[4096..]), sums.len()))
+    };
+    let err = fetch(600).unwrap_err().to_string();
+    assert!(err.contains("answered 4096 bytes where 8192"), "{err}");
+    // A new connection, in step from its start.
+    assert_eq!(fetch(601).unwrap(), (601, 602, 2));
+    let err = fetch(603).unwrap_err().to_string();
+    assert!(err.contains("unknown response status 42"), "{err}");
+    let err = fetch(604).unwrap_err().to_string();
+    assert!(
+        err.contains("connection lost: the source closed it"),
+        "{err}"
+    );
+    // The source's own failure is an answer: the connection stays, and serves the next.
+    let err = fetch(605).unwrap_err().to_string();
+    assert_eq!(err, format!("page source at {addr}: disk on fire"));
+    assert_eq!(fetch(606).unwrap(), (606, 607, 2));
+    // The handshake's, then one after each broken answer (three), and none after the
+    // source's failure.
+    assert_eq!(accepted.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn a_server_that_refuses_the_hello_says_why() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut header = [0u8; HEADER_LEN];
+        conn.read_exact(&mut header).unwrap();
+        let why = b"protocol version 1 is not supported (this build speaks 2)";
+        let h = Response {
+            status: Status::Malformed,
+            len: why.len() as u32,
+            detail: 0,
+        };
+        conn.write_all(&h.encode()).unwrap();
+        conn.write_all(why).unwrap();
+    });
+    let err = TcpSource::connect(addr, ClientOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, NetError::Refused { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("page source at {addr}: protocol version 1 is not supported (this build speaks 2)")
+    );
 }

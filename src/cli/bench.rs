@@ -193,22 +193,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 telemetry
             };
             let readers = args.readers.unwrap_or(vcpus.min(2));
+            // Over TCP every fetcher (a reader, or a vCPU in exit mode) has a server
+            // thread at the other end.
+            let fetchers = if mode == BenchMode::Uffd && args.one_uffd {
+                readers
+            } else {
+                vcpus
+            };
+            let servers = if transport == Transport::Tcp {
+                fetchers
+            } else {
+                0
+            };
             let reader_spin = match args.reader_spin {
                 Spin::Fixed(d) => d,
                 // A pinned reader shares its vCPU's CPU: spinning would only delay the vCPU.
                 Spin::Auto if !args.no_pin => Duration::ZERO,
-                Spin::Auto if args.one_uffd => auto_reader_spin(vcpus + readers),
-                Spin::Auto => auto_reader_spin(2 * vcpus),
+                Spin::Auto => auto_reader_spin(vcpus + fetchers + servers),
             };
-            let net_spin = match (args.net_spin, mode) {
-                (Spin::Fixed(d), _) => d,
+            let net_spin = match args.net_spin {
+                Spin::Fixed(d) => d,
                 // A vCPU sleeps while its reader fetches: only the vCPUs beyond one per
                 // reader compete for cores.
-                (Spin::Auto, BenchMode::Uffd) if args.one_uffd => {
-                    socket_spin(readers, vcpus.saturating_sub(readers))
-                }
-                (Spin::Auto, BenchMode::Uffd) => socket_spin(vcpus, 0),
-                (Spin::Auto, _) => socket_spin(vcpus, 0),
+                Spin::Auto => socket_spin(fetchers, vcpus.saturating_sub(fetchers)),
             };
             for &t in telem {
                 configs.push(TrialConfig {

@@ -1,12 +1,13 @@
 //! `TcpSource`: a `PageSource` that fetches from a page server. Each thread that fetches
-//! takes a connection of its own from an idle pool (opening one if none is idle), so
-//! concurrent faults never queue behind one another on a socket or a lock.
+//! keeps a connection of its own (opened on its first fetch), so concurrent faults never
+//! queue behind one another on a socket, and a fault touches nothing another fetcher
+//! writes: no pool, no lock.
 
+use std::cell::RefCell;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, Sender};
 
 use super::wire::{
     HEADER_LEN, Hello, MAX_PAYLOAD, MAX_REASON, Op, Request, Response, Status, Welcome,
@@ -16,8 +17,6 @@ use super::{NetError, SpinRead};
 use crate::postcopy::source::{PageSource, SourceError};
 use crate::vmm::layout::PAGE_SIZE;
 
-/// Idle connections kept for reuse; more are closed when returned.
-const POOL: usize = 64;
 /// Room for a response header, a page and its checksum in one read.
 const READ_BUFFER: usize = 16 << 10;
 
@@ -46,8 +45,13 @@ pub struct TcpSource {
     addr: SocketAddr,
     image_size: u64,
     options: ClientOptions,
-    idle_tx: Sender<Connection>,
-    idle_rx: Receiver<Connection>,
+    /// Tells threads' connections to this source from those to a source that is gone.
+    alive: Arc<()>,
+}
+
+thread_local! {
+    /// This thread's connection to each source it fetches from.
+    static CONNECTIONS: RefCell<Vec<(Weak<()>, Connection)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What became of one request: the connection can be reused unless the error broke it.
@@ -60,20 +64,36 @@ enum Failure {
 impl TcpSource {
     /// Connects to the page server at `addr` and learns the size of its image.
     pub fn connect(addr: SocketAddr, options: ClientOptions) -> Result<TcpSource, NetError> {
-        let (first, image_size) = open(addr, options.spin)?;
-        let (idle_tx, idle_rx) = crossbeam_channel::bounded(POOL);
-        let _ = idle_tx.try_send(first);
+        // This connection only learns the size: the threads that fetch open their own.
+        let (_, image_size) = open(addr, options.spin)?;
         Ok(TcpSource {
             addr,
             image_size,
             options,
-            idle_tx,
-            idle_rx,
+            alive: Arc::new(()),
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// This thread's connection to this source, taken out of its slot (or a new one).
+    fn take_connection(&self) -> Result<Connection, NetError> {
+        let mine = CONNECTIONS.with_borrow_mut(|conns| {
+            let i = conns
+                .iter()
+                .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.alive)))?;
+            Some(conns.swap_remove(i).1)
+        });
+        match mine {
+            Some(c) => Ok(c),
+            None => open(self.addr, self.options.spin).map(|(c, _)| c),
+        }
+    }
+
+    /// Puts this thread's connection back, closing any kept for sources that are gone.
+    fn keep_connection(&self, conn: Connection) {
+        CONNECTIONS.with_borrow_mut(|conns| {
+            conns.retain(|(w, _)| w.strong_count() > 0);
+            conns.push((Arc::downgrade(&self.alive), conn));
+        });
     }
 
     pub fn image_size(&self) -> u64 {
@@ -95,9 +115,9 @@ impl TcpSource {
         }
     }
 
-    /// Runs `work` on an idle connection (or a new one) and returns it to the pool unless
-    /// the work broke it. A lost source is tried again, on new connections, for up to
-    /// `options.recover`; `work` must be safe to repeat.
+    /// Runs `work` on this thread's connection (opened if it has none), kept for the next
+    /// request unless the work broke it. A lost source is tried again, on new connections,
+    /// for up to `options.recover`; `work` must be safe to repeat.
     fn with_connection<T>(
         &self,
         mut work: impl FnMut(&mut Connection) -> Result<T, Failure>,
@@ -105,18 +125,16 @@ impl TcpSource {
         let mut lost_since: Option<Instant> = None;
         let mut wait = RETRY_FIRST;
         loop {
-            let attempt = match self.idle_rx.try_recv() {
-                Ok(c) => Ok(c),
-                Err(_) => open(self.addr, self.options.spin).map(|(c, _)| c),
-            }
-            .map_err(Failure::Broken)
-            .and_then(|mut conn| {
-                let r = work(&mut conn);
-                if !matches!(r, Err(Failure::Broken(_))) {
-                    let _ = self.idle_tx.try_send(conn);
-                }
-                r
-            });
+            let attempt = self
+                .take_connection()
+                .map_err(Failure::Broken)
+                .and_then(|mut conn| {
+                    let r = work(&mut conn);
+                    if !matches!(r, Err(Failure::Broken(_))) {
+                        self.keep_connection(conn);
+                    }
+                    r
+                });
             let e = match attempt {
                 Ok(v) => return Ok(v),
                 Err(Failure::Answered(e)) => return Err(e),
@@ -125,8 +143,6 @@ impl TcpSource {
             if !matches!(e, NetError::Lost { .. } | NetError::Connect { .. }) {
                 return Err(e.into());
             }
-            // Whatever sat idle went down with the link.
-            while self.idle_rx.try_recv().is_ok() {}
             let since = *lost_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= self.options.recover {
                 return Err(if self.options.recover.is_zero() {
@@ -207,17 +223,17 @@ impl TcpSource {
         payload: &[u8],
     ) -> Result<Response, Failure> {
         let addr = self.addr;
-        let lost = |e| Failure::Broken(lost(addr, e));
+        let broken = |e| Failure::Broken(lost(addr, e));
         if payload.is_empty() {
-            conn.writer.write_all(&request.encode()).map_err(lost)?;
+            conn.writer.write_all(&request.encode()).map_err(broken)?;
         } else {
             conn.scratch.clear();
             conn.scratch.extend_from_slice(&request.encode());
             conn.scratch.extend_from_slice(payload);
-            conn.writer.write_all(&conn.scratch).map_err(lost)?;
+            conn.writer.write_all(&conn.scratch).map_err(broken)?;
         }
         let mut header = [0u8; HEADER_LEN];
-        conn.reader.read_exact(&mut header).map_err(lost)?;
+        conn.reader.read_exact(&mut header).map_err(broken)?;
         let response = Response::decode(&header)
             .map_err(|source| Failure::Broken(NetError::Wire { addr, source }))?;
         let expected = match request.op {
@@ -234,7 +250,7 @@ impl TcpSource {
                 ),
             })),
             Status::OutOfRange => {
-                read_reason(conn, response.len).map_err(lost)?;
+                read_reason(conn, response.len).map_err(broken)?;
                 Err(Failure::Answered(SourceError::OutOfRange {
                     gpa: request.gpa,
                     len: u64::from(request.len),
@@ -242,14 +258,15 @@ impl TcpSource {
                 }))
             }
             Status::Malformed => {
-                let why = read_reason(conn, response.len).map_err(lost)?;
+                let why = read_reason(conn, response.len).map_err(broken)?;
                 Err(Failure::Broken(NetError::Refused { addr, why }))
             }
             Status::Failed => {
-                let why = read_reason(conn, response.len).map_err(lost)?;
-                Err(Failure::Answered(SourceError::Io(format!(
-                    "page source at {addr}: {why}"
-                ))))
+                let why = read_reason(conn, response.len).map_err(broken)?;
+                Err(Failure::Answered(SourceError::Net(NetError::Refused {
+                    addr,
+                    why,
+                })))
             }
         }
     }
@@ -258,12 +275,15 @@ impl TcpSource {
 impl PageSource for TcpSource {
     fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError> {
         self.check(gpa, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
         let addr = self.addr;
         let had = checksums.len();
         self.with_connection(|conn| {
             // A repeat after a lost connection starts over.
             checksums.truncate(had);
-            let lost = |e| Failure::Broken(lost(addr, e));
+            let broken = |e| Failure::Broken(lost(addr, e));
             let mut at = gpa;
             for chunk in buf.chunks_mut(MAX_PAYLOAD as usize) {
                 let request = Request {
@@ -272,10 +292,10 @@ impl PageSource for TcpSource {
                     len: chunk.len() as u32,
                 };
                 self.exchange(conn, request, &[])?;
-                conn.reader.read_exact(chunk).map_err(lost)?;
+                conn.reader.read_exact(chunk).map_err(broken)?;
                 let mut sums = [0u8; 4];
                 for _ in 0..checksum_bytes(request.len) / 4 {
-                    conn.reader.read_exact(&mut sums).map_err(lost)?;
+                    conn.reader.read_exact(&mut sums).map_err(broken)?;
                     checksums.push(u32::from_le_bytes(sums));
                 }
                 at += chunk.len() as u64;
@@ -286,6 +306,9 @@ impl PageSource for TcpSource {
 
     fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), SourceError> {
         self.check(gpa, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
         self.with_connection(|conn| {
             let mut at = gpa;
             for chunk in data.chunks(MAX_PAYLOAD as usize) {

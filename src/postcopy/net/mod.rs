@@ -36,7 +36,7 @@ pub fn page_source(
 /// How long each end of a page connection waits awake for the other, given `fetchers`
 /// threads that fetch at once (each with a server thread at the other end) and `others`
 /// busy threads besides: a wait awake saves a sleep and a wake-up on each side of every
-/// request (1.4x the demand rate with a core to spare), but with fewer cores than
+/// request (1.6-1.8x the demand rate with a core to spare), but with fewer cores than
 /// threads it takes the CPU the other side needs (half the rate: BENCHMARKS.md).
 pub fn socket_spin(fetchers: usize, others: usize) -> Duration {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -137,6 +137,9 @@ pub(crate) struct SpinRead {
 impl std::io::Read for SpinRead {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
+        if self.spin.is_zero() {
+            return std::io::Read::read(&mut self.stream, buf);
+        }
         let fd = self.stream.as_raw_fd();
         let mut started: Option<std::time::Instant> = None;
         loop {

@@ -20,6 +20,13 @@ use crate::postcopy::source::{InProcessSource, PageSource, SourceError};
 const ACCEPT_POLL_MS: i32 = 50;
 /// Room for a request header and a put-back of a few pages in one read.
 const READ_BUFFER: usize = 64 << 10;
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once at most: a thread each. A destination opens one per
+/// fetching thread (vCPUs, readers, push threads: 70 at most).
+const MAX_CONNECTIONS: usize = 256;
+/// After a failed accept (out of descriptors, say), the loop waits this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
@@ -164,6 +171,7 @@ fn accept_loop(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("page server: accept failed: {e}");
+                std::thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
@@ -172,6 +180,10 @@ fn accept_loop(
         let mut link = shared.link();
         link.served.retain(|(_, t)| !t.is_finished());
         if !link.up {
+            continue;
+        }
+        if link.served.len() >= MAX_CONNECTIONS {
+            tracing::warn!("page server: {MAX_CONNECTIONS} connections already; {peer} refused");
             continue;
         }
         let Ok(handle) = stream.try_clone() else {
@@ -244,6 +256,8 @@ fn refuse_source(w: &mut impl Write, e: &SourceError) -> std::io::Result<()> {
         SourceError::OutOfRange { size, .. } => {
             refuse(w, Status::OutOfRange, *size, &e.to_string())
         }
+        // The client says whose failure it was: send only what failed.
+        SourceError::Io(why) => refuse(w, Status::Failed, 0, why),
         _ => refuse(w, Status::Failed, 0, &e.to_string()),
     }
 }
@@ -259,9 +273,12 @@ fn serve(stream: &TcpStream, image: &InProcessSource, spin: Duration) -> Result<
     );
     let mut writer = stream;
     let mut header = [0u8; HEADER_LEN];
+    // A peer that connects and says nothing must not keep a thread for ever.
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     if !read_header(&mut reader, &mut header)? {
         return Ok(());
     }
+    stream.set_read_timeout(None)?;
     if let Err(e) = Hello::decode(&header) {
         refuse(&mut writer, Status::Malformed, 0, &e.to_string())?;
         return Err(e.into());
@@ -273,7 +290,8 @@ fn serve(stream: &TcpStream, image: &InProcessSource, spin: Duration) -> Result<
         .encode(),
     )?;
     // One response frame: header, data, checksums; reused for every request.
-    let mut frame = Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD as usize);
+    let mut frame =
+        Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD as usize + wire::checksum_bytes(MAX_PAYLOAD));
     let mut sums = Vec::new();
     loop {
         if !read_header(&mut reader, &mut header)? {

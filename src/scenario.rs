@@ -27,6 +27,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "inject-storm",
         include_str!("../assets/scenarios/inject-storm.toml"),
     ),
+    ("outage", include_str!("../assets/scenarios/outage.toml")),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -317,8 +318,11 @@ mod tests {
                 .starts_with("s.toml:2:13: unknown page transport 'udp'"),
             "{err}"
         );
-        // The slow-link built-in sends its pages over a real socket.
+        // The slow-link and outage built-ins send their pages over a real socket.
         assert_eq!(load("throttled").unwrap().transport, Transport::Tcp);
+        let outage = load("outage").unwrap();
+        assert_eq!(outage.transport, Transport::Tcp);
+        assert_eq!(outage.timeline.len(), 2);
     }
 
     #[test]

@@ -290,6 +290,39 @@ fn a_live_run_shows_vcpus_and_progress_takes_throttle_and_quits_cleanly() {
 }
 
 #[test]
+fn a_link_taken_down_stalls_the_vcpus_until_it_comes_back() {
+    let mut s = Session::start(&[
+        "run",
+        "--vcpus",
+        "2",
+        "--mem",
+        "256M",
+        "--transport",
+        "tcp",
+        "--fetch-rate",
+        "8MiB/s",
+        "--warmup",
+        "300ms",
+    ]);
+    s.wait_for("the post-copy screen over tcp", |t| {
+        t.contains("post-copy") && t.contains("v1") && t.contains("link up")
+    });
+    s.keys("n");
+    // Both vCPUs fault all along: both end up waiting on the source.
+    let down = s.wait_for("the link down and both vCPUs stalled", |t| {
+        t.contains("link DOWN") && t.matches("stalled").count() >= 2
+    });
+    let faults_down = total_faults(&down);
+    s.keys("n");
+    s.wait_for("the link back and faults going on", |t| {
+        t.contains("link up") && total_faults(t) > faults_down + 100
+    });
+    s.keys("q");
+    assert!(s.wait_exit().success());
+    assert!(s.text().contains("verified"), "{}", s.text());
+}
+
+#[test]
 fn an_injected_range_turns_missing_and_faults_follow() {
     let mut s = Session::start(&[
         "run",

@@ -274,7 +274,7 @@ fn report_progress(s: &Snapshot) {
     let filled = data - s.pages.missing.min(data);
     let faults: u64 = s.vcpus.iter().map(|v| v.faults).sum();
     eprintln!(
-        "[{:>5.1}s] {:<10} {:>5.1}% filled, {} faults, throttle {}",
+        "[{:>5.1}s] {:<10} {:>5.1}% filled, {} faults, throttle {}{}",
         s.elapsed_ms as f64 / 1000.0,
         s.phase.as_str(),
         100.0 * filled as f64 / data.max(1) as f64,
@@ -283,6 +283,11 @@ fn report_progress(s: &Snapshot) {
             "-"
         } else {
             &s.throttle
+        },
+        if s.link_up == Some(false) {
+            ", link DOWN"
+        } else {
+            ""
         }
     );
 }
@@ -428,11 +433,22 @@ fn wait_headless(
 ) -> anyhow::Result<Summary> {
     let snapshots = status.subscribe();
     let mut last_report = Instant::now();
+    let mut last_message = None;
     while !engine.is_finished() {
-        if let Some(s) = snapshots.recv_timeout(Duration::from_millis(50))
-            && !json
-            && last_report.elapsed() >= Duration::from_secs(1)
-        {
+        let Some(s) = snapshots.recv_timeout(Duration::from_millis(50)) else {
+            continue;
+        };
+        if json {
+            continue;
+        }
+        // Each of the engine's notes once, as it comes (a switchover, an outage, a refusal).
+        if s.message.is_some() && s.message != last_message {
+            if let Some(m) = &s.message {
+                eprintln!("[{:>5.1}s] {m}", s.elapsed_ms as f64 / 1000.0);
+            }
+            last_message = s.message.clone();
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
             report_progress(&s);
             last_report = Instant::now();
         }

@@ -180,6 +180,14 @@ fn a_run_over_tcp_says_so_and_verifies() {
         "tcp",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The engine's notes reach stderr as they happen, each once.
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("migration 1: switched over").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("; pages over tcp from 127.0.0.1:"), "{err}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("(tcp, throttle unlimited)"), "{text}");
     assert!(

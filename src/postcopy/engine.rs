@@ -387,12 +387,6 @@ fn switch_over(
     let (source, server) =
         net::page_source(config.transport, image.clone(), options).map_err(SourceError::from)?;
     let link = LinkControl(server.as_ref().map(PageServer::link));
-    if let Some(s) = &server {
-        status.note(format!(
-            "migration {number}: pages travel over tcp from {}",
-            s.addr()
-        ));
-    }
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
     let dest = Arc::new(Destination::with_uffds(
         dest_ram.clone(),
@@ -472,8 +466,12 @@ fn switch_over(
         baseline_per_sec: baseline.to_vec(),
     });
     status.set_phase(Phase::Postcopy);
+    let via = server
+        .as_ref()
+        .map(|s| format!("; pages over tcp from {}", s.addr()))
+        .unwrap_or_default();
     status.note(format!(
-        "migration {number}: switched over, downtime {} us",
+        "migration {number}: switched over, downtime {} us{via}",
         downtime.as_micros()
     ));
     Ok(Leg {

@@ -162,6 +162,7 @@ fn options(spin: Duration) -> ClientOptions {
     ClientOptions {
         spin,
         recover: Duration::ZERO,
+        ..ClientOptions::default()
     }
 }
 

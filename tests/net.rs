@@ -30,6 +30,14 @@ fn serve() -> (PageServer, Arc<InProcessSource>) {
     )
 }
 
+/// What a client of `server` needs to be served.
+fn client_of(server: &PageServer) -> ClientOptions {
+    ClientOptions {
+        token: server.token(),
+        ..ClientOptions::default()
+    }
+}
+
 fn page_number(page: &[u8]) -> u64 {
     u64::from_le_bytes(page[..8].try_into().unwrap())
 }
@@ -37,7 +45,7 @@ fn page_number(page: &[u8]) -> u64 {
 #[test]
 fn fetched_pages_arrive_with_the_sources_checksums() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
+    let source = TcpSource::connect(server.addr(), client_of(&server)).unwrap();
     assert_eq!(source.image_size(), MEM);
     assert_eq!(source.describe(), format!("tcp {}", server.addr()));
     // 3 pages, then 2 MiB: more than one frame carries, so it travels in pieces.
@@ -56,7 +64,7 @@ fn fetched_pages_arrive_with_the_sources_checksums() {
 #[test]
 fn put_back_writes_the_image_at_the_source() {
     let (server, image) = serve();
-    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
+    let source = TcpSource::connect(server.addr(), client_of(&server)).unwrap();
     let data = vec![0xabu8; 8192];
     source.put_back(20 * 4096, &data).unwrap();
     let mut back = vec![0u8; 8192];
@@ -72,7 +80,7 @@ fn each_thread_that_fetches_keeps_one_connection() {
     let server = PageServer::bind("127.0.0.1:0", image(), spin).unwrap();
     let options = ClientOptions {
         spin,
-        ..ClientOptions::default()
+        ..client_of(&server)
     };
     let source = Arc::new(TcpSource::connect(server.addr(), options).unwrap());
     let threads: Vec<_> = (0..4u64)
@@ -99,7 +107,7 @@ fn each_thread_that_fetches_keeps_one_connection() {
 #[test]
 fn a_range_outside_the_image_is_refused_without_losing_the_connection() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
+    let source = TcpSource::connect(server.addr(), client_of(&server)).unwrap();
     let mut buf = vec![0u8; 8192];
     let err = source
         .fetch(MEM - 4096, &mut buf, &mut Vec::new())
@@ -143,7 +151,13 @@ fn connect(server: &PageServer) -> TcpStream {
 
 fn hello(server: &PageServer) -> TcpStream {
     let mut s = connect(server);
-    s.write_all(&Hello.encode()).unwrap();
+    s.write_all(
+        &Hello {
+            token: server.token(),
+        }
+        .encode(),
+    )
+    .unwrap();
     let mut welcome = [0u8; HEADER_LEN];
     s.read_exact(&mut welcome).unwrap();
     assert_eq!(wire::Welcome::decode(&welcome).unwrap().image_size, MEM);
@@ -177,15 +191,24 @@ fn assert_refused(mut s: TcpStream, frames: &[u8], expected: &str) {
 #[test]
 fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_served() {
     let (server, _image) = serve();
-    let source = TcpSource::connect(server.addr(), ClientOptions::default()).unwrap();
+    let source = TcpSource::connect(server.addr(), client_of(&server)).unwrap();
     assert_refused(
         connect(&server),
         b"GET / HTTP/1.1\r\n",
         "not a faultline page stream",
     );
-    let mut old = Hello.encode();
+    let mut old = Hello { token: 0 }.encode();
     old[4] = 7;
     assert_refused(connect(&server), &old, "protocol version 7");
+    // Only the destination the server was made for knows its token.
+    let stranger = Hello {
+        token: server.token() ^ 1,
+    };
+    assert_refused(connect(&server), &stranger.encode(), "wrong token");
+    let err = TcpSource::connect(server.addr(), ClientOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("wrong token"), "{err}");
     let mut bad_op = Request {
         op: Op::Fetch,
         gpa: 4096,
@@ -222,7 +245,7 @@ fn a_peer_that_breaks_the_protocol_is_told_why_and_dropped_while_others_are_serv
 fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
     let (server, _image) = serve();
     let addr = server.addr();
-    let source = TcpSource::connect(addr, ClientOptions::default()).unwrap();
+    let source = TcpSource::connect(addr, client_of(&server)).unwrap();
     let mut buf = vec![0u8; 4096];
     source.fetch(4096, &mut buf, &mut Vec::new()).unwrap();
     drop(server);
@@ -284,7 +307,7 @@ fn a_fetch_waits_out_a_link_outage_and_gets_its_page() {
     let (server, _image) = serve();
     let options = ClientOptions {
         recover: Duration::from_secs(20),
-        ..ClientOptions::default()
+        ..client_of(&server)
     };
     let source = Arc::new(TcpSource::connect(server.addr(), options).unwrap());
     let mut buf = vec![0u8; 4096];
@@ -325,7 +348,7 @@ fn a_source_that_stays_away_past_the_recovery_window_fails_the_fetch() {
     let (server, _image) = serve();
     let options = ClientOptions {
         recover: Duration::from_millis(200),
-        ..ClientOptions::default()
+        ..client_of(&server)
     };
     let source = TcpSource::connect(server.addr(), options).unwrap();
     server.link().set(false);

@@ -432,7 +432,11 @@ fn pages_pushed_over_tcp_arrive_whole_and_checked() {
             Duration::ZERO,
         )
         .unwrap();
-        let source = Arc::new(TcpSource::connect(s.addr(), ClientOptions::default()).unwrap());
+        let options = ClientOptions {
+            token: s.token(),
+            ..ClientOptions::default()
+        };
+        let source = Arc::new(TcpSource::connect(s.addr(), options).unwrap());
         server = Some(s);
         source
     });
@@ -465,7 +469,16 @@ fn a_demand_fill_whose_source_is_gone_fails_and_leaves_the_page_missing() {
     let dest = Destination::new(
         Arc::new(GuestRam::shared(mem).unwrap()),
         uffd,
-        Arc::new(TcpSource::connect(addr, ClientOptions::default()).unwrap()),
+        Arc::new(
+            TcpSource::connect(
+                addr,
+                ClientOptions {
+                    token: server.token(),
+                    ..ClientOptions::default()
+                },
+            )
+            .unwrap(),
+        ),
         Throttle::new(Rate::Unlimited),
         Duration::ZERO,
         Arc::new(Telemetry::new(1)),

@@ -380,9 +380,11 @@ fn switch_over(
             config.vcpus.saturating_sub(reader_count),
         ),
     };
+    // The server's token is filled in by `page_source`, which makes the server.
     let options = ClientOptions {
         spin,
         recover: LINK_RECOVERY,
+        ..ClientOptions::default()
     };
     let (source, server) =
         net::page_source(config.transport, image.clone(), options).map_err(SourceError::from)?;

@@ -35,6 +35,8 @@ pub struct ClientOptions {
     /// How long a request keeps trying to reach a source it lost (reconnecting, as
     /// post-copy recovery does) before it fails; zero fails at once.
     pub recover: Duration,
+    /// The page server's token ([`super::PageServer::token`]).
+    pub token: u64,
 }
 
 /// The first wait between attempts to reach a lost source; it doubles up to the last.
@@ -65,7 +67,7 @@ impl TcpSource {
     /// Connects to the page server at `addr` and learns the size of its image.
     pub fn connect(addr: SocketAddr, options: ClientOptions) -> Result<TcpSource, NetError> {
         // This connection only learns the size: the threads that fetch open their own.
-        let (_, image_size) = open(addr, options.spin)?;
+        let (_, image_size) = open(addr, options)?;
         Ok(TcpSource {
             addr,
             image_size,
@@ -84,7 +86,7 @@ impl TcpSource {
         });
         match mine {
             Some(c) => Ok(c),
-            None => open(self.addr, self.options.spin).map(|(c, _)| c),
+            None => open(self.addr, self.options).map(|(c, _)| c),
         }
     }
 
@@ -172,7 +174,7 @@ fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
 }
 
 /// Opens a connection and says hello; returns it with the image size the server reports.
-fn open(addr: SocketAddr, spin: Duration) -> Result<(Connection, u64), NetError> {
+fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), NetError> {
     let connect = |source| NetError::Connect { addr, source };
     let stream = TcpStream::connect(addr).map_err(connect)?;
     stream.set_nodelay(true).map_err(connect)?;
@@ -181,14 +183,19 @@ fn open(addr: SocketAddr, spin: Duration) -> Result<(Connection, u64), NetError>
             READ_BUFFER,
             SpinRead {
                 stream: stream.try_clone().map_err(connect)?,
-                spin,
+                spin: options.spin,
             },
         ),
         writer: stream,
         scratch: Vec::new(),
     };
     conn.writer
-        .write_all(&Hello.encode())
+        .write_all(
+            &Hello {
+                token: options.token,
+            }
+            .encode(),
+        )
         .map_err(|e| lost(addr, e))?;
     let mut header = [0u8; HEADER_LEN];
     conn.reader

@@ -27,6 +27,10 @@ pub fn page_source(
         Transport::Local => Ok((image, None)),
         Transport::Tcp => {
             let server = PageServer::bind("127.0.0.1:0", image, options.spin)?;
+            let options = ClientOptions {
+                token: server.token(),
+                ..options
+            };
             let client = TcpSource::connect(server.addr(), options)?;
             Ok((Arc::new(client), Some(server)))
         }

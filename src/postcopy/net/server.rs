@@ -34,6 +34,8 @@ enum ConnError {
     Io(#[from] std::io::Error),
     #[error("malformed frame: {0}")]
     Wire(#[from] WireError),
+    #[error("wrong token in its hello")]
+    Token,
 }
 
 /// Serves one image until dropped; dropping it closes every connection.
@@ -46,6 +48,8 @@ pub struct PageServer {
 /// What the accept loop, the server's owner and its link switches share (never the
 /// destination's fault path: only accepting, the link and stopping take the lock).
 struct Shared {
+    /// What a client's hello must carry.
+    token: u64,
     stop: AtomicBool,
     connections: AtomicU64,
     link: Mutex<Link>,
@@ -106,6 +110,7 @@ impl PageServer {
         let listener = TcpListener::bind(addr).map_err(listen_error)?;
         let local = listener.local_addr().map_err(listen_error)?;
         let shared = Arc::new(Shared {
+            token: new_token(),
             stop: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             link: Mutex::new(Link {
@@ -136,6 +141,11 @@ impl PageServer {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// What a client must say in its hello to be served.
+    pub fn token(&self) -> u64 {
+        self.shared.token
+    }
+
     /// The switch for this server's link.
     pub fn link(&self) -> LinkSwitch {
         LinkSwitch(self.shared.clone())
@@ -149,6 +159,14 @@ impl Drop for PageServer {
             let _ = t.join();
         }
     }
+}
+
+/// A token nobody can guess: std seeds each RandomState from the system's randomness.
+fn new_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 fn accept_loop(
@@ -191,13 +209,14 @@ fn accept_loop(
             continue;
         };
         let image = image.clone();
+        let token = shared.token;
         let spawned = std::thread::Builder::new()
             .name(format!(
                 "page-serve{}",
                 shared.connections.load(Ordering::Relaxed)
             ))
             .spawn(move || {
-                if let Err(e) = serve(&stream, &image, spin) {
+                if let Err(e) = serve(&stream, &image, spin, token) {
                     tracing::warn!("page server: client {peer}: {e}; connection closed");
                 }
                 // Others hold a handle too: hang up now, not when the server stops.
@@ -262,7 +281,12 @@ fn refuse_source(w: &mut impl Write, e: &SourceError) -> std::io::Result<()> {
     }
 }
 
-fn serve(stream: &TcpStream, image: &InProcessSource, spin: Duration) -> Result<(), ConnError> {
+fn serve(
+    stream: &TcpStream,
+    image: &InProcessSource,
+    spin: Duration,
+    token: u64,
+) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::with_capacity(
         READ_BUFFER,
@@ -279,9 +303,17 @@ fn serve(stream: &TcpStream, image: &InProcessSource, spin: Duration) -> Result<
         return Ok(());
     }
     stream.set_read_timeout(None)?;
-    if let Err(e) = Hello::decode(&header) {
-        refuse(&mut writer, Status::Malformed, 0, &e.to_string())?;
-        return Err(e.into());
+    match Hello::decode(&header) {
+        Err(e) => {
+            refuse(&mut writer, Status::Malformed, 0, &e.to_string())?;
+            return Err(e.into());
+        }
+        Ok(hello) if hello.token != token => {
+            let why = "wrong token: this page server serves only its own destination";
+            refuse(&mut writer, Status::Malformed, 0, why)?;
+            return Err(ConnError::Token);
+        }
+        Ok(_) => {}
     }
     writer.write_all(
         &Welcome {

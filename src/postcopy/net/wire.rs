@@ -50,15 +50,19 @@ fn u64_at(b: &[u8; HEADER_LEN], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// The client's first frame.
+/// The client's first frame, with the server's token: only the destination the server
+/// was made for knows it, so no other local process reads or writes the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hello;
+pub struct Hello {
+    pub token: u64,
+}
 
 impl Hello {
     pub fn encode(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[..4].copy_from_slice(&MAGIC);
         b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..16].copy_from_slice(&self.token.to_le_bytes());
         b
     }
 
@@ -68,10 +72,12 @@ impl Hello {
         if version != VERSION {
             return Err(WireError::Version(version));
         }
-        if b[6..].iter().any(|&x| x != 0) {
+        if b[6..8].iter().any(|&x| x != 0) {
             return Err(WireError::Reserved);
         }
-        Ok(Hello)
+        Ok(Hello {
+            token: u64_at(b, 8),
+        })
     }
 }
 
@@ -266,7 +272,8 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        assert_eq!(Hello::decode(&Hello.encode()), Ok(Hello));
+        let hello = Hello { token: 0xfeed_f00d };
+        assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
         let w = Welcome {
             image_size: 1 << 30,
         };
@@ -288,10 +295,11 @@ mod tests {
 
     #[test]
     fn malformed_headers_say_what_is_wrong() {
-        let mut b = Hello.encode();
+        let hello = Hello { token: 1 };
+        let mut b = hello.encode();
         b[0] = b'X';
         assert_eq!(Hello::decode(&b), Err(WireError::BadMagic(*b"XLPG")));
-        let mut b = Hello.encode();
+        let mut b = hello.encode();
         b[4] = 9;
         assert_eq!(Hello::decode(&b), Err(WireError::Version(9)));
         let fetch = |gpa, len| Request {

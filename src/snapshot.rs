@@ -287,6 +287,16 @@ mod tests {
                       "mem_bytes":67108864,"page_size":4096}"#;
         let info: RunInfo = serde_json::from_str(old).unwrap();
         assert_eq!(info.backing, None);
+        assert_eq!(info.transport, None);
         assert_eq!(info.vcpus, 2);
+    }
+
+    #[test]
+    fn snapshots_from_before_links_still_read() {
+        let mut v = serde_json::to_value(crate::tui::fixture::snapshot(2, 1 << 30, 5)).unwrap();
+        let fields = v.as_object_mut().unwrap();
+        assert!(fields.remove("link_up").is_some());
+        let s: Snapshot = serde_json::from_value(v).unwrap();
+        assert_eq!(s.link_up, None);
     }
 }

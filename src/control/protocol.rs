@@ -149,6 +149,14 @@ mod tests {
             assert_eq!(roundtrip(&m, deflate), m);
             let c = Message::Command(Action::Throttle(Rate::BytesPerSec(1 << 20)));
             assert_eq!(roundtrip(&c, deflate), c);
+            for up in [false, true] {
+                let l = Message::Command(Action::Link(up));
+                assert_eq!(roundtrip(&l, deflate), l);
+            }
+            let mut down = snap.clone();
+            down.link_up = Some(false);
+            let m = Message::Snapshot(Box::new(down));
+            assert_eq!(roundtrip(&m, deflate), m);
         }
         let (mut plain, mut packed) = (Vec::new(), Vec::new());
         let m = Message::Snapshot(Box::new(snap));

@@ -610,6 +610,7 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
         push: true,
         backing: None,
         transport: crate::postcopy::Transport::Local,
+        link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
         timeline: Vec::new(),
     };
     let mut downtimes = (0..runs.max(1))

@@ -96,6 +96,10 @@ struct RunArgs {
     /// Delay added to each demand request, e.g. 200us.
     #[arg(long, value_parser = humantime::parse_duration)]
     rtt: Option<Duration>,
+    /// Over TCP, how long fetches keep reconnecting to a lost source before the run fails,
+    /// e.g. 30s (default 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    link_timeout: Option<Duration>,
     /// How long the source runs before switchover, e.g. 1s.
     #[arg(long, value_parser = humantime::parse_duration)]
     warmup: Option<Duration>,
@@ -168,6 +172,9 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     }
     if let Some(r) = args.rtt {
         c.rtt = r;
+    }
+    if let Some(t) = args.link_timeout {
+        c.link_timeout = t;
     }
     if let Some(w) = args.warmup {
         c.warmup = w;

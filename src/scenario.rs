@@ -73,6 +73,7 @@ struct File {
     push: Option<bool>,
     backing: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
+    link_timeout: Option<Spanned<String>>,
     #[serde(default)]
     timeline: Vec<Spanned<Entry>>,
 }
@@ -106,6 +107,7 @@ pub fn defaults() -> RunConfig {
         push: true,
         backing: None,
         transport: crate::postcopy::Transport::Local,
+        link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
         timeline: Vec::new(),
     }
 }
@@ -189,6 +191,9 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
     }
     if let Some(v) = &f.rtt {
         c.rtt = loc.duration(v)?;
+    }
+    if let Some(v) = &f.link_timeout {
+        c.link_timeout = loc.duration(v)?;
     }
     if let Some(v) = &f.warmup {
         c.warmup = loc.duration(v)?;
@@ -334,9 +339,10 @@ mod tests {
 
     #[test]
     fn a_timeline_can_take_the_link_down_and_up() {
-        let text = "transport = \"tcp\"\n[[timeline]]\nat = \"1s\"\nlink = false\n\
+        let text = "transport = \"tcp\"\nlink_timeout = \"5s\"\n[[timeline]]\nat = \"1s\"\nlink = false\n\
                     [[timeline]]\nat = \"3s\"\nlink = true\n";
         let c = parse("t.toml", text).unwrap();
+        assert_eq!(c.link_timeout, Duration::from_secs(5));
         let actions: Vec<_> = c.timeline.iter().map(|t| (t.at, t.action)).collect();
         assert_eq!(
             actions,

@@ -254,6 +254,7 @@ fn unknown_scenario_and_bad_values_exit_2() {
         vec!["run", "--headless", "--rtt", "soon"],
         vec!["run", "--headless", "--backing", "hugetlb"],
         vec!["run", "--headless", "--transport", "udp"],
+        vec!["run", "--headless", "--link-timeout", "soon"],
     ] {
         let out = faultline().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

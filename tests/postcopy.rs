@@ -24,6 +24,7 @@ fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
         push: true,
         backing: None,
         transport: Transport::Local,
+        link_timeout: postcopy::engine::LINK_TIMEOUT,
         timeline: vec![],
     }
 }
@@ -247,6 +248,44 @@ fn a_link_outage_stalls_the_faults_then_the_run_recovers_and_verifies() {
     // The guest faults all along: some fault waited out most of the outage.
     assert!(s.latency_us.max >= 300_000, "{s:#?}");
     assert!(s.blocktime_all_ms >= 300.0, "{s:#?}");
+}
+
+/// The link goes down and stays down past the run's link timeout: the run fails with
+/// the reason, promptly, with vCPUs and handler threads that were waiting on the source.
+fn check_a_source_gone_for_good_fails_the_run(mode: FaultMode) {
+    let mut c = config("random-read", mode, 2);
+    c.transport = Transport::Tcp;
+    c.fetch_rate = Rate::BytesPerSec(32 << 20);
+    c.duration = Duration::from_secs(20);
+    c.link_timeout = Duration::from_millis(300);
+    c.timeline = vec![TimedAction {
+        at: Duration::from_millis(200),
+        action: Action::Link(false),
+    }];
+    let started = std::time::Instant::now();
+    let err = postcopy::run(&c, &RunStatus::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("gave up after 0.3 s without the source"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+}
+
+#[test]
+fn a_source_gone_for_good_fails_the_run_uffd() {
+    check_a_source_gone_for_good_fails_the_run(FaultMode::Uffd);
+}
+
+#[test]
+fn a_source_gone_for_good_fails_the_run_exit() {
+    check_a_source_gone_for_good_fails_the_run(FaultMode::Exit);
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         push: true,
         backing: None,
         transport: faultline::postcopy::Transport::Local,
+        link_timeout: faultline::postcopy::engine::LINK_TIMEOUT,
         timeline: vec![],
     }
 }

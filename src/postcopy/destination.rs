@@ -555,6 +555,24 @@ impl Destination {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
     }
+
+    /// After the uffd readers have gone for good (a failed run): takes guest memory off
+    /// its userfaultfds, which wakes every vCPU still waiting in the kernel for a page
+    /// nobody will bring; it then sees whatever the memory holds, and can be stopped.
+    pub fn release_faults(&self) {
+        let total = self.pages.len();
+        for (i, uffd) in self.uffds.iter().enumerate() {
+            let first = BOOT_PAGES + i as u64 * self.part_pages;
+            let end = (first + self.part_pages).min(total);
+            if first >= end {
+                continue;
+            }
+            let start = self.ram.host_base() + first * PAGE_SIZE;
+            if let Err(e) = uffd.unregister(start, (end - first) * PAGE_SIZE) {
+                tracing::warn!("cannot release the faults of userfaultfd {i}: {e}");
+            }
+        }
+    }
 }
 
 impl MissingPageHandler for Destination {

@@ -27,8 +27,8 @@ use crate::vmm::{Backing, GuestRam, MissingPageHandler, Vm, VmConfig};
 
 /// Background push threads at most.
 const PUSH_THREADS: usize = 2;
-/// How long a fetch keeps reconnecting to a lost source before the run fails.
-const LINK_RECOVERY: Duration = Duration::from_secs(60);
+/// How long a fetch keeps reconnecting to a lost source before the run fails, by default.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a fault reaches userspace on the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -90,6 +90,8 @@ pub struct RunConfig {
     pub backing: Option<Backing>,
     /// How pages travel from the source to the destination.
     pub transport: Transport,
+    /// Over TCP, how long a fetch keeps trying to reach a lost source before the run fails.
+    pub link_timeout: Duration,
     pub timeline: Vec<TimedAction>,
 }
 
@@ -236,12 +238,16 @@ impl Workers {
         result
     }
 
-    /// Stops the rest after one ended early, and returns why it ended.
+    /// Stops the rest after one ended early, and returns why it ended. With no reader
+    /// left, vCPUs waiting in the kernel for pages are let go, so they can be stopped.
     fn failure(self) -> PostcopyError {
-        match self.finish() {
+        let dest = self.dest.clone();
+        let e = match self.finish() {
             Err(e) => e,
             Ok(()) => PostcopyError::Config("a post-copy thread stopped early".into()),
-        }
+        };
+        dest.release_faults();
+        e
     }
 
     fn any_finished(&self) -> bool {
@@ -383,7 +389,7 @@ fn switch_over(
     // The server's token is filled in by `page_source`, which makes the server.
     let options = ClientOptions {
         spin,
-        recover: LINK_RECOVERY,
+        recover: config.link_timeout,
         ..ClientOptions::default()
     };
     let (source, server) =

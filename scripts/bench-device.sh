@@ -13,15 +13,23 @@ mkdir -p "$OUT"
     grep -i kvm /proc/modules || true
 } >"$OUT/machine.txt" 2>&1
 "$BIN" probe >"$OUT/probe.txt" 2>&1 || true
-"$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both --repeat 5 \
-    --json >"$OUT/bench.json" 2>"$OUT/bench.err"
-# Both memory backings side by side, interleaved (the run above uses the default, shmem).
-"$BIN" bench --vcpus 1,4,16 --mode uffd,exit --backing anon,shmem --repeat 5 \
-    --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/backings.json" 2>>"$OUT/bench.err"
-# The same at 16 vCPUs with the threads placed by the scheduler.
-"$BIN" bench --vcpus 16 --mode uffd,exit --no-pin --repeat 3 \
-    --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 >"$OUT/no-pin-16.txt" 2>>"$OUT/bench.err"
+# Each step writes its own file and a failed step does not stop the rest (its exit status is
+# in steps.txt), so a run cut short still brings back what finished.
+step() {
+    name=$1
+    shift
+    "$@" >"$OUT/$name" 2>>"$OUT/bench.err"
+    echo "$name: exit $?" >>"$OUT/steps.txt"
+}
+step bench.json "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both \
+    --repeat 5 --json || true
 # Pages over TCP against local copies; the push is timed over TCP.
-"$BIN" bench --vcpus 1,4,16 --mode uffd,exit --transport tcp,local --repeat 3 \
-    --downtime-vcpus 0 --frame-vcpus 0 --json >"$OUT/tcp.json" 2>>"$OUT/bench.err"
+step tcp.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --transport tcp,local --repeat 3 \
+    --downtime-vcpus 0 --frame-vcpus 0 --json || true
+# Both memory backings side by side, interleaved (the run above uses the default, shmem).
+step backings.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --backing anon,shmem \
+    --repeat 5 --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json || true
+# The same at 16 vCPUs with the threads placed by the scheduler.
+step no-pin-16.txt "$BIN" bench --vcpus 16 --mode uffd,exit --no-pin --repeat 3 \
+    --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 || true
 echo done >"$OUT/done"

@@ -611,6 +611,7 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
         backing: None,
         transport: crate::postcopy::Transport::Local,
         link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
+        remote: None,
         timeline: Vec::new(),
     };
     let mut downtimes = (0..runs.max(1))

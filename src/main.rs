@@ -33,6 +33,9 @@ struct Cli {
 enum Command {
     /// Migrate a running guest post-copy and report what every vCPU went through.
     Run(RunArgs),
+    /// Run a guest and serve it to a destination in another process or on another host
+    /// (`faultline run --source ADDR --token T`), which takes it over post-copy.
+    Source(cli::source::SourceArgs),
     /// Measure demand paging: pages/s per fault mode and vCPU count, and the observer's cost.
     Bench(cli::bench::BenchArgs),
     /// Watch and steer a run served with `faultline run --control PATH`.
@@ -118,6 +121,13 @@ struct RunArgs {
     /// (fetched from a page server over a loopback socket). Default: local.
     #[arg(long)]
     transport: Option<faultline::postcopy::Transport>,
+    /// Take over the guest of a `faultline source` at HOST:PORT instead of starting one:
+    /// its vCPUs, memory and workload are the source's, and pages come over TCP.
+    #[arg(long, requires = "token", conflicts_with_all = ["vcpus", "mem", "workload", "shared", "transport", "warmup"])]
+    source: Option<String>,
+    /// The token the source printed (16 hex digits).
+    #[arg(long, requires = "source", value_parser = cli::source::parse_token)]
+    token: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,8 +201,31 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     if let Some(t) = args.transport {
         c.transport = t;
     }
+    if let (Some(addr), Some(token)) = (&args.source, args.token) {
+        take_over(&mut c, addr, token)?;
+    }
     c.validate().map_err(|e| UsageError(e.to_string()))?;
     Ok(c)
+}
+
+/// Makes `c` the destination of the source at `addr`: the guest is the one it offers.
+fn take_over(c: &mut RunConfig, addr: &str, token: u64) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| UsageError(format!("--source {addr}: not a HOST:PORT address")))?;
+    let remote = postcopy::Remote { addr, token };
+    let offer = remote.describe()?;
+    c.vcpus = offer.vcpus;
+    c.mem_bytes = offer.mem_bytes;
+    c.workload = offer
+        .workload()
+        .map_err(|e| anyhow::anyhow!("the source's workload: {e}"))?;
+    c.scenario = offer.scenario;
+    c.remote = Some(remote);
+    Ok(())
 }
 
 /// The summary as text; write errors are the caller's (a hung-up terminal is not fatal).
@@ -480,6 +513,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Probe { json }) => probe_cmd(json),
         Some(Command::Bench(args)) => cli::bench::run(args),
+        Some(Command::Source(args)) => cli::source::run(args),
         Some(Command::Attach(args)) => cli::observe::attach(args),
         Some(Command::Replay(args)) => cli::observe::replay(args),
         Some(Command::Run(args)) => run(args),

@@ -108,6 +108,7 @@ pub fn defaults() -> RunConfig {
         backing: None,
         transport: crate::postcopy::Transport::Local,
         link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
+        remote: None,
         timeline: Vec::new(),
     }
 }

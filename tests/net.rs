@@ -518,3 +518,22 @@ fn a_server_that_refuses_the_hello_says_why() {
         format!("page source at {addr}: protocol version 1 is not supported (this build speaks 2)")
     );
 }
+
+#[test]
+fn a_server_that_serves_pages_only_refuses_migration_control_and_says_why() {
+    let (server, _image) = serve();
+    for op in [Op::Describe, Op::Switchover, Op::Finish] {
+        let e = faultline::postcopy::net::control(server.addr(), server.token(), op)
+            .expect_err("no migration to control")
+            .to_string();
+        assert!(
+            e.contains(&server.addr().to_string()) && e.contains("serves pages only"),
+            "{e}"
+        );
+    }
+    // Pages are still served.
+    let source = TcpSource::connect(server.addr(), client_of(&server)).unwrap();
+    let mut page = vec![0u8; 4096];
+    source.fetch(7 * 4096, &mut page, &mut Vec::new()).unwrap();
+    assert_eq!(page_number(&page), 7);
+}

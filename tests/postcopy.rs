@@ -25,6 +25,7 @@ fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
         backing: None,
         transport: Transport::Local,
         link_timeout: postcopy::engine::LINK_TIMEOUT,
+        remote: None,
         timeline: vec![],
     }
 }

@@ -24,6 +24,7 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         backing: None,
         transport: faultline::postcopy::Transport::Local,
         link_timeout: faultline::postcopy::engine::LINK_TIMEOUT,
+        remote: None,
         timeline: vec![],
     }
 }

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::PostcopyError;
 use super::destination::{self, Destination};
 use super::monitor::Monitor;
-use super::net::{self, ClientOptions, LinkSwitch, PageServer, Transport};
-use super::source::{InProcessSource, SourceError};
+use super::net::{self, ClientOptions, LinkSwitch, PageServer, TcpSource, Transport};
+use super::remote::Remote;
+use super::source::{InProcessSource, PageSource, SourceError};
 use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
 use crate::guest::{self, Sharing, Workload};
@@ -93,9 +94,21 @@ pub struct RunConfig {
     /// Over TCP, how long a fetch keeps trying to reach a lost source before the run fails.
     pub link_timeout: Duration,
     pub timeline: Vec<TimedAction>,
+    /// A source in another process (`faultline source`) whose guest this run takes over,
+    /// instead of a source VM of its own; `vcpus`, `mem_bytes` and `workload` must be the
+    /// ones it offers, and pages travel over TCP.
+    pub remote: Option<Remote>,
 }
 
 impl RunConfig {
+    /// How pages travel: over TCP from a source in another process, else as configured.
+    pub fn transport(&self) -> Transport {
+        match self.remote {
+            Some(_) => Transport::Tcp,
+            None => self.transport,
+        }
+    }
+
     /// Checks what can be checked before any VM starts.
     pub fn validate(&self) -> Result<(), PostcopyError> {
         let bad = |m: String| Err(PostcopyError::Config(m));
@@ -294,8 +307,13 @@ struct Leg {
     number: u32,
     vm: Vm,
     dest: Arc<Destination>,
-    /// The source's image, which the checks compare against.
-    image: Arc<InProcessSource>,
+    /// What the checks compare against: the source's image here, or the pages of a source
+    /// in another process.
+    reference: Reference,
+    /// A source in another process, told when it is needed no more.
+    remote: Option<Remote>,
+    /// Each vCPU's pace on the source before the first switchover.
+    baseline: Vec<f64>,
     workers: Workers,
     switched_at: Instant,
     downtime: Duration,
@@ -316,28 +334,71 @@ impl Leg {
     /// Pages that differ between source and destination, and pages compared: every data
     /// page, but for the qwords the workload writes (the verify workload checks those with
     /// its own stamps). Checksum failures of pages in transit count as differences.
-    fn compare(&self, config: &RunConfig) -> (u64, u64) {
+    fn compare(&self, config: &RunConfig) -> Result<(u64, u64), PostcopyError> {
         let run = &self.dest.telemetry().run;
-        let (m, n) = compare_data(
-            self.image.image(),
-            self.dest.ram(),
-            config.workload.written_qwords(),
-        );
-        (m + run.checksum_mismatches.get(), n)
+        let skip = config.workload.written_qwords();
+        let (m, n) = match &self.reference {
+            Reference::Image(image) => compare_data(image.image(), self.dest.ram(), skip),
+            Reference::Fetched(source) => compare_fetched(source.as_ref(), self.dest.ram(), skip)?,
+        };
+        Ok((m + run.checksum_mismatches.get(), n))
     }
+
+    /// Tells a source in another process that this destination has every page. The run
+    /// does not depend on it: a source that cannot be told is noted.
+    fn release_source(&self, status: &RunStatus) {
+        if let Some(remote) = &self.remote {
+            match remote.finish() {
+                Ok(()) => status.note(format!(
+                    "migration {}: the source at {} is released",
+                    self.number, remote.addr
+                )),
+                Err(e) => status.note(format!("the source could not be released: {e}")),
+            }
+        }
+    }
+
+    /// Why the operator cannot take this leg's link down, if they cannot.
+    fn link(&self) -> Result<&LinkSwitch, &'static str> {
+        match (self.link.switch(), &self.remote) {
+            (Some(l), _) => Ok(l),
+            (None, Some(_)) => Err("the source is another process: faultline cannot cut that \
+                                    link (outages are simulated by a page server of this \
+                                    process, --transport tcp)"),
+            (None, None) => Err("pages are copied locally: there is no link to take down \
+                                 (--transport tcp has one)"),
+        }
+    }
+}
+
+/// What a leg's pages are checked against at the end.
+enum Reference {
+    Image(Arc<InProcessSource>),
+    Fetched(Arc<dyn PageSource>),
+}
+
+/// Where a leg's guest comes from.
+enum LegSource {
+    /// A VM of this process, running; paused at switchover.
+    Local(Vm),
+    /// A source in another process, which pauses its guest when asked.
+    Remote(Remote),
 }
 
 /// Moves the guest from `source_vm` to a new destination VM whose memory is all missing,
 /// and starts serving it. Downtime runs from the source's pause to the destination's resume.
 fn switch_over(
     config: &RunConfig,
-    source_vm: Vm,
+    from: LegSource,
     number: u32,
     baseline: &[f64],
     settings: Option<(Rate, bool)>,
     status: &RunStatus,
 ) -> Result<Leg, PostcopyError> {
-    let vm_config = source_vm.config();
+    let vm_config = VmConfig {
+        vcpus: config.vcpus,
+        mem_bytes: config.mem_bytes,
+    };
     // The destination is made ready before the source stops, like QEMU's -incoming.
     let backing = config
         .backing
@@ -367,7 +428,6 @@ fn switch_over(
         made.elapsed().as_millis()
     ));
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
-    let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
     // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
     // is shared, so a rate limit still holds for both together.
     let parts =
@@ -392,14 +452,29 @@ fn switch_over(
         recover: config.link_timeout,
         ..ClientOptions::default()
     };
-    let (source, server) =
-        net::page_source(config.transport, image.clone(), options).map_err(SourceError::from)?;
+    let (source, server, reference): (Arc<dyn PageSource>, _, _) = match &from {
+        LegSource::Local(source_vm) => {
+            let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+            let (source, server) = net::page_source(config.transport, image.clone(), options)
+                .map_err(SourceError::from)?;
+            (source, server, Reference::Image(image))
+        }
+        LegSource::Remote(remote) => {
+            let options = ClientOptions {
+                token: remote.token,
+                ..options
+            };
+            let source: Arc<dyn PageSource> =
+                Arc::new(TcpSource::connect(remote.addr, options).map_err(SourceError::from)?);
+            (source.clone(), None, Reference::Fetched(source))
+        }
+    };
     let link = LinkControl(server.as_ref().map(PageServer::link));
     let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
     let dest = Arc::new(Destination::with_uffds(
         dest_ram.clone(),
         uffds,
-        source,
+        source.clone(),
         Throttle::new(rate),
         config.rtt,
         telemetry,
@@ -412,7 +487,7 @@ fn switch_over(
     };
     // The boot region goes ahead while the source runs; the switchover moves only the
     // parts a running guest can change.
-    dest_ram.copy_from(source_vm.ram(), 0, BOOT_SIZE)?;
+    copy_boot(&from, source.as_ref(), &dest_ram, 0, BOOT_SIZE)?;
     let vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
     dest.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
     let mut workers = Workers {
@@ -452,9 +527,15 @@ fn switch_over(
     tracing::debug!(number, "destination ready");
     status.set_phase(Phase::Switchover);
     let t0 = Instant::now();
-    let states = source_vm.pause_and_capture_all()?;
+    let (states, baseline) = match &from {
+        LegSource::Local(source_vm) => (source_vm.pause_and_capture_all()?, baseline.to_vec()),
+        LegSource::Remote(remote) => {
+            let handover = remote.switch_over(config.vcpus)?;
+            (handover.states, handover.baseline_per_sec)
+        }
+    };
     for (gpa, len) in layout::live_boot_ranges(config.mem_bytes, config.vcpus) {
-        dest_ram.copy_from(source_vm.ram(), gpa, len)?;
+        copy_boot(&from, source.as_ref(), &dest_ram, gpa, len)?;
     }
     // Every restore lands before any vCPU runs: a running vCPU would take the CPU that
     // the others need to finish theirs.
@@ -463,7 +544,13 @@ fn switch_over(
     let downtime = t0.elapsed();
     dest.set_push(push);
     let switched_at = Instant::now();
-    drop(source_vm);
+    let remote = match from {
+        LegSource::Local(source_vm) => {
+            drop(source_vm);
+            None
+        }
+        LegSource::Remote(remote) => Some(remote),
+    };
     status.set_live(LiveMigration {
         number,
         vcpus: shared(&vm),
@@ -471,13 +558,14 @@ fn switch_over(
         link: link.switch().cloned(),
         switched_at: Some(switched_at),
         downtime: Some(downtime),
-        baseline_per_sec: baseline.to_vec(),
+        baseline_per_sec: baseline.clone(),
     });
     status.set_phase(Phase::Postcopy);
-    let via = server
-        .as_ref()
-        .map(|s| format!("; pages over tcp from {}", s.addr()))
-        .unwrap_or_default();
+    let via = match (&server, &remote) {
+        (Some(s), _) => format!("; pages over tcp from {}", s.addr()),
+        (None, Some(r)) => format!("; pages over tcp from the source at {}", r.addr),
+        (None, None) => String::new(),
+    };
     status.note(format!(
         "migration {number}: switched over, downtime {} us{via}",
         downtime.as_micros()
@@ -487,12 +575,45 @@ fn switch_over(
         number,
         vm,
         dest,
-        image,
+        reference,
+        remote,
+        baseline,
         workers,
         switched_at,
         downtime,
         _server: server,
     })
+}
+
+/// Copies `len` bytes of the boot region at `gpa` to the destination: from the source VM's
+/// RAM, or fetched from a source in another process (its checksums checked).
+fn copy_boot(
+    from: &LegSource,
+    source: &dyn PageSource,
+    dest_ram: &GuestRam,
+    gpa: u64,
+    len: u64,
+) -> Result<(), PostcopyError> {
+    match from {
+        LegSource::Local(vm) => Ok(dest_ram.copy_from(vm.ram(), gpa, len)?),
+        LegSource::Remote(_) => {
+            let mut buf = vec![0u8; len as usize];
+            let mut sums = Vec::new();
+            source.fetch(gpa, &mut buf, &mut sums)?;
+            let page = PAGE_SIZE as usize;
+            if let Some(bad) = buf
+                .chunks(page)
+                .zip(&sums)
+                .position(|(p, &sum)| crc32fast::hash(p) != sum)
+            {
+                return Err(PostcopyError::Config(format!(
+                    "boot page {:#x} arrived damaged (checksum mismatch)",
+                    gpa + (bad * page) as u64
+                )));
+            }
+            Ok(dest_ram.write(gpa, &buf)?)
+        }
+    }
 }
 
 fn shared(vm: &Vm) -> Vec<Arc<crate::vmm::VcpuShared>> {
@@ -522,7 +643,7 @@ fn run_info(config: &RunConfig) -> RunInfo {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         backing: config.backing.map(|b| b.as_str().to_string()),
-        transport: Some(config.transport.as_str().to_string()),
+        transport: Some(config.transport().as_str().to_string()),
         page_size: PAGE_SIZE,
     }
 }
@@ -591,11 +712,9 @@ pub fn run(
     })
 }
 
-fn migrate(
-    config: &RunConfig,
-    status: &RunStatus,
-    controls: Option<&Receiver<Action>>,
-) -> Result<Outcome, PostcopyError> {
+/// Starts the source VM and runs its workload for the warm-up; returns it running, with
+/// each vCPU's pace (accesses a second) as the baseline.
+fn warm_up(config: &RunConfig, status: &RunStatus) -> Result<(Vm, Vec<f64>), PostcopyError> {
     let vm_config = VmConfig {
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
@@ -646,7 +765,35 @@ fn migrate(
         .collect();
 
     tracing::debug!(?baseline, "warm-up done");
-    let mut leg = switch_over(config, source_vm, 1, &baseline, None, status)?;
+    Ok((source_vm, baseline))
+}
+
+fn migrate(
+    config: &RunConfig,
+    status: &RunStatus,
+    controls: Option<&Receiver<Action>>,
+) -> Result<Outcome, PostcopyError> {
+    let mut leg = match config.remote {
+        Some(remote) => {
+            status.set_phase(Phase::Warmup);
+            status.note(format!(
+                "taking over the guest of the source at {}",
+                remote.addr
+            ));
+            switch_over(config, LegSource::Remote(remote), 1, &[], None, status)?
+        }
+        None => {
+            let (source_vm, baseline) = warm_up(config, status)?;
+            switch_over(
+                config,
+                LegSource::Local(source_vm),
+                1,
+                &baseline,
+                None,
+                status,
+            )?
+        }
+    };
     let mut earlier_guest_errors = 0;
     let first_switch = leg.switched_at;
     let mut timeline = config.timeline.clone();
@@ -691,23 +838,32 @@ fn migrate(
                 // The operator's throttle and push carry over; filling the rest changes both.
                 let settings = (leg.dest.throttle.rate(), leg.dest.push_enabled());
                 leg.fill_rest();
-                let (m, n) = leg.compare(config);
+                let (m, n) = leg.compare(config)?;
                 mismatches += m;
                 pages_checked += n;
                 earlier_guest_errors += guest_errors(&leg.vm);
+                leg.release_source(status);
                 let Leg {
                     number,
                     vm,
                     workers,
+                    baseline,
                     ..
                 } = leg;
                 workers.finish()?;
-                leg = switch_over(config, vm, number + 1, &baseline, Some(settings), status)?;
+                leg = switch_over(
+                    config,
+                    LegSource::Local(vm),
+                    number + 1,
+                    &baseline,
+                    Some(settings),
+                    status,
+                )?;
                 injections.clear();
                 complete_at = None;
                 continue;
             }
-            match apply(&leg.dest, &leg.vm, leg.link.switch(), action) {
+            match apply(&leg.dest, &leg.vm, leg.link(), action) {
                 Ok(Some(inj)) => {
                     status.note(format!(
                         "injected {} pages at {:#x}; guest paused {} us",
@@ -754,7 +910,8 @@ fn migrate(
         leg.fill_rest();
         complete_at = Some(leg.switched_at.elapsed());
     }
-    let (m, n) = leg.compare(config);
+    let (m, n) = leg.compare(config)?;
+    leg.release_source(status);
     let Leg {
         number,
         vm,
@@ -833,7 +990,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
         vcpus: config.vcpus,
         mem_bytes: config.mem_bytes,
         backing: leg.dest.ram().backing().as_str().to_string(),
-        transport: config.transport.as_str().to_string(),
+        transport: config.transport().as_str().to_string(),
         page_size: PAGE_SIZE,
         pages_total: leg.dest.ram().pages(),
         pages_boot: layout::BOOT_PAGES,
@@ -866,7 +1023,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
 fn apply(
     dest: &Destination,
     vm: &Vm,
-    link: Option<&LinkSwitch>,
+    link: Result<&LinkSwitch, &str>,
     action: Action,
 ) -> Result<Option<InjectionSummary>, PostcopyError> {
     match action {
@@ -875,17 +1032,11 @@ fn apply(
         // Handled by the run loop, which owns the VMs.
         Action::Remigrate => {}
         Action::Link(up) => match link {
-            Some(l) => l.set(up),
-            None => {
-                return Err(PostcopyError::Refused(
-                    "pages are copied locally: there is no link to take down \
-                     (--transport tcp has one)"
-                        .into(),
-                ));
-            }
+            Ok(l) => l.set(up),
+            Err(why) => return Err(PostcopyError::Refused(why.into())),
         },
         // The pages' content goes back to the source, and the pages would wait for it.
-        Action::Inject(_) if link.is_some_and(|l| !l.is_up()) => {
+        Action::Inject(_) if link.is_ok_and(|l| !l.is_up()) => {
             return Err(PostcopyError::Refused(
                 "injection refused: the link is down, and the pages' content must go back \
                  to the source"
@@ -926,6 +1077,32 @@ fn compare_data(a: &GuestRam, b: &GuestRam, skip_qwords: &[usize]) -> (u64, u64)
         differ += u64::from(!same);
     }
     (differ, a.pages() - layout::BOOT_PAGES)
+}
+
+/// [`compare_data`] against a source in another process, fetched a chunk at a time.
+fn compare_fetched(
+    source: &dyn PageSource,
+    dest: &GuestRam,
+    skip_qwords: &[usize],
+) -> Result<(u64, u64), PostcopyError> {
+    const CHUNK_PAGES: u64 = 256;
+    let mut buf = vec![0u8; (CHUNK_PAGES * PAGE_SIZE) as usize];
+    let mut sums = Vec::new();
+    let mut differ = 0;
+    let mut page = layout::BOOT_PAGES;
+    while page < dest.pages() {
+        let count = CHUNK_PAGES.min(dest.pages() - page);
+        let chunk = &mut buf[..(count * PAGE_SIZE) as usize];
+        sums.clear();
+        source.fetch(page * PAGE_SIZE, chunk, &mut sums)?;
+        for (i, theirs) in chunk.chunks(PAGE_SIZE as usize).enumerate() {
+            // SAFETY: every destination page has been filled before the checks.
+            let ours = unsafe { dest.page_slice((page + i as u64) * PAGE_SIZE) };
+            differ += u64::from(!same_except(theirs, ours, skip_qwords));
+        }
+        page += count;
+    }
+    Ok((differ, dest.pages() - layout::BOOT_PAGES))
 }
 
 /// Whether two pages are equal but for the qwords at `skip` (ascending byte offsets).

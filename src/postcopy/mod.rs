@@ -9,6 +9,7 @@ pub mod engine;
 pub mod monitor;
 pub mod net;
 pub mod page_state;
+pub mod remote;
 pub mod source;
 pub mod status;
 pub mod throttle;
@@ -17,6 +18,7 @@ pub use destination::Destination;
 pub use engine::{Action, FaultMode, Phase, RunConfig, Summary, TimedAction, run};
 pub use monitor::Monitor;
 pub use net::Transport;
+pub use remote::{Offer, Remote, SourceGuest};
 pub use source::{InProcessSource, PageSource, SourceError};
 pub use status::{LiveMigration, RunStatus};
 pub use throttle::Throttle;
@@ -29,6 +31,8 @@ pub enum PostcopyError {
     Uffd(#[from] crate::uffd::UffdError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
     #[error(transparent)]
     Guest(#[from] crate::guest::GuestError),
     #[error(

@@ -53,6 +53,9 @@ pub enum VmmError {
     TooManyMsrs,
     #[error("KVM refused to restore MSR {index:#x}")]
     MsrRestore { index: u32 },
+    /// vCPU state bytes from a peer that is not this build, or cut short.
+    #[error("vCPU state does not decode: {0}")]
+    StateFormat(String),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] io::Error),
     #[error("cannot start a vCPU thread: {0}")]

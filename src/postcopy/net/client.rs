@@ -220,61 +220,61 @@ fn read_reason(conn: &mut Connection, len: u32) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&why).into_owned())
 }
 
-impl TcpSource {
-    /// Sends `request` (with `payload` for a put-back) and reads the response header; an
-    /// error response is read whole and turned into the source's error.
-    fn exchange(
-        &self,
-        conn: &mut Connection,
-        request: Request,
-        payload: &[u8],
-    ) -> Result<Response, Failure> {
-        let addr = self.addr;
-        let broken = |e| Failure::Broken(lost(addr, e));
-        if payload.is_empty() {
-            conn.writer.write_all(&request.encode()).map_err(broken)?;
-        } else {
-            conn.scratch.clear();
-            conn.scratch.extend_from_slice(&request.encode());
-            conn.scratch.extend_from_slice(payload);
-            conn.writer.write_all(&conn.scratch).map_err(broken)?;
+/// Sends `request` (with `payload` for a put-back) and reads the response header; an
+/// error response is read whole and turned into the source's error.
+fn exchange(
+    addr: SocketAddr,
+    conn: &mut Connection,
+    request: Request,
+    payload: &[u8],
+) -> Result<Response, Failure> {
+    let broken = |e| Failure::Broken(lost(addr, e));
+    if payload.is_empty() {
+        conn.writer.write_all(&request.encode()).map_err(broken)?;
+    } else {
+        conn.scratch.clear();
+        conn.scratch.extend_from_slice(&request.encode());
+        conn.scratch.extend_from_slice(payload);
+        conn.writer.write_all(&conn.scratch).map_err(broken)?;
+    }
+    let mut header = [0u8; HEADER_LEN];
+    conn.reader.read_exact(&mut header).map_err(broken)?;
+    let response = Response::decode(&header)
+        .map_err(|source| Failure::Broken(NetError::Wire { addr, source }))?;
+    // A control request's answer is as long as it is.
+    let expected = match request.op {
+        Op::Fetch => Some(request.len),
+        Op::PutBack => Some(0),
+        _ => None,
+    };
+    match response.status {
+        Status::Ok if expected.is_none_or(|e| e == response.len) => Ok(response),
+        Status::Ok => Err(Failure::Broken(NetError::Refused {
+            addr,
+            why: format!(
+                "answered {} bytes where {} were asked for",
+                response.len,
+                expected.unwrap_or_default()
+            ),
+        })),
+        Status::OutOfRange => {
+            read_reason(conn, response.len).map_err(broken)?;
+            Err(Failure::Answered(SourceError::OutOfRange {
+                gpa: request.gpa,
+                len: u64::from(request.len),
+                size: response.detail,
+            }))
         }
-        let mut header = [0u8; HEADER_LEN];
-        conn.reader.read_exact(&mut header).map_err(broken)?;
-        let response = Response::decode(&header)
-            .map_err(|source| Failure::Broken(NetError::Wire { addr, source }))?;
-        let expected = match request.op {
-            Op::Fetch => request.len,
-            Op::PutBack => 0,
-        };
-        match response.status {
-            Status::Ok if response.len == expected => Ok(response),
-            Status::Ok => Err(Failure::Broken(NetError::Refused {
+        Status::Malformed => {
+            let why = read_reason(conn, response.len).map_err(broken)?;
+            Err(Failure::Broken(NetError::Refused { addr, why }))
+        }
+        Status::Failed => {
+            let why = read_reason(conn, response.len).map_err(broken)?;
+            Err(Failure::Answered(SourceError::Net(NetError::Refused {
                 addr,
-                why: format!(
-                    "answered {} bytes where {expected} were asked for",
-                    response.len
-                ),
-            })),
-            Status::OutOfRange => {
-                read_reason(conn, response.len).map_err(broken)?;
-                Err(Failure::Answered(SourceError::OutOfRange {
-                    gpa: request.gpa,
-                    len: u64::from(request.len),
-                    size: response.detail,
-                }))
-            }
-            Status::Malformed => {
-                let why = read_reason(conn, response.len).map_err(broken)?;
-                Err(Failure::Broken(NetError::Refused { addr, why }))
-            }
-            Status::Failed => {
-                let why = read_reason(conn, response.len).map_err(broken)?;
-                Err(Failure::Answered(SourceError::Net(NetError::Refused {
-                    addr,
-                    why,
-                })))
-            }
+                why,
+            })))
         }
     }
 }
@@ -298,7 +298,7 @@ impl PageSource for TcpSource {
                     gpa: at,
                     len: chunk.len() as u32,
                 };
-                self.exchange(conn, request, &[])?;
+                exchange(addr, conn, request, &[])?;
                 conn.reader.read_exact(chunk).map_err(broken)?;
                 let mut sums = [0u8; 4];
                 for _ in 0..checksum_bytes(request.len) / 4 {
@@ -324,7 +324,7 @@ impl PageSource for TcpSource {
                     gpa: at,
                     len: chunk.len() as u32,
                 };
-                self.exchange(conn, request, chunk)?;
+                exchange(self.addr, conn, request, chunk)?;
                 at += chunk.len() as u64;
             }
             Ok(())
@@ -334,4 +334,29 @@ impl PageSource for TcpSource {
     fn describe(&self) -> String {
         format!("tcp {}", self.addr)
     }
+}
+
+/// Sends one migration control request (wire.rs) to the source at `addr` on a connection
+/// of its own, and returns the answer's bytes.
+pub fn control(addr: SocketAddr, token: u64, op: Op) -> Result<Vec<u8>, NetError> {
+    let options = ClientOptions {
+        token,
+        ..ClientOptions::default()
+    };
+    let (mut conn, _) = open(addr, options)?;
+    let response = match exchange(addr, &mut conn, Request::control(op), &[]) {
+        Ok(r) => r,
+        Err(Failure::Broken(e)) | Err(Failure::Answered(SourceError::Net(e))) => return Err(e),
+        Err(Failure::Answered(e)) => {
+            return Err(NetError::Refused {
+                addr,
+                why: e.to_string(),
+            });
+        }
+    };
+    let mut answer = vec![0u8; response.len as usize];
+    conn.reader
+        .read_exact(&mut answer)
+        .map_err(|e| lost(addr, e))?;
+    Ok(answer)
 }

@@ -6,8 +6,8 @@ pub mod client;
 pub mod server;
 pub mod wire;
 
-pub use client::{ClientOptions, TcpSource};
-pub use server::{LinkSwitch, PageServer};
+pub use client::{ClientOptions, TcpSource, control};
+pub use server::{LinkSwitch, MigrationControl, PageServer, new_token};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -36,6 +36,20 @@ enum ConnError {
     Wire(#[from] WireError),
     #[error("wrong token in its hello")]
     Token,
+    #[error("a migration control request to a server that serves pages only")]
+    NoControl,
+}
+
+/// What a source in another process answers besides pages: the migration's control
+/// requests (wire.rs). Called from connection threads, never from a fault path.
+pub trait MigrationControl: Send + Sync {
+    /// The guest on offer, as JSON.
+    fn describe(&self) -> Vec<u8>;
+    /// Pauses the guest and answers with what the destination resumes it from; a second
+    /// call answers the same without pausing anything again.
+    fn switch_over(&self) -> Result<Vec<u8>, String>;
+    /// The destination has every page and needs the source no more.
+    fn finish(&self);
 }
 
 /// Serves one image until dropped; dropping it closes every connection.
@@ -98,6 +112,28 @@ impl PageServer {
         image: Arc<InProcessSource>,
         spin: Duration,
     ) -> Result<Self, NetError> {
+        Self::bind_with(addr, image, spin, new_token(), None)
+    }
+
+    /// Like [`PageServer::bind`], for a source whose destination is another process: it
+    /// also answers `control`'s requests, and clients must say `token`.
+    pub fn bind_migration(
+        addr: impl ToSocketAddrs,
+        image: Arc<InProcessSource>,
+        spin: Duration,
+        token: u64,
+        control: Arc<dyn MigrationControl>,
+    ) -> Result<Self, NetError> {
+        Self::bind_with(addr, image, spin, token, Some(control))
+    }
+
+    fn bind_with(
+        addr: impl ToSocketAddrs,
+        image: Arc<InProcessSource>,
+        spin: Duration,
+        token: u64,
+        control: Option<Arc<dyn MigrationControl>>,
+    ) -> Result<Self, NetError> {
         let shown = addr
             .to_socket_addrs()
             .ok()
@@ -110,7 +146,7 @@ impl PageServer {
         let listener = TcpListener::bind(addr).map_err(listen_error)?;
         let local = listener.local_addr().map_err(listen_error)?;
         let shared = Arc::new(Shared {
-            token: new_token(),
+            token,
             stop: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             link: Mutex::new(Link {
@@ -122,7 +158,7 @@ impl PageServer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("page-server".into())
-                .spawn(move || accept_loop(&listener, &image, spin, &shared))
+                .spawn(move || accept_loop(&listener, &image, control, spin, &shared))
                 .map_err(NetError::Thread)?
         };
         Ok(PageServer {
@@ -139,6 +175,13 @@ impl PageServer {
     /// Connections accepted and served so far.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections being served now.
+    pub fn open_connections(&self) -> usize {
+        let mut link = self.shared.link();
+        link.served.retain(|(_, t)| !t.is_finished());
+        link.served.len()
     }
 
     /// What a client must say in its hello to be served.
@@ -162,7 +205,7 @@ impl Drop for PageServer {
 }
 
 /// A token nobody can guess: std seeds each RandomState from the system's randomness.
-fn new_token() -> u64 {
+pub fn new_token() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -172,6 +215,7 @@ fn new_token() -> u64 {
 fn accept_loop(
     listener: &TcpListener,
     image: &Arc<InProcessSource>,
+    control: Option<Arc<dyn MigrationControl>>,
     spin: Duration,
     shared: &Shared,
 ) {
@@ -209,6 +253,7 @@ fn accept_loop(
             continue;
         };
         let image = image.clone();
+        let control = control.clone();
         let token = shared.token;
         let spawned = std::thread::Builder::new()
             .name(format!(
@@ -216,7 +261,7 @@ fn accept_loop(
                 shared.connections.load(Ordering::Relaxed)
             ))
             .spawn(move || {
-                if let Err(e) = serve(&stream, &image, spin, token) {
+                if let Err(e) = serve(&stream, &image, control.as_deref(), spin, token) {
                     tracing::warn!("page server: client {peer}: {e}; connection closed");
                 }
                 // Others hold a handle too: hang up now, not when the server stops.
@@ -284,6 +329,7 @@ fn refuse_source(w: &mut impl Write, e: &SourceError) -> std::io::Result<()> {
 fn serve(
     stream: &TcpStream,
     image: &InProcessSource,
+    control: Option<&dyn MigrationControl>,
     spin: Duration,
     token: u64,
 ) -> Result<(), ConnError> {
@@ -360,6 +406,36 @@ fn serve(
                 match image.put_back(request.gpa, &frame) {
                     Ok(()) => writer.write_all(&Response::ok(0).encode())?,
                     Err(e) => refuse_source(&mut writer, &e)?,
+                }
+            }
+            Op::Describe | Op::Switchover | Op::Finish => {
+                let Some(control) = control else {
+                    let why = "this page server serves pages only: there is no migration \
+                               to control";
+                    refuse(&mut writer, Status::Malformed, 0, why)?;
+                    return Err(ConnError::NoControl);
+                };
+                let answer = match request.op {
+                    Op::Describe => Ok(control.describe()),
+                    Op::Switchover => control.switch_over(),
+                    _ => {
+                        control.finish();
+                        Ok(Vec::new())
+                    }
+                };
+                match answer {
+                    Ok(bytes) if bytes.len() <= MAX_PAYLOAD as usize => {
+                        frame.clear();
+                        frame.extend_from_slice(&Response::ok(bytes.len() as u32).encode());
+                        frame.extend_from_slice(&bytes);
+                        writer.write_all(&frame)?;
+                    }
+                    Ok(bytes) => {
+                        let why =
+                            format!("an answer of {} bytes does not fit a frame", bytes.len());
+                        refuse(&mut writer, Status::Failed, 0, &why)?;
+                    }
+                    Err(why) => refuse(&mut writer, Status::Failed, 0, &why)?,
                 }
             }
         }

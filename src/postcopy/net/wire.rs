@@ -6,6 +6,12 @@
 //! - fetch `len` bytes at `gpa`: the data, then one CRC32 per page computed at the source;
 //! - put back `len` bytes at `gpa` (the request carries the data): an empty response.
 //!
+//! A source in another process (`faultline source`) also answers the migration's control
+//! requests, which carry no range (`gpa` and `len` zero):
+//! - describe: the guest on offer, as JSON;
+//! - switch over: the source pauses its guest and answers with the vCPU states;
+//! - finish: the destination has every page and needs the source no more.
+//!
 //! An error response carries a UTF-8 reason as its payload.
 
 use crate::vmm::layout::PAGE_SIZE;
@@ -34,6 +40,8 @@ pub enum WireError {
     TooLong { len: u32 },
     #[error("{len:#x} bytes at {gpa:#x} are not whole pages")]
     Unaligned { gpa: u64, len: u32 },
+    #[error("a control request carries no range ({len:#x} bytes at {gpa:#x} given)")]
+    ControlRange { gpa: u64, len: u32 },
 }
 
 fn u16_at(b: &[u8; HEADER_LEN], at: usize) -> u16 {
@@ -120,6 +128,9 @@ fn check_magic(b: &[u8; HEADER_LEN]) -> Result<(), WireError> {
 pub enum Op {
     Fetch,
     PutBack,
+    Describe,
+    Switchover,
+    Finish,
 }
 
 impl Op {
@@ -127,7 +138,15 @@ impl Op {
         match self {
             Op::Fetch => 1,
             Op::PutBack => 2,
+            Op::Describe => 3,
+            Op::Switchover => 4,
+            Op::Finish => 5,
         }
+    }
+
+    /// A migration control request rather than a page transfer.
+    pub fn is_control(self) -> bool {
+        matches!(self, Op::Describe | Op::Switchover | Op::Finish)
     }
 }
 
@@ -139,6 +158,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// A control request: no range.
+    pub fn control(op: Op) -> Request {
+        Request { op, gpa: 0, len: 0 }
+    }
+
     pub fn encode(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0] = self.op.code();
@@ -151,12 +175,21 @@ impl Request {
         let op = match b[0] {
             1 => Op::Fetch,
             2 => Op::PutBack,
+            3 => Op::Describe,
+            4 => Op::Switchover,
+            5 => Op::Finish,
             other => return Err(WireError::UnknownOp(other)),
         };
         if b[1..4].iter().any(|&x| x != 0) {
             return Err(WireError::Reserved);
         }
         let (len, gpa) = (u32_at(b, 4), u64_at(b, 8));
+        if op.is_control() {
+            if len != 0 || gpa != 0 {
+                return Err(WireError::ControlRange { gpa, len });
+            }
+            return Ok(Request { op, gpa, len });
+        }
         if len > MAX_PAYLOAD {
             return Err(WireError::TooLong { len });
         }
@@ -169,8 +202,8 @@ impl Request {
     /// Bytes of data that follow the header.
     pub fn payload(&self) -> usize {
         match self.op {
-            Op::Fetch => 0,
             Op::PutBack => self.len as usize,
+            _ => 0,
         }
     }
 }
@@ -285,6 +318,11 @@ mod tests {
         };
         assert_eq!(Request::decode(&r.encode()), Ok(r));
         assert_eq!(r.payload(), 0x2000);
+        for op in [Op::Describe, Op::Switchover, Op::Finish] {
+            let c = Request::control(op);
+            assert_eq!(Request::decode(&c.encode()), Ok(c));
+            assert_eq!(c.payload(), 0);
+        }
         let s = Response {
             status: Status::OutOfRange,
             len: 12,
@@ -332,6 +370,12 @@ mod tests {
                 gpa: 0x1000,
                 len: 0
             })
+        );
+        let mut b = Request::control(Op::Switchover).encode();
+        b[8] = 0x10;
+        assert_eq!(
+            Request::decode(&b),
+            Err(WireError::ControlRange { gpa: 0x10, len: 0 })
         );
         let mut b = Response::ok(0).encode();
         b[0] = 9;

@@ -1,0 +1,151 @@
+//! `faultline source`: the source half of a migration between two processes or hosts. It
+//! runs the guest and waits for a destination (`faultline run --source ADDR --token T`)
+//! to take it over, then serves its pages until the destination has them all.
+
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use faultline::guest::{self, Sharing, Workload};
+use faultline::postcopy::net::{self, PageServer};
+use faultline::postcopy::{InProcessSource, Offer, SourceGuest, remote};
+use faultline::scenario;
+use faultline::units::Bytes;
+use faultline::vmm::{Vm, VmConfig, layout};
+
+use crate::UsageError;
+
+/// How long a source whose guest was taken over waits for a destination that went away
+/// without finishing (it may reconnect) before it gives up.
+const ABANDON_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Args)]
+pub struct SourceArgs {
+    /// A scenario file or built-in whose guest (vCPUs, memory, workload) is served; the
+    /// rest of it is the destination's to choose.
+    scenario: Option<String>,
+    /// Where destinations connect, e.g. 0.0.0.0:7070; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The token a destination must present (16 hex digits). Default: a random one.
+    #[arg(long, value_parser = parse_token)]
+    token: Option<u64>,
+    #[arg(long)]
+    vcpus: Option<usize>,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(long, value_parser = crate::parse_size)]
+    mem: Option<u64>,
+    /// PATTERN-OP (sequential, random, hotspot, stride x read, write, mixed), verify or touch.
+    #[arg(long)]
+    workload: Option<Workload>,
+    /// All vCPUs work on the same memory instead of their own slices.
+    #[arg(long)]
+    shared: bool,
+}
+
+pub(crate) fn parse_token(s: &str) -> Result<u64, String> {
+    if s.len() != 16 {
+        return Err(format!("'{s}' is not 16 hex digits"));
+    }
+    u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not 16 hex digits"))
+}
+
+pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
+    let mut c = scenario::load(args.scenario.as_deref().unwrap_or("default"))
+        .map_err(|e| UsageError(e.to_string()))?;
+    if let Some(v) = args.vcpus {
+        c.vcpus = v;
+    }
+    if let Some(m) = args.mem {
+        c.mem_bytes = m;
+    }
+    if let Some(w) = args.workload {
+        let sharing = c.workload.sharing;
+        c.workload = w;
+        c.workload.sharing = sharing;
+    }
+    if args.shared {
+        c.workload.sharing = Sharing::Shared;
+    }
+    c.validate().map_err(|e| UsageError(e.to_string()))?;
+    let listen = args
+        .listen
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| UsageError(format!("--listen {}: not a HOST:PORT address", args.listen)))?;
+    drop(faultline::vmm::open_kvm()?);
+
+    let program = guest::assemble(&c.workload, c.vcpus, &layout::placement(c.mem_bytes))?;
+    let vm = Vm::new(VmConfig {
+        vcpus: c.vcpus,
+        mem_bytes: c.mem_bytes,
+    })?;
+    vm.load(&program)?;
+    let image = Arc::new(InProcessSource::new(vm.ram().clone()));
+    vm.resume_all()?;
+    let offer = Offer::new(&c.scenario, c.vcpus, c.mem_bytes, &c.workload);
+    let guest = Arc::new(SourceGuest::new(offer, vm));
+    let token = args.token.unwrap_or_else(net::new_token);
+    // A server thread per fetching thread of the destination, which may be on this host.
+    let spin = net::socket_spin(c.vcpus, c.vcpus);
+    let server = PageServer::bind_migration(listen, image, spin, token, remote::control(&guest))
+        .map_err(|e| UsageError(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "faultline source: a {}-vCPU {} guest ({}, scenario {}) runs; serving it on {}",
+        c.vcpus,
+        Bytes(c.mem_bytes),
+        c.workload,
+        c.scenario,
+        server.addr()
+    )?;
+    writeln!(
+        out,
+        "take it over with: faultline run --source {} --token {token:016x}",
+        server.addr()
+    )?;
+    out.flush()?;
+    drop(out);
+
+    let started = Instant::now();
+    let mut paced = false;
+    let mut switched_at: Option<Instant> = None;
+    let mut alone_since: Option<Instant> = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(f) = guest.failure() {
+            anyhow::bail!("the guest failed before any destination took it over: {f}");
+        }
+        // The baseline is the guest's pace after its first touches of fresh memory.
+        if !paced && started.elapsed() >= c.warmup / 2 {
+            guest.mark_pace();
+            paced = true;
+        }
+        if guest.finished() {
+            println!(
+                "faultline source: the destination has every page; released after {} connections",
+                server.connections()
+            );
+            return Ok(true);
+        }
+        if switched_at.is_none() && guest.switched_over() {
+            switched_at = Some(Instant::now());
+            println!("faultline source: switched over; the guest runs at the destination now");
+        }
+        if switched_at.is_some() {
+            if server.open_connections() > 0 {
+                alone_since = None;
+            } else if alone_since.get_or_insert_with(Instant::now).elapsed() >= ABANDON_AFTER {
+                anyhow::bail!(
+                    "the destination went away without finishing and did not come back \
+                     within {} s; the pages it had not fetched are lost",
+                    ABANDON_AFTER.as_secs()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! A migration between two processes, or two hosts: `faultline source` runs the guest and
+//! serves its memory and its switchover over TCP (a page server that also answers the
+//! control requests of wire.rs); `faultline run --source ADDR` is the destination, which
+//! learns the guest from the offer, copies the boot region while the source runs, asks
+//! for the switchover and fetches every other page as post-copy does.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::net::{self, MigrationControl, NetError, wire::Op};
+use crate::guest::{Sharing, Workload};
+use crate::vmm::{Vm, VmmError, state::VcpuState};
+
+/// The offer's format; a destination refuses any other.
+pub const OFFER_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("the source at {addr} sent an offer this build cannot read: {why}")]
+    Offer { addr: SocketAddr, why: String },
+    #[error("the source at {addr} sent a switchover this build cannot read: {why}")]
+    Handover { addr: SocketAddr, why: String },
+}
+
+/// What a source serves: the guest a destination must build to take it over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    pub version: u32,
+    /// The source's scenario name, for the destination's header and summary.
+    pub scenario: String,
+    pub vcpus: usize,
+    pub mem_bytes: u64,
+    /// The workload as `--workload` spells it.
+    pub workload: String,
+    /// The vCPUs work on the same memory instead of their own slices.
+    pub shared: bool,
+}
+
+impl Offer {
+    pub fn new(scenario: &str, vcpus: usize, mem_bytes: u64, workload: &Workload) -> Offer {
+        Offer {
+            version: OFFER_VERSION,
+            scenario: scenario.to_string(),
+            vcpus,
+            mem_bytes,
+            workload: workload.to_string(),
+            shared: workload.sharing == Sharing::Shared,
+        }
+    }
+
+    /// The offered workload, with its sharing.
+    pub fn workload(&self) -> Result<Workload, String> {
+        let mut w: Workload = self.workload.parse().map_err(|e| format!("{e}"))?;
+        w.sharing = if self.shared {
+            Sharing::Shared
+        } else {
+            Sharing::Own
+        };
+        Ok(w)
+    }
+}
+
+/// What the source hands over at switchover: each vCPU's pace before it (the baseline the
+/// live view compares against) and its state.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    pub baseline_per_sec: Vec<f64>,
+    pub states: Vec<VcpuState>,
+}
+
+impl Handover {
+    /// vCPU count (u32 LE), the baselines (f64 LE each), then the states.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
+        for b in &self.baseline_per_sec {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        for s in &self.states {
+            s.encode(&mut out);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8], vcpus: usize) -> Result<Handover, String> {
+        let (count, mut rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or("no vCPU count".to_string())?;
+        let count = u32::from_le_bytes(*count) as usize;
+        if count != vcpus {
+            return Err(format!("{count} vCPU states for a guest of {vcpus} vCPUs"));
+        }
+        let mut baseline_per_sec = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (b, after) = rest
+                .split_first_chunk::<8>()
+                .ok_or("cut short in the baselines".to_string())?;
+            baseline_per_sec.push(f64::from_le_bytes(*b));
+            rest = after;
+        }
+        let states = (0..count)
+            .map(|_| VcpuState::decode(&mut rest))
+            .collect::<Result<Vec<_>, VmmError>>()
+            .map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes left over after the states", rest.len()));
+        }
+        Ok(Handover {
+            baseline_per_sec,
+            states,
+        })
+    }
+}
+
+/// Where a destination finds its source: the address and the token the source printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub token: u64,
+}
+
+impl Remote {
+    /// Asks the source what it serves.
+    pub fn describe(&self) -> Result<Offer, RemoteError> {
+        let bytes = net::control(self.addr, self.token, Op::Describe)?;
+        let bad = |why: String| RemoteError::Offer {
+            addr: self.addr,
+            why,
+        };
+        let offer: Offer = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if offer.version != OFFER_VERSION {
+            return Err(bad(format!(
+                "offer version {} (this build reads {OFFER_VERSION})",
+                offer.version
+            )));
+        }
+        offer.workload().map_err(bad)?;
+        Ok(offer)
+    }
+
+    /// Has the source pause its guest and hand it over.
+    pub fn switch_over(&self, vcpus: usize) -> Result<Handover, RemoteError> {
+        let bytes = net::control(self.addr, self.token, Op::Switchover)?;
+        Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
+            addr: self.addr,
+            why,
+        })
+    }
+
+    /// Tells the source the destination has every page.
+    pub fn finish(&self) -> Result<(), RemoteError> {
+        net::control(self.addr, self.token, Op::Finish)?;
+        Ok(())
+    }
+}
+
+/// The source's side: its running guest, until a destination takes it over.
+pub struct SourceGuest {
+    offer: Offer,
+    vm: Mutex<Option<Vm>>,
+    /// The handover once made: a repeated switchover request gets the same answer.
+    handover: Mutex<Option<Vec<u8>>>,
+    /// When the guest started, and its accesses then, for the baseline.
+    pace_from: Mutex<(Instant, Vec<u64>)>,
+    finished: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing is left half-done under these locks.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SourceGuest {
+    /// `vm` must be running its workload.
+    pub fn new(offer: Offer, vm: Vm) -> SourceGuest {
+        let accesses = accesses(&vm);
+        SourceGuest {
+            offer,
+            vm: Mutex::new(Some(vm)),
+            handover: Mutex::new(None),
+            pace_from: Mutex::new((Instant::now(), accesses)),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the baseline's window now: the guest's pace before the switchover is
+    /// measured from the last call (the source calls this once its guest is warm).
+    pub fn mark_pace(&self) {
+        if let Some(vm) = lock(&self.vm).as_ref() {
+            *lock(&self.pace_from) = (Instant::now(), accesses(vm));
+        }
+    }
+
+    pub fn switched_over(&self) -> bool {
+        lock(&self.handover).is_some()
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Why the guest stopped on its own, if it did (before any switchover).
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.vm).as_ref().and_then(Vm::failure)
+    }
+
+    fn hand_over(&self) -> Result<Vec<u8>, String> {
+        let mut handover = lock(&self.handover);
+        if let Some(bytes) = handover.as_ref() {
+            return Ok(bytes.clone());
+        }
+        let vm = lock(&self.vm)
+            .take()
+            .ok_or("the guest is gone: nothing to hand over")?;
+        let states = vm.pause_and_capture_all().map_err(|e| e.to_string())?;
+        let (since, before) = lock(&self.pace_from).clone();
+        let secs = since.elapsed().as_secs_f64().max(1e-6);
+        let baseline_per_sec = accesses(&vm)
+            .iter()
+            .zip(before.iter().chain(std::iter::repeat(&0)))
+            .map(|(&now, &then)| now.saturating_sub(then) as f64 / secs)
+            .collect();
+        // The vCPU threads end here; the RAM lives on in the page server's image.
+        drop(vm);
+        let bytes = Handover {
+            baseline_per_sec,
+            states,
+        }
+        .encode();
+        *handover = Some(bytes.clone());
+        Ok(bytes)
+    }
+}
+
+fn accesses(vm: &Vm) -> Vec<u64> {
+    vm.vcpus()
+        .iter()
+        .map(|v| v.stats().guest_accesses.load(Ordering::Relaxed))
+        .collect()
+}
+
+impl MigrationControl for SourceGuest {
+    fn describe(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.offer).unwrap_or_default()
+    }
+
+    fn switch_over(&self) -> Result<Vec<u8>, String> {
+        self.hand_over()
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+/// Shares a source guest with the page server that answers for it.
+pub fn control(guest: &Arc<SourceGuest>) -> Arc<dyn MigrationControl> {
+    guest.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offer_carries_the_workload_and_its_sharing() {
+        let mut w: Workload = "random-mixed".parse().expect("workload");
+        w.sharing = Sharing::Shared;
+        let offer = Offer::new("demo", 3, 256 << 20, &w);
+        let json = serde_json::to_vec(&offer).expect("json");
+        let back: Offer = serde_json::from_slice(&json).expect("parses");
+        assert_eq!(back, offer);
+        assert_eq!(back.workload(), Ok(w));
+        let bad = Offer {
+            workload: "zigzag".into(),
+            ..offer
+        };
+        assert!(bad.workload().is_err());
+    }
+
+    #[test]
+    fn a_handover_survives_the_wire_and_must_match_its_guest() {
+        let state = |rip| {
+            let mut s = VcpuState {
+                regs: Default::default(),
+                sregs: Default::default(),
+                fpu: Default::default(),
+                xcrs: None,
+                msrs: Vec::new(),
+                lapic: Default::default(),
+                events: Default::default(),
+                mp_state: Default::default(),
+            };
+            s.regs.rip = rip;
+            s
+        };
+        let h = Handover {
+            baseline_per_sec: vec![1.5, 2.5],
+            states: vec![state(0x1000), state(0x2000)],
+        };
+        let bytes = h.encode();
+        let back = Handover::decode(&bytes, 2).expect("decodes");
+        assert_eq!(back.baseline_per_sec, vec![1.5, 2.5]);
+        assert_eq!(back.states[1].regs.rip, 0x2000);
+        assert_eq!(
+            Handover::decode(&bytes, 3).expect_err("count").as_str(),
+            "2 vCPU states for a guest of 3 vCPUs"
+        );
+        let e = Handover::decode(&bytes[..bytes.len() - 1], 2).expect_err("cut");
+        assert!(e.contains("cut short"), "{e}");
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            Handover::decode(&long, 2).expect_err("long").as_str(),
+            "1 bytes left over after the states"
+        );
+    }
+}

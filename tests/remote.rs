@@ -1,0 +1,290 @@
+//! A migration between two `faultline` processes: `faultline source` runs the guest on real
+//! KVM and serves it over TCP; `faultline run --source ADDR --token T` takes it over
+//! post-copy and proves every page arrived.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn faultline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_faultline"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A running `faultline source`; killed when dropped.
+struct Source {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: String,
+    token: String,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_lines(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Source {
+    fn start(args: &[&str]) -> Source {
+        let mut child = faultline()
+            .arg("source")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("faultline source starts");
+        let lines = read_lines(child.stdout.take().expect("stdout"));
+        let first = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the source says what it serves");
+        assert!(first.contains("serving it on"), "{first}");
+        let how = lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the source says how to take it over");
+        // take it over with: faultline run --source ADDR --token T
+        let words: Vec<&str> = how.split_whitespace().collect();
+        let after = |flag| {
+            let i = words.iter().position(|w| *w == flag).expect(flag);
+            words[i + 1].to_string()
+        };
+        Source {
+            addr: after("--source"),
+            token: after("--token"),
+            child,
+            lines,
+        }
+    }
+
+    /// Waits for the source to end by itself; its exit status and what it printed.
+    fn wait(mut self, within: Duration) -> (bool, Vec<String>) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let said = self.lines.try_iter().collect();
+                return (status.success(), said);
+            }
+            assert!(Instant::now() < deadline, "the source did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn take_over(source: &Source, extra: &[&str]) -> Output {
+    faultline()
+        .args(["run", "--headless", "--json", "--source", &source.addr])
+        .args(["--token", &source.token])
+        .args(extra)
+        .output()
+        .expect("faultline run")
+}
+
+#[test]
+fn a_guest_served_by_another_process_is_taken_over_and_every_page_verified() {
+    for mode in ["exit", "uffd"] {
+        let source = Source::start(&["--vcpus", "2", "--mem", "64M", "--workload", "verify"]);
+        let out = take_over(
+            &source,
+            &[
+                "--mode",
+                mode,
+                "--duration",
+                "1s",
+                "--fetch-rate",
+                "unlimited",
+            ],
+        );
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+        // The guest is the source's, not the destination scenario's.
+        assert_eq!(s["vcpus"], 2, "{s}");
+        assert_eq!(s["mem_bytes"], 64 << 20, "{s}");
+        assert_eq!(s["workload"], "verify", "{s}");
+        assert_eq!(s["mode"], mode, "{s}");
+        assert_eq!(s["transport"], "tcp", "{s}");
+        assert_eq!(s["verified"], true, "{s}");
+        assert_eq!(s["verify"]["mismatches"], 0, "{s}");
+        assert_eq!(s["verify"]["guest_errors"], 0, "{s}");
+        assert_eq!(s["verify"]["pages_checked"], (64 << 20) / 4096 - 512, "{s}");
+        let fetched = s["pages_demand"].as_u64().unwrap() + s["pages_pushed"].as_u64().unwrap();
+        assert_eq!(fetched, (64 << 20) / 4096 - 512, "{s}");
+        // The guest ran on at the destination: its vCPUs faulted and made progress there.
+        for v in s["per_vcpu"].as_array().unwrap() {
+            assert!(v["guest_progress"].as_u64().unwrap() > 0, "{s}");
+        }
+        // Told it is needed no more, the source ends by itself.
+        let (ok, said) = source.wait(Duration::from_secs(10));
+        assert!(ok, "{said:?}");
+        assert!(said.iter().any(|l| l.contains("switched over")), "{said:?}");
+        assert!(
+            said.iter().any(|l| l.contains("has every page")),
+            "{said:?}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_token_is_refused_in_one_line_and_the_source_serves_on() {
+    let source = Source::start(&["--vcpus", "1", "--mem", "64M"]);
+    let wrong = if source.token == "0000000000000001" {
+        "0000000000000002"
+    } else {
+        "0000000000000001"
+    };
+    let out = faultline()
+        .args([
+            "run",
+            "--headless",
+            "--source",
+            &source.addr,
+            "--token",
+            wrong,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&source.addr) && err.contains("wrong token"),
+        "{err}"
+    );
+    // The right one still takes the guest over.
+    let out = take_over(&source, &["--duration", "0s", "--fetch-rate", "unlimited"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_source_that_dies_mid_run_fails_the_destination_promptly_in_one_line() {
+    let mut source = Source::start(&["--vcpus", "2", "--mem", "64M"]);
+    let mut dest = faultline()
+        .args(["run", "--headless", "--source", &source.addr])
+        .args(["--token", &source.token])
+        .args([
+            "--duration",
+            "60s",
+            "--fetch-rate",
+            "1MiB/s",
+            "--link-timeout",
+            "1s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, notes) = mpsc::channel();
+    let err = dest.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("switched over")) {
+        seen.push(
+            notes
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no switchover: {seen:?}")),
+        );
+    }
+    let switched = seen.last().unwrap();
+    assert!(
+        switched.contains(&format!(
+            "pages over tcp from the source at {}",
+            source.addr
+        )),
+        "{switched}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    source.child.kill().unwrap();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = dest.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the destination still runs without its source"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    seen.extend(notes.try_iter());
+    assert_eq!(status.code(), Some(1), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert!(
+        last.starts_with("faultline: ") && last.contains(&source.addr),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn bad_source_arguments_are_one_line_errors() {
+    let run = |args: &[&str]| faultline().args(args).output().unwrap();
+    // Nothing listens there.
+    let out = run(&[
+        "run",
+        "--headless",
+        "--source",
+        "127.0.0.1:1",
+        "--token",
+        "0123456789abcdef",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot connect to the page source at 127.0.0.1:1"),
+        "{err}"
+    );
+    // The guest is the source's to choose.
+    let out = run(&[
+        "run",
+        "--source",
+        "127.0.0.1:1",
+        "--token",
+        "0123456789abcdef",
+        "--vcpus",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--vcpus"), "{}", stderr(&out));
+    for (args, expected) in [
+        (&["run", "--source", "127.0.0.1:1"][..], "--token <TOKEN>"),
+        (
+            &["run", "--source", "127.0.0.1:1", "--token", "xyz"][..],
+            "'xyz' is not 16 hex digits",
+        ),
+        (
+            &["run", "--source", "nowhere", "--token", "0123456789abcdef"][..],
+            "--source nowhere: not a HOST:PORT address",
+        ),
+        (&["source", "--listen", "nowhere"][..], "--listen nowhere"),
+        (&["source", "--vcpus", "0"][..], "--vcpus 0"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -695,6 +695,7 @@ pub fn measure_frame(
         mem_bytes,
         backing: Some("anon".into()),
         transport: Some("local".into()),
+        source: None,
         page_size: PAGE_SIZE,
     })?;
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))

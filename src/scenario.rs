@@ -86,6 +86,8 @@ struct Entry {
     throttle: Option<Spanned<String>>,
     push: Option<bool>,
     link: Option<bool>,
+    /// Migrate the guest again, from the current destination to a new one.
+    migrate: Option<Spanned<bool>>,
 }
 
 /// The configuration every scenario starts from.
@@ -227,10 +229,20 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
         if let Some(l) = e.link {
             actions.push(Action::Link(l));
         }
+        if let Some(m) = &e.migrate {
+            if !*m.get_ref() {
+                return Err(loc.at(
+                    m.span().start,
+                    "migrate = false does nothing: leave the entry out".into(),
+                ));
+            }
+            actions.push(Action::Remigrate);
+        }
         if actions.len() != 1 {
             return Err(loc.at(
                 entry.span().start,
-                "each timeline entry needs exactly one of inject, throttle, push or link".into(),
+                "each timeline entry needs exactly one of inject, throttle, push, link or migrate"
+                    .into(),
             ));
         }
         for action in actions {
@@ -351,6 +363,18 @@ mod tests {
                 (Duration::from_secs(1), Action::Link(false)),
                 (Duration::from_secs(3), Action::Link(true)),
             ]
+        );
+    }
+
+    #[test]
+    fn a_timeline_can_migrate_again_and_says_where_a_false_one_is() {
+        let c = parse("m.toml", "[[timeline]]\nat = \"2s\"\nmigrate = true\n").unwrap();
+        assert_eq!(c.timeline[0].action, Action::Remigrate);
+        assert_eq!(c.timeline[0].at, Duration::from_secs(2));
+        let err = parse("m.toml", "[[timeline]]\nat = \"2s\"\nmigrate = false\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m.toml:3:11: migrate = false does nothing: leave the entry out"
         );
     }
 

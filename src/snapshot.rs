@@ -76,6 +76,10 @@ pub struct RunInfo {
     /// How pages travel (`local`, `tcp`); absent in older recordings.
     #[serde(default)]
     pub transport: Option<String>,
+    /// Where a source in another process served the guest from (`faultline source`);
+    /// absent when the source ran in this process, and in older recordings.
+    #[serde(default)]
+    pub source: Option<String>,
     pub page_size: u64,
 }
 

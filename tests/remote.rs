@@ -288,3 +288,52 @@ fn bad_source_arguments_are_one_line_errors() {
         );
     }
 }
+
+#[test]
+fn a_guest_runs_in_one_place_only_and_can_move_on_from_its_first_destination() {
+    let source = Source::start(&["--vcpus", "2", "--mem", "64M", "--workload", "verify"]);
+    // The first destination migrates the guest again, to a VM of its own, after 500 ms.
+    let dir = std::env::temp_dir().join(format!("faultline-remote-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("onward.toml");
+    std::fs::write(
+        &scenario,
+        "duration = \"1500ms\"\nfetch_rate = \"unlimited\"\n[[timeline]]\nat = \"500ms\"\nmigrate = true\n",
+    )
+    .unwrap();
+    let first = faultline()
+        .args(["run", "--headless", "--json"])
+        .arg(&scenario)
+        .args(["--source", &source.addr, "--token", &source.token])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("switched over")) {
+        assert!(Instant::now() < deadline, "no switchover: {said:?}");
+        said.extend(source.lines.recv_timeout(Duration::from_millis(100)));
+    }
+    // A second destination finds the guest gone.
+    let second = take_over(&source, &["--duration", "0s"]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("handed over already"), "{err}");
+    let out = first.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(s["migrations"], 2, "{s}");
+    assert_eq!(s["verified"], true, "{s}");
+    // Both migrations were checked: the one from the other process and the one after.
+    assert_eq!(
+        s["verify"]["pages_checked"],
+        2 * ((64 << 20) / 4096 - 512),
+        "{s}"
+    );
+    // The source was released when the guest moved on, not at the end of the run.
+    let (ok, rest) = source.wait(Duration::from_secs(10));
+    assert!(ok, "{rest:?}");
+}

@@ -78,6 +78,37 @@ fn the_header_names_a_socket_transport_and_its_link_and_stays_quiet_about_local_
         !local.contains("local") && !local.contains("tcp") && !local.contains("link"),
         "{local}"
     );
+    assert!(!local.contains("from"), "{local}");
+}
+
+#[test]
+fn the_header_names_a_source_in_another_process_for_its_migration_only() {
+    let header = |migration: u32| {
+        let mut app = App::with_theme(Theme::colored());
+        let mut s = fixture::snapshot(4, GIB, 20);
+        s.run.transport = Some("tcp".into());
+        s.run.source = Some("10.0.0.7:7070".into());
+        s.migration = migration;
+        app.on_snapshot(s);
+        let first = screen(160, 48, &app)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        // The link key explains why it does nothing.
+        key(&mut app, KeyCode::Char('n'));
+        (first, screen(160, 48, &app))
+    };
+    let (first, after_n) = header(1);
+    assert!(first.contains("from 10.0.0.7:7070"), "{first}");
+    assert!(
+        after_n.contains("the source is another process: its link cannot be cut from here"),
+        "{after_n}"
+    );
+    // A later migration's source is this process's earlier destination.
+    let (first, after_n) = header(2);
+    assert!(!first.contains("from"), "{first}");
+    assert!(after_n.contains("pages are copied locally"), "{after_n}");
 }
 
 #[test]

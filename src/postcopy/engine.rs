@@ -644,6 +644,7 @@ fn run_info(config: &RunConfig) -> RunInfo {
         mem_bytes: config.mem_bytes,
         backing: config.backing.map(|b| b.as_str().to_string()),
         transport: Some(config.transport().as_str().to_string()),
+        source: config.remote.map(|r| r.addr.to_string()),
         page_size: PAGE_SIZE,
     }
 }

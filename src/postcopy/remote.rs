@@ -164,8 +164,9 @@ impl Remote {
 pub struct SourceGuest {
     offer: Offer,
     vm: Mutex<Option<Vm>>,
-    /// The handover once made: a repeated switchover request gets the same answer.
-    handover: Mutex<Option<Vec<u8>>>,
+    /// Whether the guest has been handed over: it runs in one place only, so a second
+    /// switchover is refused.
+    handed_over: AtomicBool,
     /// When the guest started, and its accesses then, for the baseline.
     pace_from: Mutex<(Instant, Vec<u64>)>,
     finished: AtomicBool,
@@ -183,7 +184,7 @@ impl SourceGuest {
         SourceGuest {
             offer,
             vm: Mutex::new(Some(vm)),
-            handover: Mutex::new(None),
+            handed_over: AtomicBool::new(false),
             pace_from: Mutex::new((Instant::now(), accesses)),
             finished: AtomicBool::new(false),
         }
@@ -198,7 +199,7 @@ impl SourceGuest {
     }
 
     pub fn switched_over(&self) -> bool {
-        lock(&self.handover).is_some()
+        self.handed_over.load(Ordering::Acquire)
     }
 
     pub fn finished(&self) -> bool {
@@ -211,13 +212,10 @@ impl SourceGuest {
     }
 
     fn hand_over(&self) -> Result<Vec<u8>, String> {
-        let mut handover = lock(&self.handover);
-        if let Some(bytes) = handover.as_ref() {
-            return Ok(bytes.clone());
-        }
         let vm = lock(&self.vm)
             .take()
-            .ok_or("the guest is gone: nothing to hand over")?;
+            .ok_or("the guest has been handed over already: it runs at another destination")?;
+        self.handed_over.store(true, Ordering::Release);
         let states = vm.pause_and_capture_all().map_err(|e| e.to_string())?;
         let (since, before) = lock(&self.pace_from).clone();
         let secs = since.elapsed().as_secs_f64().max(1e-6);
@@ -228,13 +226,11 @@ impl SourceGuest {
             .collect();
         // The vCPU threads end here; the RAM lives on in the page server's image.
         drop(vm);
-        let bytes = Handover {
+        Ok(Handover {
             baseline_per_sec,
             states,
         }
-        .encode();
-        *handover = Some(bytes.clone());
-        Ok(bytes)
+        .encode())
     }
 }
 

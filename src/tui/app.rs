@@ -481,7 +481,11 @@ impl App {
             return None;
         };
         let Some(up_now) = latest.link_up else {
-            self.set_error("pages are copied locally: no link to take down (--transport tcp)");
+            self.set_error(if latest.run.source.is_some() && latest.migration <= 1 {
+                "the source is another process: its link cannot be cut from here"
+            } else {
+                "pages are copied locally: no link to take down (--transport tcp)"
+            });
             return None;
         };
         let up = !self.pending().and_then(|s| s.link).unwrap_or(up_now);

@@ -305,6 +305,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
             mem_bytes: mem,
             backing: Some("shmem".into()),
             transport: Some("local".into()),
+            source: None,
             page_size: PAGE,
         },
         phase,

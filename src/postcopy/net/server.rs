@@ -45,8 +45,8 @@ enum ConnError {
 pub trait MigrationControl: Send + Sync {
     /// The guest on offer, as JSON.
     fn describe(&self) -> Vec<u8>;
-    /// Pauses the guest and answers with what the destination resumes it from; a second
-    /// call answers the same without pausing anything again.
+    /// Pauses the guest and answers with what the destination resumes it from, once: the
+    /// guest runs in one place only, so a second call is refused.
     fn switch_over(&self) -> Result<Vec<u8>, String>;
     /// The destination has every page and needs the source no more.
     fn finish(&self);

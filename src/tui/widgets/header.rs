@@ -74,6 +74,11 @@ pub fn render(
             Span::styled("DOWN", theme.warn())
         });
     }
+    // The first migration's guest came from another process: say from where.
+    if let Some(source) = s.run.source.as_ref().filter(|_| s.migration <= 1) {
+        l1.push(sep());
+        l1.extend(kv("from ", source.clone()));
+    }
     buf.set_line(area.x, area.y, &Line::from(l1), area.width);
     if let Freeze::Frozen { newer } = freeze {
         let marker = format!(" FROZEN +{newer} ");

@@ -440,3 +440,58 @@ fn attach_watches_and_steers_a_headless_run_and_replay_shows_its_recording() {
     assert!(r.wait_exit().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_live_view_takes_over_a_guest_from_another_process_and_names_it() {
+    use std::io::BufRead;
+    let mut source = std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["source", "--vcpus", "2", "--mem", "128M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(source.stdout.take().unwrap()).lines();
+    let mut how = String::new();
+    while !how.contains("--token") {
+        how = lines
+            .next()
+            .expect("the source says how to take it over")
+            .unwrap();
+    }
+    let words: Vec<&str> = how.split_whitespace().collect();
+    let after = |flag| words[words.iter().position(|w| *w == flag).unwrap() + 1];
+    let (addr, token) = (after("--source"), after("--token"));
+    let mut s = Session::start(&[
+        "run",
+        "--source",
+        addr,
+        "--token",
+        token,
+        "--fetch-rate",
+        "8MiB/s",
+    ]);
+    let from = format!("from {addr}");
+    s.wait_for("post-copy from the other process", |t| {
+        t.contains("post-copy") && t.contains("v1") && t.contains(&from)
+    });
+    s.keys("n");
+    s.wait_for("why the link key does nothing", |t| {
+        t.contains("the source is another process")
+    });
+    s.keys("q");
+    assert!(s.wait_exit().success());
+    assert!(s.text().contains("verified"), "{}", s.text());
+    // Released once the destination had every page, the source ends by itself.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = source.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = source.kill();
+            panic!("the source did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}

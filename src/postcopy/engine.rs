@@ -377,6 +377,13 @@ enum Reference {
     Fetched(Arc<dyn PageSource>),
 }
 
+/// How the switchover pauses the guest: here, or by asking the source over a connection
+/// opened beforehand.
+enum Pause<'a> {
+    Local(&'a Vm),
+    Remote(super::remote::PreparedSwitchover),
+}
+
 /// Where a leg's guest comes from.
 enum LegSource {
     /// A VM of this process, running; paused at switchover.
@@ -525,18 +532,30 @@ fn switch_over(
     }
 
     tracing::debug!(number, "destination ready");
+    // A remote switchover's connection is opened before the pause, not during it.
+    let pause = match &from {
+        LegSource::Local(source_vm) => Pause::Local(source_vm),
+        LegSource::Remote(remote) => Pause::Remote(remote.prepare()?),
+    };
     status.set_phase(Phase::Switchover);
     let t0 = Instant::now();
-    let (states, baseline) = match &from {
-        LegSource::Local(source_vm) => (source_vm.pause_and_capture_all()?, baseline.to_vec()),
-        LegSource::Remote(remote) => {
-            let handover = remote.switch_over(config.vcpus)?;
+    let (states, baseline) = match pause {
+        Pause::Local(source_vm) => {
+            let states = source_vm.pause_and_capture_all()?;
+            for (gpa, len) in layout::live_boot_ranges(config.mem_bytes, config.vcpus) {
+                dest_ram.copy_from(source_vm.ram(), gpa, len)?;
+            }
+            (states, baseline.to_vec())
+        }
+        Pause::Remote(prepared) => {
+            let handover = prepared.switch_over(config.vcpus)?;
+            // The boot pages a running guest changes come with the handover.
+            for (gpa, bytes) in &handover.boot {
+                dest_ram.write(*gpa, bytes)?;
+            }
             (handover.states, handover.baseline_per_sec)
         }
     };
-    for (gpa, len) in layout::live_boot_ranges(config.mem_bytes, config.vcpus) {
-        copy_boot(&from, source.as_ref(), &dest_ram, gpa, len)?;
-    }
     // Every restore lands before any vCPU runs: a running vCPU would take the CPU that
     // the others need to finish theirs.
     vm.restore_all(states)?;

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::net::{self, MigrationControl, NetError, wire::Op};
+use super::net::{self, ControlConnection, MigrationControl, NetError, wire::Op};
 use crate::guest::{Sharing, Workload};
+use crate::vmm::layout::{self, BOOT_SIZE};
 use crate::vmm::{Vm, VmmError, state::VcpuState};
 
 /// The offer's format; a destination refuses any other.
@@ -67,15 +68,19 @@ impl Offer {
 }
 
 /// What the source hands over at switchover: each vCPU's pace before it (the baseline the
-/// live view compares against) and its state.
+/// live view compares against), its state, and the parts of the boot region a running
+/// guest changes (page tables' accessed bits, stacks), so the pause costs one round trip.
 #[derive(Debug, Clone)]
 pub struct Handover {
     pub baseline_per_sec: Vec<f64>,
     pub states: Vec<VcpuState>,
+    /// (gpa, bytes) inside the boot region.
+    pub boot: Vec<(u64, Vec<u8>)>,
 }
 
 impl Handover {
-    /// vCPU count (u32 LE), the baselines (f64 LE each), then the states.
+    /// vCPU count (u32 LE), the baselines (f64 LE each), the states, then the boot ranges:
+    /// their count (u32), and each as gpa (u64), length (u32) and bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
@@ -84,6 +89,12 @@ impl Handover {
         }
         for s in &self.states {
             s.encode(&mut out);
+        }
+        out.extend_from_slice(&(self.boot.len() as u32).to_le_bytes());
+        for (gpa, bytes) in &self.boot {
+            out.extend_from_slice(&gpa.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
         }
         out
     }
@@ -108,12 +119,36 @@ impl Handover {
             .map(|_| VcpuState::decode(&mut rest))
             .collect::<Result<Vec<_>, VmmError>>()
             .map_err(|e| e.to_string())?;
+        let cut = || "cut short in the boot ranges".to_string();
+        let (ranges, after) = rest.split_first_chunk::<4>().ok_or_else(cut)?;
+        rest = after;
+        let mut boot = Vec::new();
+        for _ in 0..u32::from_le_bytes(*ranges) {
+            let (gpa, after) = rest.split_first_chunk::<8>().ok_or_else(cut)?;
+            let (len, after) = after.split_first_chunk::<4>().ok_or_else(cut)?;
+            let (gpa, len) = (u64::from_le_bytes(*gpa), u32::from_le_bytes(*len) as usize);
+            if gpa
+                .checked_add(len as u64)
+                .is_none_or(|end| end > BOOT_SIZE)
+            {
+                return Err(format!(
+                    "boot range {gpa:#x}+{len:#x} is outside the boot region"
+                ));
+            }
+            if after.len() < len {
+                return Err(cut());
+            }
+            let (bytes, after) = after.split_at(len);
+            boot.push((gpa, bytes.to_vec()));
+            rest = after;
+        }
         if !rest.is_empty() {
-            return Err(format!("{} bytes left over after the states", rest.len()));
+            return Err(format!("{} bytes left over after the handover", rest.len()));
         }
         Ok(Handover {
             baseline_per_sec,
             states,
+            boot,
         })
     }
 }
@@ -144,12 +179,11 @@ impl Remote {
         Ok(offer)
     }
 
-    /// Has the source pause its guest and hand it over.
-    pub fn switch_over(&self, vcpus: usize) -> Result<Handover, RemoteError> {
-        let bytes = net::control(self.addr, self.token, Op::Switchover)?;
-        Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
-            addr: self.addr,
-            why,
+    /// Opens the connection the switchover will go over, ahead of the pause.
+    pub fn prepare(&self) -> Result<PreparedSwitchover, RemoteError> {
+        Ok(PreparedSwitchover {
+            remote: *self,
+            conn: ControlConnection::open(self.addr, self.token)?,
         })
     }
 
@@ -157,6 +191,23 @@ impl Remote {
     pub fn finish(&self) -> Result<(), RemoteError> {
         net::control(self.addr, self.token, Op::Finish)?;
         Ok(())
+    }
+}
+
+/// A connection to the source, open and greeted, waiting to ask for the switchover.
+pub struct PreparedSwitchover {
+    remote: Remote,
+    conn: ControlConnection,
+}
+
+impl PreparedSwitchover {
+    /// Has the source pause its guest and hand it over.
+    pub fn switch_over(mut self, vcpus: usize) -> Result<Handover, RemoteError> {
+        let bytes = self.conn.request(Op::Switchover)?;
+        Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
+            addr: self.remote.addr,
+            why,
+        })
     }
 }
 
@@ -224,11 +275,21 @@ impl SourceGuest {
             .zip(before.iter().chain(std::iter::repeat(&0)))
             .map(|(&now, &then)| now.saturating_sub(then) as f64 / secs)
             .collect();
+        let config = vm.config();
+        let boot = layout::live_boot_ranges(config.mem_bytes, config.vcpus)
+            .into_iter()
+            .map(|(gpa, len)| {
+                let mut bytes = vec![0u8; len as usize];
+                vm.ram().read(gpa, &mut bytes).map(|()| (gpa, bytes))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         // The vCPU threads end here; the RAM lives on in the page server's image.
         drop(vm);
         Ok(Handover {
             baseline_per_sec,
             states,
+            boot,
         }
         .encode())
     }
@@ -299,11 +360,19 @@ mod tests {
         let h = Handover {
             baseline_per_sec: vec![1.5, 2.5],
             states: vec![state(0x1000), state(0x2000)],
+            boot: vec![(0, vec![1; 4096]), (0x14_0000, vec![2; 8192])],
         };
         let bytes = h.encode();
         let back = Handover::decode(&bytes, 2).expect("decodes");
         assert_eq!(back.baseline_per_sec, vec![1.5, 2.5]);
         assert_eq!(back.states[1].regs.rip, 0x2000);
+        assert_eq!(back.boot, h.boot);
+        let outside = Handover {
+            boot: vec![(BOOT_SIZE - 4096, vec![0; 8192])],
+            ..h.clone()
+        };
+        let e = Handover::decode(&outside.encode(), 2).expect_err("outside");
+        assert!(e.contains("outside the boot region"), "{e}");
         assert_eq!(
             Handover::decode(&bytes, 3).expect_err("count").as_str(),
             "2 vCPU states for a guest of 3 vCPUs"
@@ -314,7 +383,7 @@ mod tests {
         long.push(0);
         assert_eq!(
             Handover::decode(&long, 2).expect_err("long").as_str(),
-            "1 bytes left over after the states"
+            "1 bytes left over after the handover"
         );
     }
 }

@@ -336,27 +336,49 @@ impl PageSource for TcpSource {
     }
 }
 
-/// Sends one migration control request (wire.rs) to the source at `addr` on a connection
-/// of its own, and returns the answer's bytes.
+/// A connection for migration control requests (wire.rs), opened ahead of the moment
+/// they matter: a switchover then pays no connect, hello or server thread start.
+pub struct ControlConnection {
+    addr: SocketAddr,
+    conn: Connection,
+}
+
+impl ControlConnection {
+    pub fn open(addr: SocketAddr, token: u64) -> Result<ControlConnection, NetError> {
+        let options = ClientOptions {
+            token,
+            ..ClientOptions::default()
+        };
+        let (conn, _) = open(addr, options)?;
+        Ok(ControlConnection { addr, conn })
+    }
+
+    /// Sends `op` and returns the answer's bytes.
+    pub fn request(&mut self, op: Op) -> Result<Vec<u8>, NetError> {
+        let addr = self.addr;
+        let response = match exchange(addr, &mut self.conn, Request::control(op), &[]) {
+            Ok(r) => r,
+            Err(Failure::Broken(e)) | Err(Failure::Answered(SourceError::Net(e))) => {
+                return Err(e);
+            }
+            Err(Failure::Answered(e)) => {
+                return Err(NetError::Refused {
+                    addr,
+                    why: e.to_string(),
+                });
+            }
+        };
+        let mut answer = vec![0u8; response.len as usize];
+        self.conn
+            .reader
+            .read_exact(&mut answer)
+            .map_err(|e| lost(addr, e))?;
+        Ok(answer)
+    }
+}
+
+/// Sends one migration control request to the source at `addr` on a connection of its
+/// own, and returns the answer's bytes.
 pub fn control(addr: SocketAddr, token: u64, op: Op) -> Result<Vec<u8>, NetError> {
-    let options = ClientOptions {
-        token,
-        ..ClientOptions::default()
-    };
-    let (mut conn, _) = open(addr, options)?;
-    let response = match exchange(addr, &mut conn, Request::control(op), &[]) {
-        Ok(r) => r,
-        Err(Failure::Broken(e)) | Err(Failure::Answered(SourceError::Net(e))) => return Err(e),
-        Err(Failure::Answered(e)) => {
-            return Err(NetError::Refused {
-                addr,
-                why: e.to_string(),
-            });
-        }
-    };
-    let mut answer = vec![0u8; response.len as usize];
-    conn.reader
-        .read_exact(&mut answer)
-        .map_err(|e| lost(addr, e))?;
-    Ok(answer)
+    ControlConnection::open(addr, token)?.request(op)
 }

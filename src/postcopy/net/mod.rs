@@ -6,7 +6,7 @@ pub mod client;
 pub mod server;
 pub mod wire;
 
-pub use client::{ClientOptions, TcpSource, control};
+pub use client::{ClientOptions, ControlConnection, TcpSource, control};
 pub use server::{LinkSwitch, MigrationControl, PageServer, new_token};
 
 use std::net::SocketAddr;

@@ -77,17 +77,8 @@ struct RunArgs {
     /// $XDG_STATE_HOME/faultline (or ~/.local/state/faultline); headless runs log only here.
     #[arg(long)]
     log: Option<std::path::PathBuf>,
-    #[arg(long)]
-    vcpus: Option<usize>,
-    /// Guest memory, e.g. 256M or 1G.
-    #[arg(long, value_parser = parse_size)]
-    mem: Option<u64>,
-    /// PATTERN-OP (sequential, random, hotspot, stride x read, write, mixed), verify or touch.
-    #[arg(long)]
-    workload: Option<Workload>,
-    /// All vCPUs work on the same memory instead of their own slices.
-    #[arg(long)]
-    shared: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// uffd handler threads (uffd mode).
@@ -130,6 +121,45 @@ struct RunArgs {
     token: Option<u64>,
 }
 
+/// The flags that shape the guest, over what its scenario says (`run` and `source`).
+#[derive(Args, Default)]
+pub(crate) struct GuestArgs {
+    #[arg(long)]
+    vcpus: Option<usize>,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(long, value_parser = parse_size)]
+    mem: Option<u64>,
+    /// PATTERN-OP (sequential, random, hotspot, stride x read, write, mixed), verify or touch.
+    #[arg(long)]
+    workload: Option<Workload>,
+    /// All vCPUs work on the same memory instead of their own slices.
+    #[arg(long)]
+    shared: bool,
+}
+
+impl GuestArgs {
+    /// Scenario `name` (the built-in default if none) with these flags over its guest.
+    pub(crate) fn config(&self, name: Option<&str>) -> Result<RunConfig, UsageError> {
+        let mut c =
+            scenario::load(name.unwrap_or("default")).map_err(|e| UsageError(e.to_string()))?;
+        if let Some(v) = self.vcpus {
+            c.vcpus = v;
+        }
+        if let Some(m) = self.mem {
+            c.mem_bytes = m;
+        }
+        if let Some(w) = self.workload {
+            let sharing = c.workload.sharing;
+            c.workload = w;
+            c.workload.sharing = sharing;
+        }
+        if self.shared {
+            c.workload.sharing = Sharing::Shared;
+        }
+        Ok(c)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
     Uffd,
@@ -150,24 +180,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 pub(crate) struct UsageError(pub(crate) String);
 
 fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
-    let mut c = match &args.scenario {
-        Some(s) => scenario::load(s).map_err(|e| UsageError(e.to_string()))?,
-        None => scenario::load("default").map_err(|e| UsageError(e.to_string()))?,
-    };
-    if let Some(v) = args.vcpus {
-        c.vcpus = v;
-    }
-    if let Some(m) = args.mem {
-        c.mem_bytes = m;
-    }
-    if let Some(w) = args.workload {
-        let sharing = c.workload.sharing;
-        c.workload = w;
-        c.workload.sharing = sharing;
-    }
-    if args.shared {
-        c.workload.sharing = Sharing::Shared;
-    }
+    let mut c = args.guest.config(args.scenario.as_deref())?;
     if let Some(m) = args.mode {
         c.mode = match m {
             Mode::Uffd => FaultMode::Uffd,

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use faultline::guest::{self, Sharing, Workload};
+use faultline::guest;
 use faultline::postcopy::net::{self, PageServer};
 use faultline::postcopy::{InProcessSource, Offer, SourceGuest, remote};
-use faultline::scenario;
 use faultline::units::Bytes;
 use faultline::vmm::{Vm, VmConfig, layout};
 
-use crate::UsageError;
+use crate::{GuestArgs, UsageError};
 
 /// How long a source whose guest was taken over waits for a destination that went away
 /// without finishing (it may reconnect) before it gives up.
@@ -32,43 +31,20 @@ pub struct SourceArgs {
     /// The token a destination must present (16 hex digits). Default: a random one.
     #[arg(long, value_parser = parse_token)]
     token: Option<u64>,
-    #[arg(long)]
-    vcpus: Option<usize>,
-    /// Guest memory, e.g. 256M or 1G.
-    #[arg(long, value_parser = crate::parse_size)]
-    mem: Option<u64>,
-    /// PATTERN-OP (sequential, random, hotspot, stride x read, write, mixed), verify or touch.
-    #[arg(long)]
-    workload: Option<Workload>,
-    /// All vCPUs work on the same memory instead of their own slices.
-    #[arg(long)]
-    shared: bool,
+    #[command(flatten)]
+    guest: GuestArgs,
 }
 
 pub(crate) fn parse_token(s: &str) -> Result<u64, String> {
-    if s.len() != 16 {
+    // from_str_radix alone would take a leading '+'.
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("'{s}' is not 16 hex digits"));
     }
     u64::from_str_radix(s, 16).map_err(|_| format!("'{s}' is not 16 hex digits"))
 }
 
 pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
-    let mut c = scenario::load(args.scenario.as_deref().unwrap_or("default"))
-        .map_err(|e| UsageError(e.to_string()))?;
-    if let Some(v) = args.vcpus {
-        c.vcpus = v;
-    }
-    if let Some(m) = args.mem {
-        c.mem_bytes = m;
-    }
-    if let Some(w) = args.workload {
-        let sharing = c.workload.sharing;
-        c.workload = w;
-        c.workload.sharing = sharing;
-    }
-    if args.shared {
-        c.workload.sharing = Sharing::Shared;
-    }
+    let c = args.guest.config(args.scenario.as_deref())?;
     c.validate().map_err(|e| UsageError(e.to_string()))?;
     let listen = args
         .listen
@@ -106,7 +82,7 @@ pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
     writeln!(
         out,
         "take it over with: faultline run --source {} --token {token:016x}",
-        server.addr()
+        reachable(server.addr())
     )?;
     out.flush()?;
     drop(out);
@@ -147,5 +123,21 @@ pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
                 );
             }
         }
+    }
+}
+
+/// `addr` as another host would dial it: a wildcard listen address names no host, so this
+/// host's name stands in for it.
+fn reachable(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `name.len()` bytes into `name`.
+    let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(0);
+    match std::str::from_utf8(&name[..end]) {
+        Ok(host) if ok && !host.is_empty() => format!("{host}:{}", addr.port()),
+        _ => format!("HOST:{}", addr.port()),
     }
 }

@@ -537,3 +537,115 @@ fn a_server_that_serves_pages_only_refuses_migration_control_and_says_why() {
     source.fetch(7 * 4096, &mut page, &mut Vec::new()).unwrap();
     assert_eq!(page_number(&page), 7);
 }
+
+/// A migration's control side whose switchover answer is `answer`; it releases once.
+struct Answers {
+    answer: Vec<u8>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl faultline::postcopy::net::MigrationControl for Answers {
+    fn describe(&self) -> Vec<u8> {
+        b"{}".to_vec()
+    }
+    fn switch_over(&self) -> Result<Vec<u8>, String> {
+        Ok(self.answer.clone())
+    }
+    fn finish(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[test]
+fn a_control_answer_bigger_than_a_frame_arrives_whole_in_parts() {
+    use std::sync::atomic::Ordering;
+    // Two and a half frames' worth, every byte telling where it belongs.
+    let answer: Vec<u8> = (0..(wire::MAX_PAYLOAD as usize * 5 / 2))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let control = Arc::new(Answers {
+        answer: answer.clone(),
+        released: false.into(),
+    });
+    let server =
+        PageServer::bind_migration("127.0.0.1:0", image(), Duration::ZERO, 7, control.clone())
+            .unwrap();
+    let got = faultline::postcopy::net::control(server.addr(), 7, Op::Switchover).unwrap();
+    assert_eq!(got.len(), answer.len());
+    assert!(got == answer, "the parts arrived out of order or changed");
+    // An empty answer is one frame; the source is released only once it is written.
+    assert!(!control.released.load(Ordering::Acquire));
+    let got = faultline::postcopy::net::control(server.addr(), 7, Op::Finish).unwrap();
+    assert!(got.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !control.released.load(Ordering::Acquire) {
+        assert!(std::time::Instant::now() < deadline, "never released");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A control server that answers with `frames` as they are, once, after the handshake.
+fn control_server(frames: Vec<u8>) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut header = [0u8; HEADER_LEN];
+        conn.read_exact(&mut header).unwrap();
+        conn.write_all(&wire::Welcome { image_size: MEM }.encode())
+            .unwrap();
+        conn.read_exact(&mut header).unwrap();
+        conn.write_all(&frames).unwrap();
+        // Holds the connection open: a client must not wait on it past its timeout.
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    addr
+}
+
+#[test]
+fn a_control_answer_whose_parts_do_not_add_up_is_refused() {
+    let mut frames = Vec::new();
+    frames.extend_from_slice(&Response::answer_part(4, 10).encode());
+    frames.extend_from_slice(b"abcd");
+    // Says 10 bytes are to come, then sends 3 with none after them.
+    frames.extend_from_slice(&Response::answer_part(3, 0).encode());
+    frames.extend_from_slice(b"efg");
+    let addr = control_server(frames);
+    let e = faultline::postcopy::net::control(addr, 0, Op::Describe)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("where 10 were to come"),
+        "{e}"
+    );
+    // An answer announced past the limit is refused before anything is read into memory.
+    let mut frames = Vec::new();
+    frames.extend_from_slice(&Response::answer_part(0, u64::MAX / 2).encode());
+    let addr = control_server(frames);
+    let e = faultline::postcopy::net::control(addr, 0, Op::Describe)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most"), "{e}");
+}
+
+#[test]
+fn a_source_that_never_answers_a_control_request_fails_it_within_the_timeout() {
+    let addr = control_server(Vec::new());
+    let started = std::time::Instant::now();
+    let e = faultline::postcopy::net::control(addr, 0, Op::Switchover)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("no answer within"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+}

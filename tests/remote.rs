@@ -141,7 +141,7 @@ fn a_guest_served_by_another_process_is_taken_over_and_every_page_verified() {
 }
 
 #[test]
-fn a_wrong_token_is_refused_in_one_line_and_the_source_serves_on() {
+fn a_wrong_token_or_an_early_finish_is_refused_and_the_source_serves_on() {
     let source = Source::start(&["--vcpus", "1", "--mem", "64M"]);
     let wrong = if source.token == "0000000000000001" {
         "0000000000000002"
@@ -166,7 +166,16 @@ fn a_wrong_token_is_refused_in_one_line_and_the_source_serves_on() {
         err.contains(&source.addr) && err.contains("wrong token"),
         "{err}"
     );
-    // The right one still takes the guest over.
+    // A finish before any switchover would release a source whose guest runs there still.
+    let e = faultline::postcopy::net::control(
+        source.addr.parse().unwrap(),
+        u64::from_str_radix(&source.token, 16).unwrap(),
+        faultline::postcopy::net::wire::Op::Finish,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("has not been handed over"), "{e}");
+    // The right token still takes the guest over.
     let out = take_over(&source, &["--duration", "0s", "--fetch-rate", "unlimited"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -271,6 +280,16 @@ fn bad_source_arguments_are_one_line_errors() {
         (
             &["run", "--source", "127.0.0.1:1", "--token", "xyz"][..],
             "'xyz' is not 16 hex digits",
+        ),
+        (
+            &[
+                "run",
+                "--source",
+                "127.0.0.1:1",
+                "--token",
+                "+123456789abcdef",
+            ][..],
+            "'+123456789abcdef' is not 16 hex digits",
         ),
         (
             &["run", "--source", "nowhere", "--token", "0123456789abcdef"][..],

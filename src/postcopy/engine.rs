@@ -471,8 +471,20 @@ fn switch_over(
                 token: remote.token,
                 ..options
             };
-            let source: Arc<dyn PageSource> =
-                Arc::new(TcpSource::connect(remote.addr, options).map_err(SourceError::from)?);
+            let tcp = TcpSource::connect(remote.addr, options).map_err(SourceError::from)?;
+            // The offer shaped this guest; the image must be the one it described.
+            if tcp.image_size() != config.mem_bytes {
+                return Err(super::remote::RemoteError::Offer {
+                    addr: remote.addr,
+                    why: format!(
+                        "it offered {} of memory but serves {}",
+                        crate::units::Bytes(config.mem_bytes),
+                        crate::units::Bytes(tcp.image_size())
+                    ),
+                }
+                .into());
+            }
+            let source: Arc<dyn PageSource> = Arc::new(tcp);
             (source.clone(), None, Reference::Fetched(source))
         }
     };
@@ -858,11 +870,13 @@ fn migrate(
                 // The operator's throttle and push carry over; filling the rest changes both.
                 let settings = (leg.dest.throttle.rate(), leg.dest.push_enabled());
                 leg.fill_rest();
-                let (m, n) = leg.compare(config)?;
+                // The source is done with either way: a failed check ends the run.
+                let compared = leg.compare(config);
+                leg.release_source(status);
+                let (m, n) = compared?;
                 mismatches += m;
                 pages_checked += n;
                 earlier_guest_errors += guest_errors(&leg.vm);
-                leg.release_source(status);
                 let Leg {
                     number,
                     vm,
@@ -930,8 +944,9 @@ fn migrate(
         leg.fill_rest();
         complete_at = Some(leg.switched_at.elapsed());
     }
-    let (m, n) = leg.compare(config)?;
+    let compared = leg.compare(config);
     leg.release_source(status);
+    let (m, n) = compared?;
     let Leg {
         number,
         vm,

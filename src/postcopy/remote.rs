@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::net::{self, ControlConnection, MigrationControl, NetError, wire::Op};
+use super::net::wire::{MAX_CONTROL_ANSWER, Op};
+use super::net::{self, ControlConnection, MigrationControl, NetError};
 use crate::guest::{Sharing, Workload};
 use crate::vmm::layout::{self, BOOT_SIZE};
 use crate::vmm::{Vm, VmmError, state::VcpuState};
@@ -262,15 +263,36 @@ impl SourceGuest {
         lock(&self.vm).as_ref().and_then(Vm::failure)
     }
 
+    /// Pauses the guest and encodes what the destination resumes it from. The guest is
+    /// given up only once its handover is whole: on any failure it runs on here.
     fn hand_over(&self) -> Result<Vec<u8>, String> {
-        let vm = lock(&self.vm)
-            .take()
+        let mut slot = lock(&self.vm);
+        let vm = slot
+            .as_ref()
             .ok_or("the guest has been handed over already: it runs at another destination")?;
-        self.handed_over.store(true, Ordering::Release);
-        let states = vm.pause_and_capture_all().map_err(|e| e.to_string())?;
+        let handover = vm
+            .pause_and_capture_all()
+            .map_err(|e| e.to_string())
+            .and_then(|states| self.handover(vm, states));
+        match handover {
+            Ok(bytes) => {
+                self.handed_over.store(true, Ordering::Release);
+                // The vCPU threads end here; the RAM lives on in the page server's image.
+                drop(slot.take());
+                Ok(bytes)
+            }
+            Err(why) => match vm.resume_all() {
+                Ok(()) => Err(format!("{why}; the guest runs on at the source")),
+                Err(e) => Err(format!("{why}; the guest could not be resumed either: {e}")),
+            },
+        }
+    }
+
+    /// The encoded handover of `vm`, paused, whose vCPUs are in `states`.
+    fn handover(&self, vm: &Vm, states: Vec<VcpuState>) -> Result<Vec<u8>, String> {
         let (since, before) = lock(&self.pace_from).clone();
         let secs = since.elapsed().as_secs_f64().max(1e-6);
-        let baseline_per_sec = accesses(&vm)
+        let baseline_per_sec = accesses(vm)
             .iter()
             .zip(before.iter().chain(std::iter::repeat(&0)))
             .map(|(&now, &then)| now.saturating_sub(then) as f64 / secs)
@@ -284,14 +306,21 @@ impl SourceGuest {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        // The vCPU threads end here; the RAM lives on in the page server's image.
-        drop(vm);
-        Ok(Handover {
+        let bytes = Handover {
             baseline_per_sec,
             states,
             boot,
         }
-        .encode())
+        .encode();
+        // Checked here, while the guest can still run on, not by the server after.
+        if bytes.len() as u64 > MAX_CONTROL_ANSWER {
+            return Err(format!(
+                "a handover of {} bytes is over the {MAX_CONTROL_ANSWER} a control answer \
+                 may take",
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
     }
 }
 
@@ -311,7 +340,15 @@ impl MigrationControl for SourceGuest {
         self.hand_over()
     }
 
-    fn finish(&self) {
+    fn finish(&self) -> Result<(), String> {
+        if self.switched_over() {
+            Ok(())
+        } else {
+            Err("the guest has not been handed over: there is nothing to finish".into())
+        }
+    }
+
+    fn release(&self) {
         self.finished.store(true, Ordering::Release);
     }
 }

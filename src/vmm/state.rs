@@ -61,7 +61,12 @@ impl VcpuState {
         let regs = vcpu.get_regs().map_err(err("regs"))?;
         let sregs = vcpu.get_sregs().map_err(err("sregs"))?;
         let fpu = vcpu.get_fpu().map_err(err("fpu"))?;
-        let xcrs = vcpu.get_xcrs().ok();
+        // EINVAL: the host has no XCRs to save (no KVM_CAP_XCRS); anything else is a failure.
+        let xcrs = match vcpu.get_xcrs() {
+            Ok(x) => Some(x),
+            Err(e) if e.errno() == libc::EINVAL => None,
+            Err(e) => return Err(err("xcrs")(e)),
+        };
         let entries: Vec<kvm_msr_entry> = msr_indices
             .iter()
             .map(|&index| kvm_msr_entry {
@@ -111,9 +116,13 @@ impl VcpuState {
 
 /// KVM's per-vCPU structs: plain C data with no pointers, for which every bit pattern is a
 /// valid value, so their bytes can cross a socket between two builds of the same layout.
+/// None has implicit padding (no uninitialised byte is read): the kernel's ABI spells its
+/// padding out as fields, and kvm-bindings derives zerocopy's `IntoBytes`, which proves it,
+/// for every one of them but `kvm_fpu`, whose `pad1`/`pad2` fields fill its gaps.
 ///
 /// # Safety
-/// Only for `#[repr(C)]` types without pointers, references or invalid bit patterns.
+/// Only for `#[repr(C)]` types without pointers, references, implicit padding or invalid
+/// bit patterns.
 unsafe trait Pod: Copy + Default {
     const NAME: &'static str;
 }

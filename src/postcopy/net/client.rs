@@ -10,8 +10,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::wire::{
-    HEADER_LEN, Hello, MAX_PAYLOAD, MAX_REASON, Op, Request, Response, Status, Welcome,
-    checksum_bytes,
+    HEADER_LEN, Hello, MAX_CONTROL_ANSWER, MAX_PAYLOAD, MAX_REASON, Op, Request, Response, Status,
+    Welcome, checksum_bytes,
 };
 use super::{NetError, SpinRead};
 use crate::postcopy::source::{PageSource, SourceError};
@@ -38,6 +38,13 @@ pub struct ClientOptions {
     /// The page server's token ([`super::PageServer::token`]).
     pub token: u64,
 }
+
+/// How long a connect waits for a source that does not answer (a host that is down drops
+/// the SYN; the kernel alone would try for two minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a control request waits for its answer (a switchover pauses the source's
+/// vCPUs: milliseconds).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait between attempts to reach a lost source; it doubles up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(1);
@@ -165,10 +172,15 @@ impl TcpSource {
 
 /// A connection that failed under a request; an early end of stream says who ended it.
 fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
-    let source = if source.kind() == std::io::ErrorKind::UnexpectedEof {
-        std::io::Error::new(source.kind(), "the source closed it")
-    } else {
-        source
+    use std::io::ErrorKind;
+    let source = match source.kind() {
+        ErrorKind::UnexpectedEof => std::io::Error::new(source.kind(), "the source closed it"),
+        // Only control connections have a read timeout.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => std::io::Error::new(
+            ErrorKind::TimedOut,
+            format!("no answer within {} s", CONTROL_TIMEOUT.as_secs()),
+        ),
+        _ => source,
     };
     NetError::Lost { addr, source }
 }
@@ -176,8 +188,12 @@ fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
 /// Opens a connection and says hello; returns it with the image size the server reports.
 fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), NetError> {
     let connect = |source| NetError::Connect { addr, source };
-    let stream = TcpStream::connect(addr).map_err(connect)?;
-    stream.set_nodelay(true).map_err(connect)?;
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(connect)?;
+    super::tune(&stream).map_err(connect)?;
+    // A peer that accepts but never greets (not a faultline source) fails the open.
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(connect)?;
     let mut conn = Connection {
         reader: BufReader::with_capacity(
             READ_BUFFER,
@@ -211,6 +227,8 @@ fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), N
         });
     }
     let welcome = Welcome::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
+    // A fetch waits as long as its page takes; keepalive notices a vanished source.
+    conn.writer.set_read_timeout(None).map_err(connect)?;
     Ok((conn, welcome.image_size))
 }
 
@@ -350,6 +368,10 @@ impl ControlConnection {
             ..ClientOptions::default()
         };
         let (conn, _) = open(addr, options)?;
+        // The same socket as the reader's; a source that stops answering fails the request.
+        conn.writer
+            .set_read_timeout(Some(CONTROL_TIMEOUT))
+            .map_err(|source| NetError::Connect { addr, source })?;
         Ok(ControlConnection { addr, conn })
     }
 
@@ -368,12 +390,43 @@ impl ControlConnection {
                 });
             }
         };
-        let mut answer = vec![0u8; response.len as usize];
-        self.conn
-            .reader
-            .read_exact(&mut answer)
-            .map_err(|e| lost(addr, e))?;
-        Ok(answer)
+        let refused = |why: String| NetError::Refused { addr, why };
+        let total = u64::from(response.len).saturating_add(response.detail);
+        if total > MAX_CONTROL_ANSWER {
+            return Err(refused(format!(
+                "announced an answer of {total} bytes: at most {MAX_CONTROL_ANSWER}"
+            )));
+        }
+        let mut answer = Vec::with_capacity(total as usize);
+        let mut part = response;
+        loop {
+            let at = answer.len();
+            answer.resize(at + part.len as usize, 0);
+            self.conn
+                .reader
+                .read_exact(&mut answer[at..])
+                .map_err(|e| lost(addr, e))?;
+            if part.detail == 0 {
+                return Ok(answer);
+            }
+            let to_come = part.detail;
+            let mut header = [0u8; HEADER_LEN];
+            self.conn
+                .reader
+                .read_exact(&mut header)
+                .map_err(|e| lost(addr, e))?;
+            part = Response::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
+            // Each part must carry on where the last said it would, with something in it.
+            if part.status != Status::Ok
+                || part.len == 0
+                || u64::from(part.len).saturating_add(part.detail) != to_come
+            {
+                return Err(refused(format!(
+                    "an answer's part of {} bytes with {} to come, where {to_come} were to come",
+                    part.len, part.detail
+                )));
+            }
+        }
     }
 }
 

@@ -130,6 +130,21 @@ pub enum NetError {
     Thread(#[source] std::io::Error),
 }
 
+/// Sets up a migration socket at either end: no Nagle delay on small requests, and
+/// keepalive probes, so a peer whose host vanished (no FIN ever comes) is noticed within
+/// about [`DEAD_PEER_AFTER`] rather than the kernel's two hours.
+pub(crate) fn tune(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// How long a silent, vanished peer keeps a connection open: idle time, then three probes.
+pub const DEAD_PEER_AFTER: Duration = Duration::from_secs(5 + 2 * 3);
+
 /// A socket reader that, when nothing has arrived yet, keeps asking for up to `spin`
 /// before it sleeps in the kernel: an answer due within microseconds then costs no
 /// sleep and wake-up on either side.

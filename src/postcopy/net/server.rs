@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use super::NetError;
 use super::wire::{
-    self, HEADER_LEN, Hello, MAX_PAYLOAD, Op, Request, Response, Status, Welcome, WireError,
+    self, HEADER_LEN, Hello, MAX_CONTROL_ANSWER, MAX_PAYLOAD, Op, Request, Response, Status,
+    Welcome, WireError,
 };
 use crate::postcopy::source::{InProcessSource, PageSource, SourceError};
 
@@ -48,8 +49,11 @@ pub trait MigrationControl: Send + Sync {
     /// Pauses the guest and answers with what the destination resumes it from, once: the
     /// guest runs in one place only, so a second call is refused.
     fn switch_over(&self) -> Result<Vec<u8>, String>;
-    /// The destination has every page and needs the source no more.
-    fn finish(&self);
+    /// The destination has every page and needs the source no more: refused before the
+    /// guest has been handed over.
+    fn finish(&self) -> Result<(), String>;
+    /// The answer to an accepted finish is written: the source may go now.
+    fn release(&self);
 }
 
 /// Serves one image until dropped; dropping it closes every connection.
@@ -298,6 +302,24 @@ fn read_header(r: &mut impl Read, b: &mut [u8; HEADER_LEN]) -> std::io::Result<b
     Ok(true)
 }
 
+/// Sends a control answer as a run of frames (wire.rs), reusing `frame`.
+fn send_answer(w: &mut impl Write, frame: &mut Vec<u8>, answer: &[u8]) -> std::io::Result<()> {
+    let mut to_come = answer.len() as u64;
+    let mut parts = answer.chunks(MAX_PAYLOAD as usize).peekable();
+    // An empty answer is still one frame.
+    if parts.peek().is_none() {
+        return w.write_all(&Response::ok(0).encode());
+    }
+    for part in parts {
+        to_come -= part.len() as u64;
+        frame.clear();
+        frame.extend_from_slice(&Response::answer_part(part.len() as u32, to_come).encode());
+        frame.extend_from_slice(part);
+        w.write_all(frame)?;
+    }
+    Ok(())
+}
+
 /// Sends an error response whose payload is `why`.
 fn refuse(w: &mut impl Write, status: Status, detail: u64, why: &str) -> std::io::Result<()> {
     let why = wire::reason(why);
@@ -333,7 +355,7 @@ fn serve(
     spin: Duration,
     token: u64,
 ) -> Result<(), ConnError> {
-    stream.set_nodelay(true)?;
+    super::tune(stream)?;
     let mut reader = BufReader::with_capacity(
         READ_BUFFER,
         super::SpinRead {
@@ -418,21 +440,21 @@ fn serve(
                 let answer = match request.op {
                     Op::Describe => Ok(control.describe()),
                     Op::Switchover => control.switch_over(),
-                    _ => {
-                        control.finish();
-                        Ok(Vec::new())
-                    }
+                    _ => control.finish().map(|()| Vec::new()),
                 };
                 match answer {
-                    Ok(bytes) if bytes.len() <= MAX_PAYLOAD as usize => {
-                        frame.clear();
-                        frame.extend_from_slice(&Response::ok(bytes.len() as u32).encode());
-                        frame.extend_from_slice(&bytes);
-                        writer.write_all(&frame)?;
+                    Ok(bytes) if bytes.len() as u64 <= MAX_CONTROL_ANSWER => {
+                        send_answer(&mut writer, &mut frame, &bytes)?;
+                        if request.op == Op::Finish {
+                            control.release();
+                        }
                     }
                     Ok(bytes) => {
-                        let why =
-                            format!("an answer of {} bytes does not fit a frame", bytes.len());
+                        let why = format!(
+                            "an answer of {} bytes is over the {MAX_CONTROL_ANSWER} a control \
+                             answer may take",
+                            bytes.len()
+                        );
                         refuse(&mut writer, Status::Failed, 0, &why)?;
                     }
                     Err(why) => refuse(&mut writer, Status::Failed, 0, &why)?,

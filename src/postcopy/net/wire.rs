@@ -12,6 +12,10 @@
 //! - switch over: the source pauses its guest and answers with the vCPU states;
 //! - finish: the destination has every page and needs the source no more.
 //!
+//! A control answer may outgrow a frame (a switchover of many vCPUs and much memory), so it
+//! goes as a run of ok frames, each of at most [`MAX_PAYLOAD`] bytes, whose `detail` counts
+//! the answer's bytes still to come after it: the last frame's is zero.
+//!
 //! An error response carries a UTF-8 reason as its payload.
 
 use crate::vmm::layout::PAGE_SIZE;
@@ -21,6 +25,9 @@ pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 16;
 /// The largest payload of one frame; bigger transfers are split (a push batch is 256 KiB).
 pub const MAX_PAYLOAD: u32 = 1 << 20;
+/// The longest control answer, over all its frames (a switchover of 64 vCPUs and the
+/// largest guest is about 1.5 MiB).
+pub const MAX_CONTROL_ANSWER: u64 = 16 << 20;
 /// The longest error reason a response carries.
 pub const MAX_REASON: usize = 512;
 
@@ -244,6 +251,15 @@ impl Response {
             status: Status::Ok,
             len,
             detail: 0,
+        }
+    }
+
+    /// One frame of a control answer, with `to_come` bytes of it after this one.
+    pub fn answer_part(len: u32, to_come: u64) -> Response {
+        Response {
+            status: Status::Ok,
+            len,
+            detail: to_come,
         }
     }
 

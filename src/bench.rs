@@ -4,6 +4,7 @@
 //! itself (`exit`), or never missing at all (`prefill`, the ceiling).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -289,23 +290,37 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let _stop = StopOnDrop(dest.clone());
     let start = Instant::now();
     vm.resume_all()?;
-    let mut done_at: Vec<Option<f64>> = vec![None; c.vcpus];
-    while done_at.iter().any(Option::is_none) {
+    let mut done = vec![false; c.vcpus];
+    while done.iter().any(|d| !d) {
         if let Some(f) = vm.failure() {
             return Err(BenchError::GuestFailed(f));
         }
         if start.elapsed() > TRIAL_TIMEOUT {
             return Err(BenchError::Timeout(TRIAL_TIMEOUT));
         }
-        for (i, v) in vm.vcpus().iter().enumerate() {
-            if done_at[i].is_none() && v.state() == RunState::Done {
-                done_at[i] = Some(start.elapsed().as_secs_f64());
-            }
+        for (d, v) in done.iter_mut().zip(vm.vcpus()) {
+            *d = *d || v.state() == RunState::Done;
         }
-        // Coarse polling: the trial lasts far longer, and a busy poller would steal a core.
-        std::thread::sleep(Duration::from_micros(500));
+        // Coarse polling is enough: the times come from the vCPU threads themselves.
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let secs = start.elapsed().as_secs_f64();
+    // Each vCPU's span as its own thread saw it, from leaving pause to DONE (as a C
+    // program timing in its vCPU threads would); the trial's runs from the first start
+    // to the last DONE.
+    let spans: Vec<(u64, u64)> = vm
+        .vcpus()
+        .iter()
+        .map(|v| {
+            let s = v.stats();
+            (
+                s.resumed_ns.load(Ordering::Relaxed),
+                s.done_ns.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let secs = last.saturating_sub(first) as f64 / 1e9;
     if let Some(d) = &dest {
         d.stop();
     }
@@ -314,9 +329,9 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             .map_err(|_| BenchError::GuestFailed("a uffd reader panicked".into()))??;
     }
     let pages_per_vcpu = data_pages / c.vcpus as u64;
-    let per_vcpu_pages_per_sec = done_at
+    let per_vcpu_pages_per_sec = spans
         .iter()
-        .map(|t| pages_per_vcpu as f64 / t.unwrap_or(secs).max(1e-9))
+        .map(|(from, to)| pages_per_vcpu as f64 / (to.saturating_sub(*from) as f64 / 1e9).max(1e-9))
         .collect();
     let mut aggregate =
         Aggregate::new(c.vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;

@@ -75,6 +75,19 @@ pub struct VcpuStats {
     pub fault_exits: [AtomicU64; 4],
     /// Accesses the guest reported with DONE.
     pub done_accesses: AtomicU64,
+    /// When the vCPU thread last left pause for the guest, and when it saw DONE, in
+    /// [`clock_ns`]: a run's own span, free of its controller's polling.
+    pub resumed_ns: AtomicU64,
+    pub done_ns: AtomicU64,
+}
+
+/// Nanoseconds since the first call in this process: the clock of [`VcpuStats`] spans.
+pub fn clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 impl Default for VcpuStats {
@@ -87,6 +100,8 @@ impl Default for VcpuStats {
             exits: AtomicU64::new(0),
             fault_exits: Default::default(),
             done_accesses: AtomicU64::new(0),
+            resumed_ns: AtomicU64::new(0),
+            done_ns: AtomicU64::new(0),
         }
     }
 }
@@ -131,6 +146,7 @@ impl VcpuStats {
                 );
             }
             Report::Done { accesses } => {
+                self.done_ns.store(clock_ns(), Ordering::Relaxed);
                 self.done_accesses.store(accesses, Ordering::Relaxed);
                 return Some(RunState::Done);
             }
@@ -462,6 +478,10 @@ impl Runner {
             }
             Command::Resume => {
                 if state == RunState::Paused {
+                    self.shared
+                        .stats
+                        .resumed_ns
+                        .store(clock_ns(), Ordering::Relaxed);
                     RunState::Running
                 } else {
                     state

@@ -1,8 +1,11 @@
 #!/bin/sh
-# The 16-core table of BENCHMARKS.md: one prepared run of the release binary (built
-# elsewhere and carried here), results into $OUT (or ./bench-out).
+# The 16-core table of BENCHMARKS.md: one prepared run of the release binary and the C
+# reference (both built elsewhere and carried here), results into $OUT (or ./bench-out).
+# The device brings back at most 8 files: this writes exactly 8.
+#   BIN=devbin/faultline REF=devbin/demand_paging sh scripts/bench-device.sh
 set -eu
 BIN=${BIN:-./target/release/faultline}
+REF=${REF:-./demand_paging}
 OUT=${OUT:-./bench-out}
 mkdir -p "$OUT"
 {
@@ -11,8 +14,8 @@ mkdir -p "$OUT"
     nproc
     grep -m1 'model name' /proc/cpuinfo || true
     grep -i kvm /proc/modules || true
+    "$BIN" probe || true
 } >"$OUT/machine.txt" 2>&1
-"$BIN" probe >"$OUT/probe.txt" 2>&1 || true
 # Each step writes its own file and a failed step does not stop the rest (its exit status is
 # in steps.txt), so a run cut short still brings back what finished.
 step() {
@@ -23,13 +26,25 @@ step() {
 }
 step bench.json "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both \
     --repeat 5 --json || true
-# Pages over TCP against local copies; the push is timed over TCP.
-step tcp.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --transport tcp,local --repeat 3 \
-    --downtime-vcpus 0 --frame-vcpus 0 --json || true
+# faultline and the C reference side by side, round by round, on the same lease: the C
+# figures of issue 6 came from another sitting on a host of unknown speed.
+side() {
+    for round in 1 2 3; do
+        for v in 1 4 16; do
+            "$BIN" bench --vcpus "$v" --mode uffd,exit --repeat 1 --push-mem 0 \
+                --downtime-vcpus 0 --frame-vcpus 0
+            "$REF" -M exit -v "$v" -r 1
+            "$REF" -M uffd -v "$v" -r 1
+        done
+    done
+}
+step side.txt side || true
 # Both memory backings side by side, interleaved (the run above uses the default, shmem).
 step backings.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --backing anon,shmem \
     --repeat 5 --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json || true
+# Pages over TCP against local copies; the push is timed over TCP.
+step tcp.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --transport tcp,local --repeat 3 \
+    --downtime-vcpus 0 --frame-vcpus 0 --json || true
 # The same at 16 vCPUs with the threads placed by the scheduler.
 step no-pin-16.txt "$BIN" bench --vcpus 16 --mode uffd,exit --no-pin --repeat 3 \
     --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 || true
-echo done >"$OUT/done"

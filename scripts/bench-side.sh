@@ -1,0 +1,30 @@
+#!/bin/sh
+# faultline bench and the C reference side by side, round by round, on one machine:
+#   cc -O2 -pthread -o demand_paging bench/reference/demand_paging.c
+#   BIN=target/release/faultline REF=./demand_paging VCPUS="1 2" ROUNDS=7 sh scripts/bench-side.sh
+# Each round runs every configuration once in both; faultline's results go to
+# $OUT/faultline-ROUND.json, the C reference's lines to $OUT/c-ROUND.txt.
+set -eu
+BIN=${BIN:-./target/release/faultline}
+REF=${REF:-./demand_paging}
+VCPUS=${VCPUS:-1 2}
+MODES=${MODES:-prefill uffd exit}
+BACKINGS=${BACKINGS:-shmem anon}
+ROUNDS=${ROUNDS:-7}
+OUT=${OUT:-./side-out}
+mkdir -p "$OUT"
+list() { echo "$1" | tr ' ' ','; }
+round=1
+while [ "$round" -le "$ROUNDS" ]; do
+    "$BIN" bench --vcpus "$(list "$VCPUS")" --mode "$(list "$MODES")" \
+        --backing "$(list "$BACKINGS")" --repeat 1 --push-mem 0 --downtime-vcpus 0 \
+        --frame-vcpus 0 --json >"$OUT/faultline-$round.json"
+    for v in $VCPUS; do
+        for m in $MODES; do
+            for b in $BACKINGS; do
+                "$REF" -M "$m" -b "$b" -v "$v" -r 1 | tail -n 1
+            done
+        done
+    done >"$OUT/c-$round.txt"
+    round=$((round + 1))
+done

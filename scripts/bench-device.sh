@@ -3,6 +3,7 @@
 # reference (both built elsewhere and carried here), results into $OUT (or ./bench-out).
 # The device brings back at most 8 files: this writes exactly 8.
 #   BIN=devbin/faultline REF=devbin/demand_paging sh scripts/bench-device.sh
+# then: tar -xzf side.tgz && python3 scripts/side-summary.py side
 set -eu
 BIN=${BIN:-./target/release/faultline}
 REF=${REF:-./demand_paging}
@@ -27,18 +28,14 @@ step() {
 step bench.json "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telemetry both \
     --repeat 5 --json || true
 # faultline and the C reference side by side, round by round, on the same lease: the C
-# figures of issue 6 came from another sitting on a host of unknown speed.
+# figures of issue 6 came from another sitting on a host of unknown speed. One archive, so
+# the files stay within what comes back (scripts/side-summary.py reads it unpacked).
 side() {
-    for round in 1 2 3; do
-        for v in 1 4 16; do
-            "$BIN" bench --vcpus "$v" --mode uffd,exit --repeat 1 --push-mem 0 \
-                --downtime-vcpus 0 --frame-vcpus 0
-            "$REF" -M exit -v "$v" -r 1
-            "$REF" -M uffd -v "$v" -r 1
-        done
-    done
+    BIN=$BIN REF=$REF VCPUS="1 4 16" MODES="uffd exit" BACKINGS=shmem ROUNDS=3 \
+        OUT="$OUT/side" sh "$(dirname "$0")/bench-side.sh"
+    tar -C "$OUT" -czf - side && rm -rf "$OUT/side"
 }
-step side.txt side || true
+step side.tgz side || true
 # Both memory backings side by side, interleaved (the run above uses the default, shmem).
 step backings.json "$BIN" bench --vcpus 1,4,16 --mode uffd,exit --backing anon,shmem \
     --repeat 5 --push-mem 0 --downtime-vcpus 0 --frame-vcpus 0 --json || true

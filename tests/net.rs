@@ -492,14 +492,21 @@ fn a_server_that_breaks_the_protocol_costs_the_client_its_connection_never_its_s
     assert_eq!(accepted.load(Ordering::Relaxed), 5);
 }
 
+/// The next connection to `listener`, its client's hello read (and checked).
+fn accept_hello(listener: &std::net::TcpListener) -> TcpStream {
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut header = [0u8; HEADER_LEN];
+    conn.read_exact(&mut header).unwrap();
+    Hello::decode(&header).unwrap();
+    conn
+}
+
 #[test]
 fn a_server_that_refuses_the_hello_says_why() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut header = [0u8; HEADER_LEN];
-        conn.read_exact(&mut header).unwrap();
+        let mut conn = accept_hello(&listener);
         let why = b"protocol version 1 is not supported (this build speaks 2)";
         let h = Response {
             status: Status::Malformed,
@@ -593,11 +600,10 @@ fn control_server(frames: Vec<u8>) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut header = [0u8; HEADER_LEN];
-        conn.read_exact(&mut header).unwrap();
+        let mut conn = accept_hello(&listener);
         conn.write_all(&wire::Welcome { image_size: MEM }.encode())
             .unwrap();
+        let mut header = [0u8; HEADER_LEN];
         conn.read_exact(&mut header).unwrap();
         conn.write_all(&frames).unwrap();
         // Holds the connection open: a client must not wait on it past its timeout.

@@ -561,9 +561,11 @@ impl faultline::postcopy::net::MigrationControl for Answers {
     fn finish(&self) -> Result<(), String> {
         Ok(())
     }
-    fn release(&self) {
-        self.released
-            .store(true, std::sync::atomic::Ordering::Release);
+    fn answered(&self, op: Op, written: bool) {
+        if op == Op::Finish && written {
+            self.released
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

@@ -203,7 +203,7 @@ pub struct PreparedSwitchover {
 
 impl PreparedSwitchover {
     /// Has the source pause its guest and hand it over.
-    pub fn switch_over(mut self, vcpus: usize) -> Result<Handover, RemoteError> {
+    pub fn switch_over(self, vcpus: usize) -> Result<Handover, RemoteError> {
         let bytes = self.conn.request(Op::Switchover)?;
         Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
             addr: self.remote.addr,
@@ -215,13 +215,30 @@ impl PreparedSwitchover {
 /// The source's side: its running guest, until a destination takes it over.
 pub struct SourceGuest {
     offer: Offer,
-    vm: Mutex<Option<Vm>>,
+    guest: Mutex<Slot>,
     /// Whether the guest has been handed over: it runs in one place only, so a second
     /// switchover is refused.
     handed_over: AtomicBool,
     /// When the guest started, and its accesses then, for the baseline.
     pace_from: Mutex<(Instant, Vec<u64>)>,
     finished: AtomicBool,
+}
+
+/// Where the source's guest is.
+enum Slot {
+    Running(Vm),
+    /// Paused, its handover on the way to a destination: given up once written.
+    Handing(Vm),
+    HandedOver,
+}
+
+impl Slot {
+    fn vm(&self) -> Option<&Vm> {
+        match self {
+            Slot::Running(vm) | Slot::Handing(vm) => Some(vm),
+            Slot::HandedOver => None,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -235,7 +252,7 @@ impl SourceGuest {
         let accesses = accesses(&vm);
         SourceGuest {
             offer,
-            vm: Mutex::new(Some(vm)),
+            guest: Mutex::new(Slot::Running(vm)),
             handed_over: AtomicBool::new(false),
             pace_from: Mutex::new((Instant::now(), accesses)),
             finished: AtomicBool::new(false),
@@ -245,7 +262,7 @@ impl SourceGuest {
     /// Starts the baseline's window now: the guest's pace before the switchover is
     /// measured from the last call (the source calls this once its guest is warm).
     pub fn mark_pace(&self) {
-        if let Some(vm) = lock(&self.vm).as_ref() {
+        if let Slot::Running(vm) = &*lock(&self.guest) {
             *lock(&self.pace_from) = (Instant::now(), accesses(vm));
         }
     }
@@ -260,31 +277,58 @@ impl SourceGuest {
 
     /// Why the guest stopped on its own, if it did (before any switchover).
     pub fn failure(&self) -> Option<String> {
-        lock(&self.vm).as_ref().and_then(Vm::failure)
+        lock(&self.guest).vm().and_then(Vm::failure)
     }
 
     /// Pauses the guest and encodes what the destination resumes it from. The guest is
-    /// given up only once its handover is whole: on any failure it runs on here.
+    /// given up only once its handover is whole and written ([`Self::answered`]); until
+    /// then it can run on here.
     fn hand_over(&self) -> Result<Vec<u8>, String> {
-        let mut slot = lock(&self.vm);
-        let vm = slot
-            .as_ref()
-            .ok_or("the guest has been handed over already: it runs at another destination")?;
+        let mut slot = lock(&self.guest);
+        let vm = match &*slot {
+            Slot::Running(vm) => vm,
+            Slot::Handing(_) => return Err("another destination is taking the guest over".into()),
+            Slot::HandedOver => {
+                return Err(
+                    "the guest has been handed over already: it runs at another destination".into(),
+                );
+            }
+        };
         let handover = vm
             .pause_and_capture_all()
             .map_err(|e| e.to_string())
             .and_then(|states| self.handover(vm, states));
         match handover {
             Ok(bytes) => {
-                self.handed_over.store(true, Ordering::Release);
-                // The vCPU threads end here; the RAM lives on in the page server's image.
-                drop(slot.take());
+                if let Slot::Running(vm) = std::mem::replace(&mut *slot, Slot::HandedOver) {
+                    *slot = Slot::Handing(vm);
+                }
                 Ok(bytes)
             }
             Err(why) => match vm.resume_all() {
                 Ok(()) => Err(format!("{why}; the guest runs on at the source")),
                 Err(e) => Err(format!("{why}; the guest could not be resumed either: {e}")),
             },
+        }
+    }
+
+    /// Settles a handover whose answer was written (the guest is given up) or was not (it
+    /// runs on here).
+    fn settle(&self, written: bool) {
+        let mut slot = lock(&self.guest);
+        match std::mem::replace(&mut *slot, Slot::HandedOver) {
+            Slot::Handing(vm) if written => {
+                self.handed_over.store(true, Ordering::Release);
+                // The vCPU threads end here; the RAM lives on in the page server's image.
+                drop(vm);
+            }
+            Slot::Handing(vm) => {
+                if let Err(e) = vm.resume_all() {
+                    tracing::warn!("the handover did not go out and the guest cannot resume: {e}");
+                }
+                *slot = Slot::Running(vm);
+            }
+            other => *slot = other,
         }
     }
 
@@ -348,8 +392,12 @@ impl MigrationControl for SourceGuest {
         }
     }
 
-    fn release(&self) {
-        self.finished.store(true, Ordering::Release);
+    fn answered(&self, op: Op, written: bool) {
+        match op {
+            Op::Switchover => self.settle(written),
+            Op::Finish if written => self.finished.store(true, Ordering::Release),
+            _ => {}
+        }
     }
 }
 

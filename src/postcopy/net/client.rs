@@ -175,7 +175,7 @@ fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
     use std::io::ErrorKind;
     let source = match source.kind() {
         ErrorKind::UnexpectedEof => std::io::Error::new(source.kind(), "the source closed it"),
-        // Only control connections have a read timeout.
+        // Only handshakes and control requests have a read timeout.
         ErrorKind::WouldBlock | ErrorKind::TimedOut => std::io::Error::new(
             ErrorKind::TimedOut,
             format!("no answer within {} s", CONTROL_TIMEOUT.as_secs()),
@@ -375,8 +375,9 @@ impl ControlConnection {
         Ok(ControlConnection { addr, conn })
     }
 
-    /// Sends `op` and returns the answer's bytes.
-    pub fn request(&mut self, op: Op) -> Result<Vec<u8>, NetError> {
+    /// Sends `op` and returns the answer's bytes: one request a connection, as an error
+    /// midway would leave it out of step.
+    pub fn request(mut self, op: Op) -> Result<Vec<u8>, NetError> {
         let addr = self.addr;
         let response = match exchange(addr, &mut self.conn, Request::control(op), &[]) {
             Ok(r) => r,

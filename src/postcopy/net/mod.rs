@@ -130,16 +130,19 @@ pub enum NetError {
     Thread(#[source] std::io::Error),
 }
 
-/// Sets up a migration socket at either end: no Nagle delay on small requests, and
-/// keepalive probes, so a peer whose host vanished (no FIN ever comes) is noticed within
-/// about [`DEAD_PEER_AFTER`] rather than the kernel's two hours.
+/// Sets up a migration socket at either end: no Nagle delay on small requests, and a peer
+/// whose host vanished (no FIN ever comes) noticed within about [`DEAD_PEER_AFTER`] rather
+/// than the kernel's two hours: keepalive probes while the line is idle, a user timeout
+/// while sent data waits for its acknowledgement (probes are not sent then).
 pub(crate) fn tune(stream: &std::net::TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(2))
         .with_retries(3);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(DEAD_PEER_AFTER))
 }
 
 /// How long a silent, vanished peer keeps a connection open: idle time, then three probes.

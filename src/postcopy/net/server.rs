@@ -46,14 +46,16 @@ enum ConnError {
 pub trait MigrationControl: Send + Sync {
     /// The guest on offer, as JSON.
     fn describe(&self) -> Vec<u8>;
-    /// Pauses the guest and answers with what the destination resumes it from, once: the
-    /// guest runs in one place only, so a second call is refused.
+    /// Pauses the guest and answers with what the destination resumes it from; the guest
+    /// stays paused here until [`MigrationControl::answered`]. It runs in one place only,
+    /// so a call while another is pending or after a handover is refused.
     fn switch_over(&self) -> Result<Vec<u8>, String>;
     /// The destination has every page and needs the source no more: refused before the
     /// guest has been handed over.
     fn finish(&self) -> Result<(), String>;
-    /// The answer to an accepted finish is written: the source may go now.
-    fn release(&self);
+    /// Whether the answer to an accepted `op` was written: a written switchover gives the
+    /// guest up, an unwritten one resumes it here; a written finish releases the source.
+    fn answered(&self, op: Op, written: bool);
 }
 
 /// Serves one image until dropped; dropping it closes every connection.
@@ -444,12 +446,12 @@ fn serve(
                 };
                 match answer {
                     Ok(bytes) if bytes.len() as u64 <= MAX_CONTROL_ANSWER => {
-                        send_answer(&mut writer, &mut frame, &bytes)?;
-                        if request.op == Op::Finish {
-                            control.release();
-                        }
+                        let sent = send_answer(&mut writer, &mut frame, &bytes);
+                        control.answered(request.op, sent.is_ok());
+                        sent?;
                     }
                     Ok(bytes) => {
+                        control.answered(request.op, false);
                         let why = format!(
                             "an answer of {} bytes is over the {MAX_CONTROL_ANSWER} a control \
                              answer may take",

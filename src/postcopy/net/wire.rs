@@ -21,7 +21,8 @@
 use crate::vmm::layout::PAGE_SIZE;
 
 pub const MAGIC: [u8; 4] = *b"FLPG";
-pub const VERSION: u16 = 1;
+/// 2: control answers in parts, finish refused before a switchover.
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 16;
 /// The largest payload of one frame; bigger transfers are split (a push batch is 256 KiB).
 pub const MAX_PAYLOAD: u32 = 1 << 20;

@@ -304,20 +304,24 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
         // Coarse polling is enough: the times come from the vCPU threads themselves.
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Each vCPU's span as its own thread saw it, from leaving pause to DONE (as a C
-    // program timing in its vCPU threads would); the trial's runs from the first start
-    // to the last DONE.
+    // Timed on the vCPU threads, as a C program would, not by this coarse poll.
     let spans: Vec<(u64, u64)> = vm
         .vcpus()
         .iter()
         .map(|v| {
             let s = v.stats();
             (
-                s.resumed_ns.load(Ordering::Relaxed),
+                s.first_resumed_ns.load(Ordering::Relaxed),
                 s.done_ns.load(Ordering::Relaxed),
             )
         })
         .collect();
+    if let Some(i) = spans.iter().position(|&(from, to)| from == 0 || to < from) {
+        return Err(BenchError::GuestFailed(format!(
+            "vCPU {i} reached DONE with no span of its own ({:?})",
+            spans[i]
+        )));
+    }
     let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let secs = last.saturating_sub(first) as f64 / 1e9;

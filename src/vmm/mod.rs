@@ -16,7 +16,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 pub use fault::{ExitPath, FillOutcome, MissingPageHandler};
 pub use memory::{Backing, GuestRam};
-pub use state::VcpuState;
+pub use state::{CaptureSpec, VcpuState};
 pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats, dominant_exit_path};
 
 use crate::guest::{GuestProgram, VcpuStart};
@@ -104,7 +104,7 @@ pub struct Vm {
     _vm: VmFd,
     _kvm: Kvm,
     ram: Arc<GuestRam>,
-    msr_indices: Vec<u32>,
+    capture: CaptureSpec,
     config: VmConfig,
 }
 
@@ -148,11 +148,14 @@ impl Vm {
         let supported_msrs = kvm
             .get_msr_index_list()
             .map_err(kvm_err("read the MSR index list"))?;
-        let msr_indices = state::MIGRATED_MSRS
-            .iter()
-            .copied()
-            .filter(|m| supported_msrs.as_slice().contains(m))
-            .collect();
+        let capture = CaptureSpec {
+            msr_indices: state::MIGRATED_MSRS
+                .iter()
+                .copied()
+                .filter(|m| supported_msrs.as_slice().contains(m))
+                .collect(),
+            xcrs: kvm.check_extension(kvm_ioctls::Cap::Xcrs),
+        };
 
         let mut vcpus = Vec::with_capacity(config.vcpus);
         for id in 0..config.vcpus {
@@ -185,7 +188,7 @@ impl Vm {
             _vm: vm,
             _kvm: kvm,
             ram,
-            msr_indices,
+            capture,
             config,
         })
     }
@@ -223,7 +226,7 @@ impl Vm {
         }
         self.ram.write(program.code_gpa, &program.code)?;
         for (vcpu, start) in self.vcpus.iter().zip(&program.starts) {
-            let mut state = vcpu.capture(&self.msr_indices)?;
+            let mut state = vcpu.capture(&self.capture)?;
             apply_start(&mut state.regs, start);
             // Application processors wait for a SIPI otherwise.
             state.mp_state.mp_state = kvm_bindings::KVM_MP_STATE_RUNNABLE;
@@ -251,7 +254,7 @@ impl Vm {
         let replies = self
             .vcpus
             .iter()
-            .map(|v| v.begin_capture(&self.msr_indices))
+            .map(|v| v.begin_capture(&self.capture))
             .collect::<Result<Vec<_>, _>>()?;
         replies.into_iter().map(|r| r.wait()).collect()
     }
@@ -262,7 +265,7 @@ impl Vm {
         let pending = self
             .vcpus
             .iter()
-            .map(|v| Ok((v.begin_pause()?, v.begin_capture(&self.msr_indices)?)))
+            .map(|v| Ok((v.begin_pause()?, v.begin_capture(&self.capture)?)))
             .collect::<Result<Vec<_>, VmmError>>()?;
         pending
             .into_iter()

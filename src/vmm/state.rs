@@ -53,21 +53,28 @@ fn err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::VcpuState { what, source }
 }
 
-impl VcpuState {
-    /// Reads the state of a vCPU that is not running. `msr_indices` are the MSRs to take:
+/// What a capture takes on this host, probed once per VM.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureSpec {
     /// [`MIGRATED_MSRS`] filtered by what the host supports.
-    pub fn capture(vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, VmmError> {
+    pub msr_indices: Vec<u32>,
+    /// The host has XCRs to save (KVM_CAP_XCRS).
+    pub xcrs: bool,
+}
+
+impl VcpuState {
+    /// Reads the state of a vCPU that is not running.
+    pub fn capture(vcpu: &VcpuFd, spec: &CaptureSpec) -> Result<VcpuState, VmmError> {
         let mp_state = vcpu.get_mp_state().map_err(err("mp_state"))?;
         let regs = vcpu.get_regs().map_err(err("regs"))?;
         let sregs = vcpu.get_sregs().map_err(err("sregs"))?;
         let fpu = vcpu.get_fpu().map_err(err("fpu"))?;
-        // EINVAL: the host has no XCRs to save (no KVM_CAP_XCRS); anything else is a failure.
-        let xcrs = match vcpu.get_xcrs() {
-            Ok(x) => Some(x),
-            Err(e) if e.errno() == libc::EINVAL => None,
-            Err(e) => return Err(err("xcrs")(e)),
+        let xcrs = match spec.xcrs {
+            true => Some(vcpu.get_xcrs().map_err(err("xcrs"))?),
+            false => None,
         };
-        let entries: Vec<kvm_msr_entry> = msr_indices
+        let entries: Vec<kvm_msr_entry> = spec
+            .msr_indices
             .iter()
             .map(|&index| kvm_msr_entry {
                 index,

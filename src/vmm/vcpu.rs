@@ -19,7 +19,7 @@ use super::VmmError;
 use super::fault::{ExitPath, FillOutcome, MissingPageHandler};
 use super::layout::PAGE_SIZE;
 use super::memory::GuestRam;
-use super::state::VcpuState;
+use super::state::{CaptureSpec, VcpuState};
 use crate::guest::ports::{self, Report};
 
 /// How long a command waits for the vCPU thread to answer before calling it unresponsive.
@@ -75,19 +75,21 @@ pub struct VcpuStats {
     pub fault_exits: [AtomicU64; 4],
     /// Accesses the guest reported with DONE.
     pub done_accesses: AtomicU64,
-    /// When the vCPU thread last left pause for the guest, and when it saw DONE, in
-    /// [`clock_ns`]: a run's own span, free of its controller's polling.
-    pub resumed_ns: AtomicU64,
+    /// When the vCPU thread first left pause for the guest, and when it saw DONE, in
+    /// [`clock_ns`] (0: not yet): a run's own span, free of its controller's polling.
+    pub first_resumed_ns: AtomicU64,
     pub done_ns: AtomicU64,
 }
 
-/// Nanoseconds since the first call in this process: the clock of [`VcpuStats`] spans.
+/// Nanoseconds since the first call in this process, plus one so that no reading is 0:
+/// the clock of [`VcpuStats`] spans.
 pub fn clock_ns() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
     EPOCH
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_nanos() as u64
+        + 1
 }
 
 impl Default for VcpuStats {
@@ -100,7 +102,7 @@ impl Default for VcpuStats {
             exits: AtomicU64::new(0),
             fault_exits: Default::default(),
             done_accesses: AtomicU64::new(0),
-            resumed_ns: AtomicU64::new(0),
+            first_resumed_ns: AtomicU64::new(0),
             done_ns: AtomicU64::new(0),
         }
     }
@@ -188,7 +190,7 @@ enum Command {
     Pause(Sender<()>),
     Resume,
     Stop,
-    Capture(Vec<u32>, Sender<Result<VcpuState, VmmError>>),
+    Capture(CaptureSpec, Sender<Result<VcpuState, VmmError>>),
     Restore(Box<VcpuState>, Sender<Result<(), VmmError>>),
 }
 
@@ -361,9 +363,9 @@ impl VcpuHandle {
 
     /// Asks a paused vCPU for its state; the answer comes on the returned channel, so a
     /// controller can ask every vCPU before waiting for any.
-    pub fn begin_capture(&self, msr_indices: &[u32]) -> Result<Reply<VcpuState>, VmmError> {
+    pub fn begin_capture(&self, spec: &CaptureSpec) -> Result<Reply<VcpuState>, VmmError> {
         let (tx, rx) = bounded(1);
-        self.send(Command::Capture(msr_indices.to_vec(), tx))?;
+        self.send(Command::Capture(spec.clone(), tx))?;
         Ok(Reply {
             id: self.shared.id,
             rx,
@@ -371,8 +373,8 @@ impl VcpuHandle {
     }
 
     /// Captures the state of a paused vCPU.
-    pub fn capture(&self, msr_indices: &[u32]) -> Result<VcpuState, VmmError> {
-        self.begin_capture(msr_indices)?.wait()
+    pub fn capture(&self, spec: &CaptureSpec) -> Result<VcpuState, VmmError> {
+        self.begin_capture(spec)?.wait()
     }
 
     /// Restores `state` into a paused vCPU; the outcome comes on the returned channel.
@@ -478,19 +480,21 @@ impl Runner {
             }
             Command::Resume => {
                 if state == RunState::Paused {
-                    self.shared
-                        .stats
-                        .resumed_ns
-                        .store(clock_ns(), Ordering::Relaxed);
+                    let _ = self.shared.stats.first_resumed_ns.compare_exchange(
+                        0,
+                        clock_ns(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     RunState::Running
                 } else {
                     state
                 }
             }
             Command::Stop => RunState::Stopped,
-            Command::Capture(msrs, reply) => {
+            Command::Capture(spec, reply) => {
                 let r = if not_running {
-                    VcpuState::capture(&self.fd, &msrs)
+                    VcpuState::capture(&self.fd, &spec)
                 } else {
                     Err(VmmError::NotPaused(self.shared.id))
                 };

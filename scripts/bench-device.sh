@@ -31,9 +31,12 @@ step bench.json "$BIN" bench --vcpus 1,2,4,8,16 --mode prefill,uffd,exit --telem
 # figures of issue 6 came from another sitting on a host of unknown speed. One archive, so
 # the files stay within what comes back (scripts/side-summary.py reads it unpacked).
 side() {
+    rc=0
     BIN=$BIN REF=$REF VCPUS="1 4 16" MODES="uffd exit" BACKINGS=shmem ROUNDS=3 \
-        OUT="$OUT/side" sh "$(dirname "$0")/bench-side.sh"
+        OUT="$OUT/side" sh "$(dirname "$0")/bench-side.sh" >&2 || rc=$?
+    # Whatever finished comes back, and the step's status is the run's, not tar's.
     tar -C "$OUT" -czf - side && rm -rf "$OUT/side"
+    return "$rc"
 }
 step side.tgz side || true
 # Both memory backings side by side, interleaved (the run above uses the default, shmem).

@@ -14,17 +14,27 @@ ROUNDS=${ROUNDS:-7}
 OUT=${OUT:-./side-out}
 mkdir -p "$OUT"
 list() { echo "$1" | tr ' ' ','; }
+# A failed run is said on stderr and the rest go on; the exit status says one failed.
+status=0
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
     "$BIN" bench --vcpus "$(list "$VCPUS")" --mode "$(list "$MODES")" \
         --backing "$(list "$BACKINGS")" --repeat 1 --push-mem 0 --downtime-vcpus 0 \
-        --frame-vcpus 0 --json >"$OUT/faultline-$round.json"
+        --frame-vcpus 0 --json >"$OUT/faultline-$round.json" || {
+        echo "bench-side: round $round: faultline bench failed" >&2
+        status=1
+    }
+    # Every line the reference prints (a trial, then its median).
     for v in $VCPUS; do
         for m in $MODES; do
             for b in $BACKINGS; do
-                "$REF" -M "$m" -b "$b" -v "$v" -r 1 | tail -n 1
+                "$REF" -M "$m" -b "$b" -v "$v" -r 1 || {
+                    echo "bench-side: round $round: demand_paging -M $m -b $b -v $v failed" >&2
+                    status=1
+                }
             done
         done
     done >"$OUT/c-$round.txt"
     round=$((round + 1))
 done
+exit "$status"

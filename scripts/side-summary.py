@@ -28,7 +28,7 @@ def main(out):
     for path in glob.glob(f"{out}/c-*.txt"):
         rnd = int(re.search(r"-(\d+)\.txt$", path)[1])
         for text in open(path):
-            m = line.search(text)
+            m = line.search(text) if text.startswith("median:") else None
             if m:
                 theirs.setdefault((m[1], int(m[3]), m[2]), {})[rnd] = float(m[4])
     order = ["prefill", "uffd", "exit"]
@@ -36,6 +36,9 @@ def main(out):
     print("|---|---|---|---|---|---|")
     for key in sorted(ours, key=lambda k: (order.index(k[0]), k[2] != "shmem", k[1])):
         rounds = sorted(set(ours[key]) & set(theirs.get(key, {})))
+        missing = sorted(set(ours[key]) ^ set(theirs.get(key, {})))
+        if missing:
+            print(f"{key}: no pair in rounds {missing} (a run failed)", file=sys.stderr)
         if not rounds:
             continue
         f = [ours[key][r] for r in rounds]

@@ -189,6 +189,8 @@ static void *vcpu_thread(void *arg) {
             // Upstream's annotated fault: flags, gpa, size at the start of the union.
             uint64_t gpa;
             memcpy(&gpa, (uint8_t *)run->padding + 8, sizeof gpa);
+            if (gpa < v->slice_gpa || gpa >= v->slice_gpa + v->slice_len)
+                die("vCPU %d: memory fault at %#lx, outside its slice", v->id, gpa);
             fill(v->uffd, gpa, 0);
             v->faults++;
             continue;
@@ -208,8 +210,8 @@ static void *vcpu_thread(void *arg) {
         case KVM_EXIT_MMIO: {
             // PVM with UFFD_FEATURE_SIGBUS: the missing page, as an access to complete.
             uint64_t gpa = run->mmio.phys_addr;
-            if (gpa + run->mmio.len > g.mem_bytes)
-                die("vCPU %d: access outside RAM at %#llx", v->id, run->mmio.phys_addr);
+            if (gpa < v->slice_gpa || gpa + run->mmio.len > v->slice_gpa + v->slice_len)
+                die("vCPU %d: access at %#llx, outside its slice", v->id, run->mmio.phys_addr);
             fill(v->uffd, gpa, 0);
             v->faults++;
             if (run->mmio.is_write)
@@ -431,6 +433,9 @@ static double trial(void) {
         faults += vcpus[i].faults;
     }
     uint64_t pages = g.nvcpus * (g.mem_per_vcpu / PAGE);
+    // First, as reading a page that never faulted in would wait on a fill that never comes.
+    if (g.mode != PREFILL && faults != pages)
+        die("%lu faults for %lu pages", faults, pages);
     // Every page arrived with its content and the guest's write over it.
     for (uint64_t off = BOOT_SIZE; off < g.mem_bytes; off += PAGE) {
         // The guest writes each block's base address into each page of the block.
@@ -439,8 +444,6 @@ static double trial(void) {
         if (seen != want || memcmp(g.guest + off + 8, g.source + off + 8, 64))
             die("page at %#lx: wrong content after the trial", off);
     }
-    if (g.mode != PREFILL && faults != pages)
-        die("%lu faults for %lu pages", faults, pages);
 
     for (int i = 0; i < g.nvcpus; i++) {
         munmap(vcpus[i].run, run_size);

@@ -356,3 +356,36 @@ fn a_guest_runs_in_one_place_only_and_can_move_on_from_its_first_destination() {
     let (ok, rest) = source.wait(Duration::from_secs(10));
     assert!(ok, "{rest:?}");
 }
+
+#[test]
+fn a_switchover_whose_answer_cannot_be_sent_leaves_the_guest_running_at_the_source() {
+    use faultline::postcopy::net::wire::{HEADER_LEN, Hello, Op, Request};
+    use std::io::{Read, Write};
+    let source = Source::start(&["--vcpus", "2", "--mem", "64M"]);
+    // A destination that asks for the switchover and is gone (reset) before the answer.
+    let mut conn = std::net::TcpStream::connect(&source.addr).unwrap();
+    let token = u64::from_str_radix(&source.token, 16).unwrap();
+    conn.write_all(&Hello { token }.encode()).unwrap();
+    let mut welcome = [0u8; HEADER_LEN];
+    conn.read_exact(&mut welcome).unwrap();
+    conn.write_all(&Request::control(Op::Switchover).encode())
+        .unwrap();
+    socket2::SockRef::from(&conn)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    // The guest was not given up: a real destination takes it over, every page verified.
+    let out = take_over(&source, &["--duration", "0s", "--fetch-rate", "unlimited"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    let (ok, said) = source.wait(Duration::from_secs(30));
+    assert!(ok, "{said:?}");
+    // One switchover only was announced: the one that got through.
+    assert_eq!(
+        said.iter().filter(|l| l.contains("switched over")).count(),
+        1,
+        "{said:?}"
+    );
+}

@@ -215,10 +215,8 @@ impl PreparedSwitchover {
 /// The source's side: its running guest, until a destination takes it over.
 pub struct SourceGuest {
     offer: Offer,
+    /// The guest runs in one place only: once handed over, a second switchover is refused.
     guest: Mutex<Slot>,
-    /// Whether the guest has been handed over: it runs in one place only, so a second
-    /// switchover is refused.
-    handed_over: AtomicBool,
     /// When the guest started, and its accesses then, for the baseline.
     pace_from: Mutex<(Instant, Vec<u64>)>,
     finished: AtomicBool,
@@ -253,7 +251,6 @@ impl SourceGuest {
         SourceGuest {
             offer,
             guest: Mutex::new(Slot::Running(vm)),
-            handed_over: AtomicBool::new(false),
             pace_from: Mutex::new((Instant::now(), accesses)),
             finished: AtomicBool::new(false),
         }
@@ -268,7 +265,7 @@ impl SourceGuest {
     }
 
     pub fn switched_over(&self) -> bool {
-        self.handed_over.load(Ordering::Acquire)
+        matches!(*lock(&self.guest), Slot::HandedOver)
     }
 
     pub fn finished(&self) -> bool {
@@ -317,11 +314,8 @@ impl SourceGuest {
     fn settle(&self, written: bool) {
         let mut slot = lock(&self.guest);
         match std::mem::replace(&mut *slot, Slot::HandedOver) {
-            Slot::Handing(vm) if written => {
-                self.handed_over.store(true, Ordering::Release);
-                // The vCPU threads end here; the RAM lives on in the page server's image.
-                drop(vm);
-            }
+            // The vCPU threads end here; the RAM lives on in the page server's image.
+            Slot::Handing(vm) if written => drop(vm),
             Slot::Handing(vm) => {
                 if let Err(e) = vm.resume_all() {
                     tracing::warn!("the handover did not go out and the guest cannot resume: {e}");

@@ -69,9 +69,10 @@ impl VcpuState {
         let regs = vcpu.get_regs().map_err(err("regs"))?;
         let sregs = vcpu.get_sregs().map_err(err("sregs"))?;
         let fpu = vcpu.get_fpu().map_err(err("fpu"))?;
-        let xcrs = match spec.xcrs {
-            true => Some(vcpu.get_xcrs().map_err(err("xcrs"))?),
-            false => None,
+        let xcrs = if spec.xcrs {
+            Some(vcpu.get_xcrs().map_err(err("xcrs"))?)
+        } else {
+            None
         };
         let entries: Vec<kvm_msr_entry> = spec
             .msr_indices

@@ -124,6 +124,7 @@ struct RunArgs {
 /// The flags that shape the guest, over what its scenario says (`run` and `source`).
 #[derive(Args, Default)]
 pub(crate) struct GuestArgs {
+    /// vCPUs, 1 to 64.
     #[arg(long)]
     vcpus: Option<usize>,
     /// Guest memory, e.g. 256M or 1G.

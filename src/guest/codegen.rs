@@ -5,7 +5,8 @@
 //! Register convention (set by the host at start, carried by vCPU state afterwards):
 //! rdi slice base gpa, rsi slice pages, r11 hot-set pages or stride, r8 PRNG state,
 //! r9 verify generation, r10 next sequential index, r12 access counter,
-//! r14 verify expectation mask, r15 read sink; rax, rcx, r13 are scratch.
+//! r14 verify expectation mask, r15 read sink; rax, rcx, r13 are scratch. With
+//! [`Reports::Console`], rbx holds the vCPU index and rdx is scratch too.
 
 use iced_x86::code_asm::*;
 
@@ -47,6 +48,50 @@ pub struct Placement {
     pub data_pages: u64,
     /// Top of vCPU 0's stack; vCPU i gets `stack_top(i)`.
     pub stack_top: fn(usize) -> u64,
+    pub reports: Reports,
+}
+
+/// How the workload tells the host what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reports {
+    /// `out imm8, eax` to the ports of [`ports`]: the host sees all four bytes (KVM_EXIT_IO).
+    Ports,
+    /// One byte a report to a debug console at this port, for a VMM that logs port writes
+    /// byte by byte (QEMU's isa-debugcon): [`ports::ConsoleReport`] says how.
+    Console(u16),
+}
+
+/// What a report says, for [`Reports::Console`]'s byte (the top two bits).
+#[derive(Debug, Clone, Copy)]
+enum ReportKind {
+    Progress,
+    VerifyError,
+    Done,
+}
+
+/// Reports `kind`; for [`Reports::Ports`] eax holds the value. Clobbers rax (and rdx).
+fn emit_report(a: &mut CodeAssembler, reports: Reports, kind: ReportKind) -> Result<(), IcedError> {
+    match reports {
+        Reports::Ports => {
+            let port = match kind {
+                ReportKind::Progress => ports::PROGRESS,
+                ReportKind::VerifyError => ports::VERIFY_ERROR,
+                ReportKind::Done => ports::DONE,
+            };
+            a.out(u32::from(port), eax)
+        }
+        Reports::Console(port) => {
+            let tag = match kind {
+                ReportKind::Progress => ports::CONSOLE_PROGRESS,
+                ReportKind::VerifyError => ports::CONSOLE_VERIFY_ERROR,
+                ReportKind::Done => ports::CONSOLE_DONE,
+            };
+            a.mov(eax, ebx)?;
+            a.or(eax, u32::from(tag))?;
+            a.mov(edx, u32::from(port))?;
+            a.out(dx, al)
+        }
+    }
 }
 
 /// Assembles `workload` for `vcpus` vCPUs.
@@ -69,7 +114,7 @@ pub fn assemble(
         });
     }
 
-    let code = encode(workload, place.code_gpa)?;
+    let code = encode(workload, place.code_gpa, place.reports)?;
     if code.len() as u64 > place.code_max {
         return Err(GuestError::TooLarge {
             len: code.len(),
@@ -195,7 +240,7 @@ fn emit_write(a: &mut CodeAssembler) -> Result<(), IcedError> {
 
 /// Checks both stamps of the page at rax against the previous generation, reports a
 /// mismatch, then stamps the page with the current generation.
-fn emit_verify(a: &mut CodeAssembler) -> Result<(), IcedError> {
+fn emit_verify(a: &mut CodeAssembler, reports: Reports) -> Result<(), IcedError> {
     let mut bad = a.create_label();
     let mut stamp = a.create_label();
     a.mov(rcx, r9)?;
@@ -211,7 +256,7 @@ fn emit_verify(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.set_label(&mut bad)?;
     a.mov(r13, rax)?;
     a.shr(rax, PAGE_SHIFT)?;
-    a.out(u32::from(ports::VERIFY_ERROR), eax)?;
+    emit_report(a, reports, ReportKind::VerifyError)?;
     a.mov(rax, r13)?;
     a.set_label(&mut stamp)?;
     a.mov(rcx, r9)?;
@@ -222,12 +267,16 @@ fn emit_verify(a: &mut CodeAssembler) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn emit_progress(a: &mut CodeAssembler, top: CodeLabel) -> Result<(), IcedError> {
+fn emit_progress(
+    a: &mut CodeAssembler,
+    top: CodeLabel,
+    reports: Reports,
+) -> Result<(), IcedError> {
     a.test(r12d, (ports::PROGRESS_EVERY - 1) as u32)?;
     a.jnz(top)?;
     a.mov(rax, r12)?;
     a.shr(rax, ports::PROGRESS_SHIFT)?;
-    a.out(u32::from(ports::PROGRESS), eax)?;
+    emit_report(a, reports, ReportKind::Progress)?;
     a.jmp(top)?;
     Ok(())
 }
@@ -244,7 +293,7 @@ const _: () = assert!(ports::PROGRESS_EVERY.is_multiple_of(TOUCH_BLOCK as u64));
 /// that is not PVM-aware) pays for each one, so the loop spends about one instruction a
 /// page, the write itself. A block writes [`TOUCH_BLOCK`] pages from rax with r10 and r12
 /// advanced after it; the pages left over go one at a time.
-fn encode_touch(code_gpa: u64) -> Result<Vec<u8>, GuestError> {
+fn encode_touch(code_gpa: u64, reports: Reports) -> Result<Vec<u8>, GuestError> {
     let mut a = CodeAssembler::new(64)?;
     let mut block = a.create_label();
     let mut tail = a.create_label();
@@ -262,7 +311,7 @@ fn encode_touch(code_gpa: u64) -> Result<Vec<u8>, GuestError> {
     }
     a.add(r10, TOUCH_BLOCK as i32)?;
     a.add(r12, TOUCH_BLOCK as i32)?;
-    emit_progress(&mut a, block)?;
+    emit_progress(&mut a, block, reports)?;
 
     a.set_label(&mut tail)?;
     a.cmp(r10, rsi)?;
@@ -273,11 +322,11 @@ fn encode_touch(code_gpa: u64) -> Result<Vec<u8>, GuestError> {
     a.mov(qword_ptr(rax), rax)?;
     a.inc(r10)?;
     a.inc(r12)?;
-    emit_progress(&mut a, tail)?;
+    emit_progress(&mut a, tail, reports)?;
 
     a.set_label(&mut done)?;
     a.mov(eax, r12d)?;
-    a.out(u32::from(ports::DONE), eax)?;
+    emit_report(&mut a, reports, ReportKind::Done)?;
     // The host stops the vCPU at DONE; spin here should it ever be resumed.
     a.jmp(done)?;
     Ok(a.assemble(code_gpa)?)
@@ -310,9 +359,9 @@ pub fn timing_loop(iterations: u32, place: &Placement) -> Result<GuestProgram, G
     })
 }
 
-fn encode(workload: &Workload, code_gpa: u64) -> Result<Vec<u8>, GuestError> {
+fn encode(workload: &Workload, code_gpa: u64, reports: Reports) -> Result<Vec<u8>, GuestError> {
     if workload.pattern == Pattern::Touch {
-        return encode_touch(code_gpa);
+        return encode_touch(code_gpa, reports);
     }
     let mut a = CodeAssembler::new(64)?;
     let mut top = a.create_label();
@@ -322,7 +371,7 @@ fn encode(workload: &Workload, code_gpa: u64) -> Result<Vec<u8>, GuestError> {
     a.shl(rax, PAGE_SHIFT)?;
     a.add(rax, rdi)?;
     match (workload.pattern, workload.op) {
-        (Pattern::Verify, _) => emit_verify(&mut a)?,
+        (Pattern::Verify, _) => emit_verify(&mut a, reports)?,
         (_, Operation::Write) => emit_write(&mut a)?,
         (_, Operation::Read) => emit_read(&mut a)?,
         (_, Operation::Mixed) => {
@@ -339,7 +388,7 @@ fn encode(workload: &Workload, code_gpa: u64) -> Result<Vec<u8>, GuestError> {
         }
     }
     a.inc(r12)?;
-    emit_progress(&mut a, top)?;
+    emit_progress(&mut a, top, reports)?;
     Ok(a.assemble(code_gpa)?)
 }
 
@@ -355,6 +404,7 @@ mod tests {
             data_gpa: 0x20_0000,
             data_pages,
             stack_top: |i| 0x18_0000 + (i as u64 + 1) * 0x1000,
+            reports: Reports::Ports,
         }
     }
 
@@ -379,7 +429,7 @@ mod tests {
     #[test]
     fn touch_spends_about_one_instruction_a_page() {
         let w: Workload = "touch".parse().unwrap();
-        let code = encode(&w, 0x10_0000).unwrap();
+        let code = encode(&w, 0x10_0000, Reports::Ports).unwrap();
         let all = Decoder::with_ip(64, &code, 0x10_0000, DecoderOptions::NONE)
             .into_iter()
             .collect::<Vec<_>>();

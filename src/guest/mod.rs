@@ -3,11 +3,12 @@
 //!
 //! Owns what runs inside the VM and what its reports mean. Knows nothing of KVM.
 
+pub mod boot;
 mod codegen;
 pub mod ports;
 mod workload;
 
-pub use codegen::{GuestProgram, Placement, VcpuStart, assemble, timing_loop};
+pub use codegen::{GuestProgram, Placement, Reports, VcpuStart, assemble, timing_loop};
 pub use workload::{Operation, Pattern, Sharing, Workload, WorkloadError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,4 +21,13 @@ pub enum GuestError {
         "guest memory of {data_pages} data pages cannot be split into {vcpus} slices of at least one page"
     )]
     TooSmall { data_pages: u64, vcpus: usize },
+    #[error("a bootable guest takes 1 to {max} vCPUs, not {vcpus}")]
+    TooManyVcpus { vcpus: usize, max: usize },
+    #[error(
+        "a bootable guest takes {} to {} of memory, not {}",
+        crate::units::Bytes(*min),
+        crate::units::Bytes(*max),
+        crate::units::Bytes(*mem_bytes)
+    )]
+    MemOutOfRange { mem_bytes: u64, min: u64, max: u64 },
 }

@@ -13,6 +13,38 @@ pub const PROGRESS_SHIFT: u32 = 12;
 /// Accesses between two progress reports.
 pub const PROGRESS_EVERY: u64 = 1 << PROGRESS_SHIFT;
 
+/// The console form ([`crate::guest::Reports::Console`]): one byte a report, the vCPU
+/// index in the low six bits and the kind in the top two, so reports of vCPUs writing at
+/// once never interleave. A progress byte stands for [`PROGRESS_EVERY`] more accesses.
+pub const CONSOLE_PROGRESS: u8 = 0x00;
+pub const CONSOLE_VERIFY_ERROR: u8 = 0x40;
+pub const CONSOLE_DONE: u8 = 0x80;
+/// The vCPU reached its workload (sent once, by the boot code).
+pub const CONSOLE_STARTED: u8 = 0xC0;
+/// vCPUs the console form can name.
+pub const CONSOLE_MAX_VCPUS: usize = 64;
+
+/// One console byte, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleReport {
+    Progress { vcpu: usize },
+    VerifyMismatch { vcpu: usize },
+    Done { vcpu: usize },
+    Started { vcpu: usize },
+}
+
+impl ConsoleReport {
+    pub fn decode(byte: u8) -> ConsoleReport {
+        let vcpu = usize::from(byte & 0x3F);
+        match byte & 0xC0 {
+            CONSOLE_PROGRESS => ConsoleReport::Progress { vcpu },
+            CONSOLE_VERIFY_ERROR => ConsoleReport::VerifyMismatch { vcpu },
+            CONSOLE_DONE => ConsoleReport::Done { vcpu },
+            _ => ConsoleReport::Started { vcpu },
+        }
+    }
+}
+
 /// One report from the guest, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {
@@ -56,6 +88,26 @@ pub fn decode(port: u16, data: &[u8]) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_bytes_name_the_vcpu_and_the_kind() {
+        assert_eq!(
+            ConsoleReport::decode(CONSOLE_PROGRESS | 5),
+            ConsoleReport::Progress { vcpu: 5 }
+        );
+        assert_eq!(
+            ConsoleReport::decode(CONSOLE_VERIFY_ERROR | 63),
+            ConsoleReport::VerifyMismatch { vcpu: 63 }
+        );
+        assert_eq!(
+            ConsoleReport::decode(CONSOLE_DONE),
+            ConsoleReport::Done { vcpu: 0 }
+        );
+        assert_eq!(
+            ConsoleReport::decode(CONSOLE_STARTED | 1),
+            ConsoleReport::Started { vcpu: 1 }
+        );
+    }
 
     #[test]
     fn decodes_each_report() {

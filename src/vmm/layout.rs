@@ -83,6 +83,7 @@ pub fn placement(mem_bytes: u64) -> crate::guest::Placement {
         data_gpa: data_gpa(),
         data_pages: mem_bytes.saturating_sub(data_gpa()) / PAGE_SIZE,
         stack_top,
+        reports: crate::guest::Reports::Ports,
     }
 }
 

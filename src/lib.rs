@@ -8,6 +8,7 @@ pub mod control;
 pub mod guest;
 pub mod postcopy;
 pub mod probe;
+pub mod qemu;
 pub mod scenario;
 pub mod snapshot;
 pub mod striped;

@@ -38,8 +38,12 @@ enum Command {
     Source(cli::source::SourceArgs),
     /// Measure demand paging: pages/s per fault mode and vCPU count, and the observer's cost.
     Bench(cli::bench::BenchArgs),
-    /// Watch and steer a run served with `faultline run --control PATH`.
+    /// Watch and steer a run served with `faultline run --control PATH`, or a real QEMU
+    /// migration (`--qmp SOCKET --trace FILE`).
     Attach(cli::observe::AttachArgs),
+    /// Launch a real QEMU post-copy migration on this host (source and destination, a
+    /// faultline guest) and watch it live, per vCPU.
+    Qemu(cli::qemu::QemuArgs),
     /// Play a recording back in the live view, or print its summary.
     Replay(cli::observe::ReplayArgs),
     /// Report what this host offers: KVM, userfaultfd, and which fault modes really work.
@@ -171,7 +175,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_size(s).map_err(|e| e.to_string())
 }
 
-fn parse_rate(s: &str) -> Result<Rate, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<Rate, String> {
     units::parse_rate(s).map_err(|e| e.to_string())
 }
 
@@ -243,7 +247,7 @@ fn take_over(c: &mut RunConfig, addr: &str, token: u64) -> anyhow::Result<()> {
 }
 
 /// The summary as text; write errors are the caller's (a hung-up terminal is not fatal).
-fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
+pub(crate) fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
     let verdict = if s.verified {
         "verified"
     } else {
@@ -319,7 +323,12 @@ fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<
 }
 
 pub(crate) fn print_summary(s: &Summary) {
-    let _ = write_summary(&mut std::io::stdout().lock(), s);
+    let out = &mut std::io::stdout().lock();
+    let _ = if s.qemu.is_some() {
+        cli::qemu::print_qemu_summary(out, s)
+    } else {
+        write_summary(out, s)
+    };
 }
 
 /// One status line on stderr from a snapshot, while a headless run goes on.
@@ -530,6 +539,7 @@ fn main() -> ExitCode {
         Some(Command::Source(args)) => cli::source::run(args),
         Some(Command::Attach(args)) => cli::observe::attach(args),
         Some(Command::Replay(args)) => cli::observe::replay(args),
+        Some(Command::Qemu(args)) => cli::qemu::run(args),
         Some(Command::Run(args)) => run(args),
         None => run(RunArgs::default()),
     };

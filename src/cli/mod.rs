@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod observe;
+pub mod qemu;
 pub mod source;

@@ -19,7 +19,10 @@ use crate::UsageError;
 #[derive(Args)]
 pub struct AttachArgs {
     /// The socket a `faultline run --control PATH` serves.
-    path: PathBuf,
+    #[arg(required_unless_present = "qmp")]
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    qemu: crate::cli::qemu::QmpTarget,
     /// Also record what is seen to this file.
     #[arg(long)]
     record: Option<PathBuf>,
@@ -96,20 +99,22 @@ pub fn spawn_recorder(
 
 pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
     need_terminal("attach")?;
+    let Some(path) = args.path else {
+        return crate::cli::qemu::attach(args.qemu, args.record, args.log);
+    };
     let recorder = args
         .record
         .as_deref()
         .map(Recorder::create)
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
-    let mut feed =
-        SocketFeed::connect(&args.path, recorder).map_err(|e| UsageError(e.to_string()))?;
+    let mut feed = SocketFeed::connect(&path, recorder).map_err(|e| UsageError(e.to_string()))?;
     let log_path = args
         .log
         .clone()
         .unwrap_or_else(crate::logging::default_path);
     let _log = crate::logging::init(&log_path)?;
-    tracing::info!(path = %args.path.display(), "attached");
+    tracing::info!(path = %path.display(), "attached");
     let mut app = tui::App::new();
     let exit = tui::terminal::run(&mut feed, &mut app)?;
     tracing::info!(?exit, "attach view closed");
@@ -121,7 +126,7 @@ pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
         // The run went away before it ended: say so, and fail.
         anyhow::bail!(
             "{}: the connection was lost before the run ended",
-            args.path.display()
+            path.display()
         );
     }
     match feed.last().and_then(|s| s.summary.clone()) {

@@ -405,9 +405,15 @@ mod tests {
         assert_eq!(entry[2].far_branch32(), PM32 as u32);
         assert_eq!(entry[2].far_branch_selector(), CODE32);
         let tramp = decode(16, at(&img, TRAMPOLINE_IMAGE, 0x40), 0);
-        let jump = tramp.iter().find(|i| i.mnemonic() == Mnemonic::Jmp).unwrap();
+        let jump = tramp
+            .iter()
+            .find(|i| i.mnemonic() == Mnemonic::Jmp)
+            .unwrap();
         assert_eq!(jump.far_branch32(), PM32 as u32);
-        assert_eq!(&at(&img, TRAMPOLINE_IMAGE, 0x46)[0x40..], &gdt_pointer()[..]);
+        assert_eq!(
+            &at(&img, TRAMPOLINE_IMAGE, 0x46)[0x40..],
+            &gdt_pointer()[..]
+        );
         let pm = decode(32, at(&img, PM32, 0x80), PM32);
         let last = pm.iter().rfind(|i| i.mnemonic() == Mnemonic::Jmp).unwrap();
         assert_eq!(last.far_branch32(), LONG64 as u32);
@@ -446,16 +452,5 @@ mod tests {
         assert!(build(&w, 65, 256 << 20, 0xE9).is_err());
         assert!(build(&w, 2, 16 << 20, 0xE9).is_err());
         assert!(build(&w, 2, 4 << 30, 0xE9).is_err());
-    }
-}
-#[cfg(test)]
-mod scratch {
-    #[test]
-    #[ignore]
-    fn write_scratch_image() {
-        let n: usize = std::env::var("VCPUS").unwrap().parse().unwrap();
-        let w: super::Workload = std::env::var("WL").unwrap().parse().unwrap();
-        let img = super::build(&w, n, 256 << 20, 0xE9).unwrap();
-        std::fs::write("/tmp/fl-guest.bin", &img.bytes).unwrap();
     }
 }

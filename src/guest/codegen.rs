@@ -267,11 +267,7 @@ fn emit_verify(a: &mut CodeAssembler, reports: Reports) -> Result<(), IcedError>
     Ok(())
 }
 
-fn emit_progress(
-    a: &mut CodeAssembler,
-    top: CodeLabel,
-    reports: Reports,
-) -> Result<(), IcedError> {
+fn emit_progress(a: &mut CodeAssembler, top: CodeLabel, reports: Reports) -> Result<(), IcedError> {
     a.test(r12d, (ports::PROGRESS_EVERY - 1) as u32)?;
     a.jnz(top)?;
     a.mov(rax, r12)?;

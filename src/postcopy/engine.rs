@@ -164,6 +164,12 @@ pub struct VcpuSummary {
     pub stall_ms: f64,
     pub latency_us: LatencySummary,
     pub guest_progress: u64,
+    /// The vCPU thread's time off the CPU over the same window (QEMU migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offcpu_ms: Option<f64>,
+    /// QEMU's own `postcopy-vcpu-blocktime` for this vCPU (QEMU migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_blocktime_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -208,6 +214,9 @@ pub struct Summary {
     pub telemetry_dropped: u64,
     pub latency_us: LatencySummary,
     pub per_vcpu: Vec<VcpuSummary>,
+    /// A real QEMU migration's own figures and the vCPU threads' off-CPU times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<crate::snapshot::QemuView>,
 }
 
 fn local_transport() -> String {
@@ -1015,6 +1024,8 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
             stall_ms: telemetry.vcpus[i].stall_ns.load(Ordering::Relaxed) as f64 / 1e6,
             latency_us: aggregate.vcpu_latency(i),
             guest_progress: v.stats().guest_accesses.load(Ordering::Relaxed),
+            offcpu_ms: None,
+            qemu_blocktime_ms: None,
         })
         .collect();
     Summary {
@@ -1051,6 +1062,7 @@ fn summarize(config: &RunConfig, o: &Outcome, aggregate: &Aggregate) -> Summary 
         telemetry_dropped: telemetry.dropped(),
         latency_us: aggregate.latency(),
         per_vcpu,
+        qemu: None,
     }
 }
 

@@ -15,7 +15,9 @@ pub mod status;
 pub mod throttle;
 
 pub use destination::Destination;
-pub use engine::{Action, FaultMode, Phase, RunConfig, Summary, TimedAction, run};
+pub use engine::{
+    Action, FaultMode, Phase, RunConfig, Summary, TimedAction, VcpuSummary, VerifySummary, run,
+};
 pub use monitor::Monitor;
 pub use net::Transport;
 pub use remote::{Offer, Remote, SourceGuest};

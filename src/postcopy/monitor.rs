@@ -256,6 +256,7 @@ impl Monitor {
             injections: self.injections.iter().copied().collect(),
             message: self.message.clone(),
             summary: None,
+            qemu: None,
         }
     }
 

@@ -362,6 +362,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
         },
         message: None,
         summary: None,
+        qemu: None,
     };
     s.message = match phase {
         Phase::Warmup => Some("warming up the source".into()),

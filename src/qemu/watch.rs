@@ -1,0 +1,784 @@
+//! The watcher: follows one QEMU post-copy migration. Ten times a second it reads the
+//! destination's new trace lines, polls both sides' QMP, samples every vCPU thread's
+//! schedstat and the guest's console, and makes a [`Snapshot`]; between ticks it carries
+//! out the operator's actions through QMP. It runs on its own thread (see `feed`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use super::QemuError;
+use super::book::StallBook;
+use super::follow::Follower;
+use super::qmp::Qmp;
+use super::schedstat::ThreadClock;
+use super::trace::{self, Parsed};
+use crate::guest::ports::{CONSOLE_MAX_VCPUS, ConsoleReport, PROGRESS_EVERY};
+use crate::postcopy::{Action, Summary};
+use crate::snapshot::{
+    Activity, MemoryMap, PageCounts, Phase, QemuVcpu, QemuView, RunInfo, Snapshot, VcpuSnapshot,
+};
+use crate::units::Rate;
+
+/// What to follow.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The destination's QMP socket (one of its own for the observer).
+    pub dst_qmp: PathBuf,
+    /// The destination's trace log (`-D FILE`).
+    pub trace: PathBuf,
+    /// The source's QMP socket: page counts, throttle, pause and recovery.
+    pub src_qmp: Option<PathBuf>,
+    /// Where a recovered migration reconnects (`migrate-recover` / `migrate resume`).
+    pub recover_uri: Option<String>,
+    /// The debug consoles of faultline's own guest, destination and source, if it runs it.
+    pub console: Option<PathBuf>,
+    pub src_console: Option<PathBuf>,
+    /// Names for the header: the scenario and the workload.
+    pub scenario: String,
+    pub workload: String,
+}
+
+/// QEMU's migration states, as the destination reports them, by the view's phases.
+pub fn phase_of(state: &str) -> Phase {
+    match state {
+        "postcopy-active" | "postcopy-paused" | "postcopy-recover" | "postcopy-recover-setup" => {
+            Phase::Postcopy
+        }
+        "device" | "pre-switchover" | "postcopy-device" => Phase::Switchover,
+        "completed" => Phase::Complete,
+        "failed" | "cancelled" => Phase::Failed,
+        _ => Phase::Warmup,
+    }
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A QMP event's own timestamp, in wall-clock µs.
+fn event_us(e: &Value) -> Option<u64> {
+    let t = e.get("timestamp")?;
+    Some(t["seconds"].as_u64()? * 1_000_000 + t["microseconds"].as_u64()?)
+}
+
+/// Per-vCPU guest progress, from the console of faultline's own guest.
+#[derive(Debug, Default, Clone)]
+struct Console {
+    progress: Vec<u64>,
+    started: Vec<bool>,
+    mismatches: u64,
+}
+
+impl Console {
+    fn new(vcpus: usize) -> Console {
+        Console {
+            progress: vec![0; vcpus],
+            started: vec![false; vcpus],
+            mismatches: 0,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match ConsoleReport::decode(b) {
+                ConsoleReport::Progress { vcpu } => {
+                    if let Some(p) = self.progress.get_mut(vcpu) {
+                        *p += PROGRESS_EVERY;
+                    }
+                }
+                ConsoleReport::VerifyMismatch { .. } => self.mismatches += 1,
+                ConsoleReport::Started { vcpu } => {
+                    if let Some(s) = self.started.get_mut(vcpu) {
+                        *s = true;
+                    }
+                }
+                ConsoleReport::Done { .. } => {}
+            }
+        }
+    }
+}
+
+/// The source's figures from its last `query-migrate`.
+#[derive(Debug, Default, Clone)]
+struct SourceFigures {
+    total: u64,
+    remaining: u64,
+    requests: u64,
+    page_size: u64,
+    bytes_per_sec: u64,
+    downtime_us: Option<u64>,
+    transferred: u64,
+}
+
+pub struct Watcher {
+    target: Target,
+    dst: Qmp,
+    src: Option<Qmp>,
+    trace: Follower,
+    console: Option<(Follower, Console)>,
+    src_console: Option<(Follower, Console)>,
+    book: StallBook,
+    clocks: Vec<ThreadClock>,
+    info: RunInfo,
+    start: Instant,
+    epoch_us: u64,
+    seq: u64,
+    state: String,
+    migration: u32,
+    trace_events: u64,
+    trace_garbage: u64,
+    /// When the destination's vCPUs began running post-copy, and when it completed
+    /// (wall-clock µs, from QMP events or else from polling).
+    postcopy_from_us: Option<u64>,
+    completed_at_us: Option<u64>,
+    source: Option<SourceFigures>,
+    throttle: Option<Rate>,
+    qemu_blocktime_ms: Option<f64>,
+    qemu_vcpu_blocktime_ms: Vec<Option<f64>>,
+    /// Pre-copy pace per vCPU (accesses/s), from the source's console.
+    baseline: Vec<f64>,
+    /// Samples of each vCPU's progress over the last second, for its current pace.
+    progress_window: std::collections::VecDeque<(Instant, Vec<u64>)>,
+    message: Option<String>,
+    recoveries: u32,
+    trace_drained_after_completion: bool,
+}
+
+impl Watcher {
+    /// Connects to everything, or says in one line what is wrong with the target.
+    pub fn connect(target: Target) -> Result<Watcher, QemuError> {
+        let mut dst = Qmp::connect(&target.dst_qmp)?;
+        let status = dst.execute("query-status", None)?;
+        let migrate = dst.execute("query-migrate", None)?;
+        let run_state = status["status"].as_str().unwrap_or("");
+        if migrate.get("ram").is_some() {
+            return Err(QemuError::NotDestination {
+                path: target.dst_qmp.clone(),
+                why: "it is the source of a migration (give its QMP as --source-qmp)".into(),
+            });
+        }
+        if run_state != "inmigrate" && migrate.get("status").is_none() {
+            return Err(QemuError::NotDestination {
+                path: target.dst_qmp.clone(),
+                why: format!("it is {run_state} and was not started with -incoming"),
+            });
+        }
+        let src = match &target.src_qmp {
+            Some(p) => Some(Qmp::connect(p)?),
+            None => None,
+        };
+        let trace = Follower::open(&target.trace).map_err(|source| QemuError::Trace {
+            path: target.trace.clone(),
+            source,
+        })?;
+        let cpus = dst.execute("query-cpus-fast", None)?;
+        let mut tids: Vec<(usize, u32)> = cpus
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| {
+                        Some((
+                            c["cpu-index"].as_u64()? as usize,
+                            c["thread-id"].as_u64()? as u32,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        tids.sort_unstable();
+        if tids.is_empty() {
+            return Err(QemuError::NoVcpus {
+                path: target.dst_qmp.clone(),
+            });
+        }
+        let vcpus = tids.len();
+        let mem = dst.execute("query-memory-size-summary", None)?;
+        let mem_bytes = mem["base-memory"].as_u64().unwrap_or(0);
+        let epoch_us = wall_us();
+        let open_console = |p: &Option<PathBuf>| -> Result<_, QemuError> {
+            match p {
+                Some(p) => Ok(Some((
+                    Follower::open(p).map_err(|source| QemuError::Trace {
+                        path: p.clone(),
+                        source,
+                    })?,
+                    Console::new(vcpus.min(CONSOLE_MAX_VCPUS)),
+                ))),
+                None => Ok(None),
+            }
+        };
+        let console = open_console(&target.console)?;
+        let src_console = open_console(&target.src_console)?;
+        let info = RunInfo {
+            scenario: target.scenario.clone(),
+            mode: "uffd".into(),
+            workload: target.workload.clone(),
+            vcpus,
+            mem_bytes,
+            backing: None,
+            transport: Some("qemu".into()),
+            source: Some(format!("QEMU {}", dst.version())),
+            page_size: 4096,
+        };
+        let mut w = Watcher {
+            book: StallBook::new(vcpus, mem_bytes, epoch_us)?,
+            clocks: tids.iter().map(|&(_, tid)| ThreadClock::new(tid)).collect(),
+            info,
+            start: Instant::now(),
+            epoch_us,
+            seq: 0,
+            state: migrate["status"].as_str().unwrap_or("none").to_string(),
+            migration: 1,
+            trace_events: 0,
+            trace_garbage: 0,
+            postcopy_from_us: None,
+            completed_at_us: None,
+            source: None,
+            throttle: None,
+            qemu_blocktime_ms: None,
+            qemu_vcpu_blocktime_ms: vec![None; vcpus],
+            baseline: vec![0.0; vcpus],
+            progress_window: Default::default(),
+            message: None,
+            recoveries: 0,
+            trace_drained_after_completion: false,
+            target,
+            dst,
+            src,
+            trace,
+            console,
+            src_console,
+        };
+        w.read_throttle();
+        Ok(w)
+    }
+
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
+    pub fn qemu_version(&self) -> &str {
+        self.dst.version()
+    }
+
+    /// Mismatches the guest reported, where it is faultline's own.
+    pub fn guest_mismatches(&self) -> Option<u64> {
+        self.console.as_ref().map(|(_, c)| c.mismatches)
+    }
+
+    /// Whether every vCPU of faultline's own guest has reached its workload on the source.
+    pub fn source_guest_started(&self) -> bool {
+        self.src_console
+            .as_ref()
+            .is_some_and(|(_, c)| c.started.iter().all(|&s| s))
+    }
+
+    /// Total guest progress on the destination, where known.
+    pub fn guest_progress(&self) -> Option<u64> {
+        self.console.as_ref().map(|(_, c)| c.progress.iter().sum())
+    }
+
+    pub fn trace_events(&self) -> u64 {
+        self.trace_events
+    }
+
+    fn ns_now(&self) -> u64 {
+        self.book.ns_of(wall_us())
+    }
+
+    /// Reads everything new and makes a snapshot. An error is QEMU gone (or its QMP).
+    pub fn tick(&mut self) -> Result<Snapshot, QemuError> {
+        self.read_trace()?;
+        self.read_consoles();
+        self.poll_destination()?;
+        self.poll_source()?;
+        let now = self.ns_now();
+        for c in &mut self.clocks {
+            c.sample(now);
+        }
+        // Completed as of the last tick, and the trace read since: every page is there.
+        if let Some(done) = self.completed_at_us
+            && self.trace_drained_after_completion
+        {
+            self.book.close_all(self.book.ns_of(done));
+        }
+        self.trace_drained_after_completion = self.completed_at_us.is_some();
+        self.book.advance(now);
+        Ok(self.snapshot(now))
+    }
+
+    /// A snapshot of what is known now, without reading anything new.
+    pub fn picture(&mut self) -> Snapshot {
+        let now = self.ns_now();
+        self.snapshot(now)
+    }
+
+    fn read_trace(&mut self) -> Result<(), QemuError> {
+        let (lines, dropped) = self.trace.read_lines().map_err(|source| QemuError::Trace {
+            path: self.target.trace.clone(),
+            source,
+        })?;
+        self.trace_garbage += dropped;
+        for l in lines {
+            match trace::parse(&l) {
+                Parsed::Event(e) => {
+                    self.trace_events += 1;
+                    self.book.fold(&e);
+                }
+                Parsed::Garbage => self.trace_garbage += 1,
+                Parsed::Other => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn read_consoles(&mut self) {
+        for (f, c) in self.console.iter_mut().chain(self.src_console.iter_mut()) {
+            if let Ok(bytes) = f.read_new() {
+                c.feed(&bytes);
+            }
+        }
+        let Some((_, c)) = &self.console else {
+            return;
+        };
+        let now = Instant::now();
+        self.progress_window.push_back((now, c.progress.clone()));
+        while self
+            .progress_window
+            .front()
+            .is_some_and(|(t, _)| now - *t > Duration::from_millis(1100))
+        {
+            self.progress_window.pop_front();
+        }
+        // Until the switchover, the source's pace is each vCPU's baseline.
+        if self.postcopy_from_us.is_none()
+            && let Some((_, src)) = &self.src_console
+        {
+            let secs = self.start.elapsed().as_secs_f64().max(0.1);
+            self.baseline = src.progress.iter().map(|&p| p as f64 / secs).collect();
+        }
+    }
+
+    fn poll_destination(&mut self) -> Result<(), QemuError> {
+        let m = self.dst.execute("query-migrate", None)?;
+        let state = m["status"].as_str().unwrap_or("none").to_string();
+        for e in self.dst.take_events() {
+            let at = event_us(&e);
+            match (e["event"].as_str(), e["data"]["status"].as_str()) {
+                (Some("MIGRATION"), Some("postcopy-active")) if self.postcopy_from_us.is_none() => {
+                    self.postcopy_from_us = at;
+                }
+                (Some("RESUME"), _) if self.completed_at_us.is_none() => {
+                    // The vCPUs run from here: the off-CPU window starts no earlier.
+                    if let Some(at) = at {
+                        self.postcopy_from_us =
+                            Some(self.postcopy_from_us.map_or(at, |p| p.max(at)));
+                    }
+                }
+                (Some("MIGRATION"), Some("completed")) => self.completed_at_us = at,
+                _ => {}
+            }
+        }
+        if phase_of(&state) == Phase::Postcopy && self.postcopy_from_us.is_none() {
+            self.postcopy_from_us = Some(wall_us());
+        }
+        if state == "completed" && self.completed_at_us.is_none() {
+            self.completed_at_us = Some(wall_us());
+        }
+        if state != self.state {
+            tracing::info!(from = %self.state, to = %state, "QEMU migration state");
+            self.message = Some(format!("QEMU: {} -> {state}", self.state));
+            self.state = state;
+        }
+        if let Some(b) = m.get("postcopy-blocktime").and_then(Value::as_f64) {
+            self.qemu_blocktime_ms = Some(b);
+        }
+        if let Some(v) = m.get("postcopy-vcpu-blocktime").and_then(Value::as_array) {
+            for (i, b) in v.iter().enumerate() {
+                if let Some(slot) = self.qemu_vcpu_blocktime_ms.get_mut(i) {
+                    *slot = b.as_f64();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_source(&mut self) -> Result<(), QemuError> {
+        let Some(src) = self.src.as_mut() else {
+            return Ok(());
+        };
+        let m = src.execute("query-migrate", None)?;
+        src.take_events();
+        let ram = &m["ram"];
+        if ram.is_object() {
+            let page_size = ram["page-size"].as_u64().unwrap_or(4096).max(1);
+            self.source = Some(SourceFigures {
+                total: ram["total"].as_u64().unwrap_or(0),
+                remaining: ram["remaining"].as_u64().unwrap_or(0),
+                requests: ram["postcopy-requests"].as_u64().unwrap_or(0),
+                page_size,
+                bytes_per_sec: (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64,
+                downtime_us: m["downtime"].as_u64().map(|ms| ms * 1000),
+                transferred: ram["transferred"].as_u64().unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_throttle(&mut self) {
+        let Some(src) = self.src.as_mut() else {
+            return;
+        };
+        if let Ok(p) = src.execute("query-migrate-parameters", None) {
+            self.throttle = p["max-postcopy-bandwidth"].as_u64().map(|b| {
+                if b == 0 {
+                    Rate::Unlimited
+                } else {
+                    Rate::BytesPerSec(b)
+                }
+            });
+        }
+    }
+
+    /// Carries out an operator's action through QMP, or says why QEMU cannot.
+    pub fn act(&mut self, action: Action) -> Result<String, String> {
+        match action {
+            Action::Throttle(rate) => self.set_throttle(rate),
+            Action::Link(false) => self.pause(),
+            Action::Link(true) => self.recover(),
+            Action::Inject(_) => {
+                Err("QEMU cannot make memory missing again: QMP has no command for it".into())
+            }
+            Action::Push(_) => Err(
+                "QEMU's background stream cannot be paused on its own: throttle it instead".into(),
+            ),
+            Action::Remigrate => Err(
+                "a new migration of a QEMU guest is started from QEMU, not from this view".into(),
+            ),
+        }
+    }
+
+    fn need_source(&mut self, what: &str) -> Result<&mut Qmp, String> {
+        self.src
+            .as_mut()
+            .ok_or_else(|| format!("{what} needs the source's QMP socket (--source-qmp)"))
+    }
+
+    fn set_throttle(&mut self, rate: Rate) -> Result<String, String> {
+        let src = self.need_source("throttling QEMU")?;
+        // 0 is unlimited for the post-copy limit; pre-copy's limit has no such value.
+        let (postcopy, precopy) = match rate.bytes_per_sec() {
+            Some(b) => (b.max(1), b.max(1)),
+            None => (0, 1u64 << 40),
+        };
+        src.execute(
+            "migrate-set-parameters",
+            Some(json!({"max-postcopy-bandwidth": postcopy, "max-bandwidth": precopy})),
+        )
+        .map_err(|e| e.to_string())?;
+        self.read_throttle();
+        Ok(format!("QEMU's bandwidth limit is now {rate}"))
+    }
+
+    fn pause(&mut self) -> Result<String, String> {
+        if self.state != "postcopy-active" {
+            return Err(format!(
+                "QEMU pauses only an active post-copy (the destination is {})",
+                self.state
+            ));
+        }
+        self.need_source("pausing QEMU")?;
+        // The destination first: pausing the source first leaves the destination paused
+        // already, and its own pause then fails.
+        self.dst
+            .execute("migrate-pause", None)
+            .map_err(|e| e.to_string())?;
+        if let Some(src) = self.src.as_mut()
+            && let Err(e) = src.execute("migrate-pause", None)
+        {
+            tracing::info!(%e, "source pause (it may have paused already)");
+        }
+        Ok("QEMU post-copy paused: the link is down, faulting vCPUs wait".into())
+    }
+
+    fn recover(&mut self) -> Result<String, String> {
+        if self.state != "postcopy-paused" {
+            return Err(format!(
+                "QEMU recovers only a paused post-copy (the destination is {})",
+                self.state
+            ));
+        }
+        let uri = self.recover_uri();
+        self.need_source("recovering QEMU")?;
+        self.dst
+            .execute("migrate-recover", Some(json!({ "uri": uri })))
+            .map_err(|e| e.to_string())?;
+        if let Some(src) = self.src.as_mut() {
+            src.execute("migrate", Some(json!({ "uri": uri, "resume": true })))
+                .map_err(|e| e.to_string())?;
+        }
+        self.recoveries += 1;
+        Ok(format!("QEMU post-copy recovering over {uri}"))
+    }
+
+    fn recover_uri(&self) -> String {
+        match &self.target.recover_uri {
+            Some(u) if self.recoveries == 0 => u.clone(),
+            Some(u) => format!("{u}.{}", self.recoveries),
+            None => format!(
+                "unix:{}",
+                std::env::temp_dir()
+                    .join(format!(
+                        "faultline-recover-{}-{}.sock",
+                        std::process::id(),
+                        self.recoveries
+                    ))
+                    .display()
+            ),
+        }
+    }
+
+    /// The off-CPU window: from the vCPUs' start post-copy to completion (or now), as
+    /// (start, end) ns since the epoch of the nearest schedstat readings inside it.
+    fn window(&self, now: u64) -> Option<(u64, u64)> {
+        let from = self.book.ns_of(self.postcopy_from_us?);
+        let to = self.completed_at_us.map_or(now, |c| self.book.ns_of(c));
+        Some((from, to))
+    }
+
+    fn qemu_view(&self, now: u64) -> QemuView {
+        let window = self.window(now);
+        let mut shown = None;
+        let vcpus = (0..self.book.vcpus())
+            .map(|v| {
+                let clock = self.clocks.get(v);
+                let measured = window.and_then(|(from, to)| clock?.off_cpu_within(from, to));
+                if shown.is_none() {
+                    shown = measured.map(|(a, b, _)| (a / 1_000_000, b / 1_000_000));
+                }
+                QemuVcpu {
+                    vcpu: v,
+                    thread_id: clock.map(ThreadClock::tid),
+                    stall_ms: measured
+                        .map(|(a, b, _)| self.book.stall_ns_within(v, a, b) as f64 / 1e6),
+                    offcpu_ms: measured.map(|(_, _, off)| off as f64 / 1e6),
+                    qemu_blocktime_ms: self.qemu_vcpu_blocktime_ms.get(v).copied().flatten(),
+                }
+            })
+            .collect();
+        QemuView {
+            version: self.dst.version().to_string(),
+            state: self.state.clone(),
+            pages_known: self.source.is_some(),
+            trace_events: self.trace_events,
+            trace_garbage: self.trace_garbage,
+            non_vcpu_faults: self.book.non_vcpu_faults(),
+            blocktime_ms: self.qemu_blocktime_ms,
+            window_ms: shown,
+            vcpus,
+        }
+    }
+
+    fn pages(&self) -> PageCounts {
+        match &self.source {
+            Some(s) => {
+                let total = s.total / s.page_size;
+                let missing = s.remaining / s.page_size;
+                let demand = s.requests.min(total);
+                PageCounts {
+                    total,
+                    boot: 0,
+                    demand,
+                    pushed: total.saturating_sub(missing).saturating_sub(demand),
+                    injected: 0,
+                    missing,
+                    in_flight: 0,
+                }
+            }
+            None => PageCounts {
+                total: self.info.mem_bytes / self.info.page_size,
+                ..PageCounts::default()
+            },
+        }
+    }
+
+    fn pace(&self, v: usize) -> f64 {
+        match (self.progress_window.front(), self.progress_window.back()) {
+            (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
+                let d = b.get(v).copied().unwrap_or(0) - a.get(v).copied().unwrap_or(0);
+                d as f64 / (*t1 - *t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    fn snapshot(&mut self, now: u64) -> Snapshot {
+        self.seq += 1;
+        let phase = phase_of(&self.state);
+        let vcpus = (0..self.book.vcpus())
+            .map(|v| VcpuSnapshot {
+                id: v,
+                activity: match (self.state.as_str(), self.book.activity(v, now)) {
+                    ("postcopy-paused", Activity::Running) => Activity::Paused,
+                    (_, a) => a,
+                },
+                faults: self.book.faults(v),
+                faults_per_sec: self.book.faults_in_last_second(v) as f64,
+                stall_share: self.book.stall_share(v, now),
+                stall_ms: self.book.stall_ns(v, now) as f64 / 1e6,
+                latency: self.book.vcpu_latency(v),
+                progress_per_sec: self.pace(v),
+                baseline_per_sec: self.baseline.get(v).copied().unwrap_or(0.0),
+                sparkline: self.book.sparkline(v),
+                histogram: self.book.vcpu_histogram(v),
+                top_regions: Vec::new(),
+            })
+            .collect();
+        let pages = self.pages();
+        let postcopy_ms = self.postcopy_from_us.map_or(0, |p| {
+            self.completed_at_us
+                .unwrap_or_else(wall_us)
+                .saturating_sub(p)
+                / 1000
+        });
+        let fill_rate = self
+            .source
+            .as_ref()
+            .map_or(0.0, |s| s.bytes_per_sec as f64 / s.page_size as f64);
+        Snapshot {
+            seq: self.seq,
+            elapsed_ms: self.start.elapsed().as_millis() as u64,
+            run: self.info.clone(),
+            phase,
+            migration: self.migration,
+            postcopy_ms,
+            exit_path: None,
+            throttle: self.throttle.map_or_else(|| "-".into(), |r| r.to_string()),
+            throttle_bytes_per_sec: self.throttle.and_then(|r| r.bytes_per_sec()),
+            transfer_bytes_per_sec: self.source.as_ref().map_or(0, |s| s.bytes_per_sec),
+            downtime_us: self.source.as_ref().and_then(|s| s.downtime_us),
+            push_enabled: true,
+            link_up: match self.state.as_str() {
+                "postcopy-active" => Some(true),
+                "postcopy-paused" | "postcopy-recover" | "postcopy-recover-setup" => Some(false),
+                _ => None,
+            },
+            pages,
+            fill_pages_per_sec: fill_rate,
+            eta_ms: (phase == Phase::Postcopy && fill_rate > 0.0)
+                .then(|| (pages.missing as f64 / fill_rate * 1000.0) as u64),
+            blocktime_all_ms: self.book.blocktime_all_ns() as f64 / 1e6,
+            telemetry_dropped: 0,
+            vcpus,
+            latency: self.book.latency(),
+            histogram: self.book.histogram().clone(),
+            memory_map: MemoryMap::default(),
+            stall_heatmap: self.book.stall_heatmap(now),
+            fault_heatmap: self.book.fault_heatmap(),
+            fault_region_bytes: self.book.fault_region_bytes(),
+            injections: Vec::new(),
+            message: self.message.clone(),
+            summary: None,
+            qemu: Some(self.qemu_view(now)),
+        }
+    }
+
+    /// The run's summary: faultline's figures, QEMU's and the kernel's side by side.
+    /// `verified` is the guest's own check where it is faultline's guest; for another
+    /// guest, that the migration completed.
+    pub fn summary(&mut self, last: &Snapshot) -> Summary {
+        let now = self.ns_now();
+        let view = self.qemu_view(now);
+        let progress = self.console.as_ref().map(|(_, c)| c.progress.clone());
+        let mismatches = self.guest_mismatches().unwrap_or(0);
+        let per_vcpu = (0..self.book.vcpus())
+            .map(|v| crate::postcopy::VcpuSummary {
+                vcpu: v,
+                fault_exits: self.book.faults(v),
+                stall_ms: self.book.stall_ns(v, now) as f64 / 1e6,
+                latency_us: self.book.latency_summary(Some(v)),
+                guest_progress: progress
+                    .as_ref()
+                    .and_then(|p| p.get(v).copied())
+                    .unwrap_or(0),
+                offcpu_ms: view.vcpus.get(v).and_then(|q| q.offcpu_ms),
+                qemu_blocktime_ms: view.vcpus.get(v).and_then(|q| q.qemu_blocktime_ms),
+            })
+            .collect();
+        let s = self.source.clone().unwrap_or_default();
+        let pages = last.pages;
+        let completed = self.state == "completed";
+        Summary {
+            scenario: self.info.scenario.clone(),
+            mode: self.info.mode.clone(),
+            exit_path: None,
+            workload: self.info.workload.clone(),
+            vcpus: self.info.vcpus,
+            mem_bytes: self.info.mem_bytes,
+            backing: "qemu".into(),
+            transport: "qemu".into(),
+            page_size: self.info.page_size,
+            pages_total: pages.total,
+            pages_boot: 0,
+            pages_demand: pages.demand,
+            pages_pushed: pages.pushed,
+            pages_injected: 0,
+            pages_refetched: 0,
+            migrations: self.migration,
+            downtime_us: s.downtime_us.unwrap_or(0),
+            postcopy_ms: last.postcopy_ms,
+            postcopy_complete: completed,
+            bytes_transferred: s.transferred,
+            transfer_bytes_per_sec: (s.transferred as f64
+                / (last.postcopy_ms.max(1) as f64 / 1000.0))
+                as u64,
+            throttle: last.throttle.clone(),
+            blocktime_all_ms: self.book.blocktime_all_ns() as f64 / 1e6,
+            injections: Vec::new(),
+            verified: completed && mismatches == 0 && self.trace_events > 0,
+            verify: crate::postcopy::VerifySummary {
+                pages_checked: 0,
+                mismatches,
+                guest_errors: 0,
+            },
+            telemetry_dropped: 0,
+            latency_us: self.book.latency_summary(None),
+            per_vcpu,
+            qemu: Some(view),
+        }
+    }
+
+    /// The epoch of this watcher's clock, wall-clock µs.
+    pub fn epoch_us(&self) -> u64 {
+        self.epoch_us
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_states_map_to_phases() {
+        assert_eq!(phase_of("active"), Phase::Warmup);
+        assert_eq!(phase_of("postcopy-active"), Phase::Postcopy);
+        assert_eq!(phase_of("postcopy-paused"), Phase::Postcopy);
+        assert_eq!(phase_of("postcopy-recover"), Phase::Postcopy);
+        assert_eq!(phase_of("device"), Phase::Switchover);
+        assert_eq!(phase_of("completed"), Phase::Complete);
+        assert_eq!(phase_of("failed"), Phase::Failed);
+    }
+
+    #[test]
+    fn console_bytes_count_progress_and_mismatches_per_vcpu() {
+        let mut c = Console::new(2);
+        c.feed(&[0xC0, 0xC1, 0x00, 0x01, 0x01, 0x41, 0x7F]);
+        assert_eq!(c.started, vec![true, true]);
+        assert_eq!(c.progress, vec![PROGRESS_EVERY, 2 * PROGRESS_EVERY]);
+        assert_eq!(c.mismatches, 2);
+    }
+}

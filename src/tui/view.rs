@@ -125,6 +125,7 @@ pub fn render(area: Rect, buf: &mut Buffer, app: &App) {
     header::render(a.header, buf, s, freeze, app.source_label(), theme);
     let mut drawn = vcpu_pane(a.vcpus, buf, app, s);
     FillView {
+        known: s.qemu.as_ref().is_none_or(|q| q.pages_known),
         pages: &s.pages,
         pages_per_sec: s.fill_pages_per_sec,
         page_size: s.run.page_size,
@@ -132,7 +133,14 @@ pub fn render(area: Rect, buf: &mut Buffer, app: &App) {
         theme,
     }
     .render(a.fill, buf);
-    drawn.map = map_pane(a.map, buf, app, s);
+    drawn.map = match &s.qemu {
+        Some(q) => {
+            let inner = pane(buf, a.map, "stall by three clocks", false, theme);
+            super::widgets::clocks::ClocksView { qemu: q, theme }.render(inner, buf);
+            None
+        }
+        None => map_pane(a.map, buf, app, s),
+    };
     heatmap_panes(&a, buf, app, s);
     histogram_pane(a.histogram, buf, app, s);
     if app.detail()

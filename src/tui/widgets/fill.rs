@@ -13,6 +13,8 @@ use crate::tui::theme::{MapState, Theme};
 use crate::units::Rate;
 
 pub struct FillView<'a> {
+    /// Whether the page counts are known at all (a QEMU feed without its source's QMP).
+    pub known: bool,
     pub pages: &'a PageCounts,
     pub pages_per_sec: f64,
     pub page_size: u64,
@@ -24,6 +26,11 @@ impl FillView<'_> {
     pub fn render(&self, area: Rect, buf: &mut Buffer) {
         let area = area.intersection(buf.area);
         if area.is_empty() {
+            return;
+        }
+        if !self.known {
+            let msg = "page fill not known: QEMU's source says it (attach --source-qmp)";
+            super::text(buf, area, area.x, area.y, msg, self.theme.dim());
             return;
         }
         let p = self.pages;
@@ -105,6 +112,7 @@ mod tests {
         let theme = Theme::colored();
         let mut buf = Buffer::empty(Rect::new(0, 0, 27, 2));
         FillView {
+            known: true,
             pages: &pages,
             pages_per_sec: 256.0,
             page_size: 4096,

@@ -47,10 +47,12 @@ pub fn render(
         Some(p) => format!("{}/{p}", s.run.mode),
         None => s.run.mode.clone(),
     };
+    // A QEMU migration goes by QEMU's own state names.
+    let phase = s.qemu.as_ref().map_or(s.phase.as_str(), |q| q.state.as_str());
     let mut l1 = vec![
         Span::styled("faultline", theme.title()),
         sep(),
-        Span::styled(s.phase.as_str(), phase_style.patch(theme.value())),
+        Span::styled(phase, phase_style.patch(theme.value())),
         sep(),
     ];
     l1.extend(kv("elapsed ", whole_secs(s.elapsed_ms).to_string()));
@@ -90,6 +92,7 @@ pub fn render(
         return;
     }
     let filled = s.pages.boot + s.pages.demand + s.pages.pushed;
+    let pages_known = s.qemu.as_ref().is_none_or(|q| q.pages_known);
     let downtime = s
         .downtime_us
         .map_or_else(|| "-".into(), |d| Micros(d).to_string());
@@ -105,7 +108,12 @@ pub fn render(
     l2.push(sep());
     l2.extend(kv("downtime ", downtime));
     l2.push(sep());
-    l2.extend(kv("pages ", format!("{filled}/{}", s.pages.total)));
+    let pages = if pages_known {
+        format!("{filled}/{}", s.pages.total)
+    } else {
+        format!("?/{}", s.pages.total)
+    };
+    l2.extend(kv("pages ", pages));
     l2.push(sep());
     let ram = match &s.run.backing {
         Some(b) => format!("{} {b}", Bytes(s.run.mem_bytes)),

@@ -1,5 +1,6 @@
 //! The panes of the TUI, each drawn from borrowed snapshot data into a buffer area.
 
+pub mod clocks;
 pub mod detail;
 pub mod fill;
 pub mod format;

@@ -46,7 +46,7 @@ pub struct ReplayArgs {
     log: Option<PathBuf>,
 }
 
-fn need_terminal(what: &str) -> anyhow::Result<()> {
+pub(crate) fn need_terminal(what: &str) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(UsageError(format!("{what} needs a terminal on stdin and stdout")).into());
     }
@@ -98,10 +98,10 @@ pub fn spawn_recorder(
 }
 
 pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
-    need_terminal("attach")?;
     let Some(path) = args.path else {
         return crate::cli::qemu::attach(args.qemu, args.record, args.log);
     };
+    need_terminal("attach")?;
     let recorder = args
         .record
         .as_deref()

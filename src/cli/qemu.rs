@@ -145,6 +145,7 @@ fn drive_headless(
     let mut switched = false;
     let mut completed_at: Option<Instant> = None;
     let mut last_report = Instant::now();
+    let mut died = None;
     while !feed.ended() {
         if !switched && started.elapsed() >= precopy {
             pair.start_postcopy()?;
@@ -152,6 +153,7 @@ fn drive_headless(
         }
         if let Some(why) = pair.died() {
             tracing::warn!(%why, "a QEMU died");
+            died = Some(why);
             break;
         }
         let Some(s) = subscription.recv_timeout(Duration::from_millis(100)) else {
@@ -171,7 +173,13 @@ fn drive_headless(
             }
         }
     }
-    Ok(feed.finish()?)
+    let mut ended = feed.finish()?;
+    if let Some(why) = died
+        && ended.lost.is_none()
+    {
+        ended.lost = Some(format!("DISCONNECTED: {why}"));
+    }
+    Ok(ended)
 }
 
 /// The live view, while a thread of its own takes the migration through its steps.
@@ -351,7 +359,9 @@ pub fn attach(t: QmpTarget, record: Option<PathBuf>, log: Option<PathBuf>) -> an
         scenario: "qemu".into(),
         workload: "guest's own".into(),
     };
+    // What is wrong with the target is said first, terminal or not.
     let watcher = Watcher::connect(target).map_err(|e| UsageError(e.to_string()))?;
+    crate::cli::observe::need_terminal("attach")?;
     let label = format!("QEMU {} via QMP", watcher.qemu_version());
     let log_path = log.unwrap_or_else(crate::logging::default_path);
     let _log = crate::logging::init(&log_path)?;

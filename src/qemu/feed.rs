@@ -131,6 +131,8 @@ fn watch(
     };
     let mut fin = last.unwrap_or_else(|| w.picture());
     let summary = w.summary(&fin);
+    // A snapshot of its own: observers and recorders skip one they have seen.
+    fin.seq += 1;
     fin.phase = if lost.is_some() && fin.phase != Phase::Complete {
         Phase::Failed
     } else {

@@ -160,7 +160,10 @@ mod tests {
         assert!(row(&buf, 0).starts_with("QEMU 10.0.2 · completed · 71373 events, 2 garbage"));
         assert!(row(&buf, 1).contains("(7.3 s)"), "{}", row(&buf, 1));
         let v0 = row(&buf, 3);
-        assert!(v0.contains("6856") && v0.contains("6868") && v0.contains("2659"), "{v0}");
+        assert!(
+            v0.contains("6856") && v0.contains("6868") && v0.contains("2659"),
+            "{v0}"
+        );
         assert!(v0.contains("-0.2%") && v0.contains("-61%"), "{v0}");
         let v1 = row(&buf, 4);
         assert!(v1.trim_end().ends_with('-'), "{v1}");

@@ -48,7 +48,10 @@ pub fn render(
         None => s.run.mode.clone(),
     };
     // A QEMU migration goes by QEMU's own state names.
-    let phase = s.qemu.as_ref().map_or(s.phase.as_str(), |q| q.state.as_str());
+    let phase = s
+        .qemu
+        .as_ref()
+        .map_or(s.phase.as_str(), |q| q.state.as_str());
     let mut l1 = vec![
         Span::styled("faultline", theme.title()),
         sep(),

@@ -248,11 +248,7 @@ fn take_over(c: &mut RunConfig, addr: &str, token: u64) -> anyhow::Result<()> {
 
 /// The summary as text; write errors are the caller's (a hung-up terminal is not fatal).
 pub(crate) fn write_summary(out: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
-    let verdict = if s.verified {
-        "verified"
-    } else {
-        "NOT VERIFIED"
-    };
+    let verdict = s.verdict();
     writeln!(
         out,
         "{}: {} vCPUs, {} {}, {} mode{}, workload {}",

@@ -429,7 +429,7 @@ fn what_cannot_be_followed_is_refused_in_one_line() {
 #[test]
 fn a_qemu_that_dies_mid_run_ends_the_watch_with_one_line() {
     let _serial = one_at_a_time();
-    let mut run = Command::new(BIN)
+    let run = Command::new(BIN)
         .args([
             "qemu",
             "--headless",

@@ -294,11 +294,7 @@ pub fn print_qemu_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<
         q.trace_garbage
     )?;
     write_three_clocks(out, q)?;
-    let verdict = if s.verified {
-        "verified"
-    } else {
-        "NOT VERIFIED"
-    };
+    let verdict = s.verdict();
     writeln!(
         out,
         "{verdict}: migration {}, {} guest mismatches",

@@ -219,6 +219,17 @@ pub struct Summary {
     pub qemu: Option<crate::snapshot::QemuView>,
 }
 
+impl Summary {
+    /// The one word a summary ends on.
+    pub fn verdict(&self) -> &'static str {
+        if self.verified {
+            "verified"
+        } else {
+            "NOT VERIFIED"
+        }
+    }
+}
+
 fn local_transport() -> String {
     Transport::Local.as_str().into()
 }

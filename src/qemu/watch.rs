@@ -649,6 +649,14 @@ impl Watcher {
             .source
             .as_ref()
             .map_or(0.0, |s| s.bytes_per_sec as f64 / s.page_size as f64);
+        // Post-copy without a single event: QEMU is not tracing what the view needs.
+        let silent = (phase == Phase::Postcopy && self.trace_events == 0 && postcopy_ms > 3000)
+            .then(|| {
+                format!(
+                    "no post-copy events in {} yet: is QEMU run with -trace 'mark_postcopy_blocktime_*' -trace 'postcopy_blocktime_*', and postcopy-blocktime set on the destination?",
+                    self.target.trace.display()
+                )
+            });
         Snapshot {
             seq: self.seq,
             elapsed_ms: self.start.elapsed().as_millis() as u64,
@@ -681,7 +689,7 @@ impl Watcher {
             fault_heatmap: self.book.fault_heatmap(),
             fault_region_bytes: self.book.fault_region_bytes(),
             injections: Vec::new(),
-            message: self.message.clone(),
+            message: silent.or_else(|| self.message.clone()),
             summary: None,
             qemu: Some(self.qemu_view(now)),
         }

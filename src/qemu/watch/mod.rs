@@ -6,7 +6,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
+
+mod console;
+mod steer;
+mod summary;
+
+use console::Console;
 
 use super::QemuError;
 use super::book::StallBook;
@@ -14,8 +20,7 @@ use super::follow::Follower;
 use super::qmp::Qmp;
 use super::schedstat::ThreadClock;
 use super::trace::{self, Parsed};
-use crate::guest::ports::{CONSOLE_MAX_VCPUS, ConsoleReport, PROGRESS_EVERY};
-use crate::postcopy::{Action, Summary};
+use crate::guest::ports::CONSOLE_MAX_VCPUS;
 use crate::snapshot::{
     Activity, MemoryMap, PageCounts, Phase, QemuVcpu, QemuView, RunInfo, Snapshot, VcpuSnapshot,
 };
@@ -63,43 +68,6 @@ fn wall_us() -> u64 {
 fn event_us(e: &Value) -> Option<u64> {
     let t = e.get("timestamp")?;
     Some(t["seconds"].as_u64()? * 1_000_000 + t["microseconds"].as_u64()?)
-}
-
-/// Per-vCPU guest progress, from the console of faultline's own guest.
-#[derive(Debug, Default, Clone)]
-struct Console {
-    progress: Vec<u64>,
-    started: Vec<bool>,
-    mismatches: u64,
-}
-
-impl Console {
-    fn new(vcpus: usize) -> Console {
-        Console {
-            progress: vec![0; vcpus],
-            started: vec![false; vcpus],
-            mismatches: 0,
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match ConsoleReport::decode(b) {
-                ConsoleReport::Progress { vcpu } => {
-                    if let Some(p) = self.progress.get_mut(vcpu) {
-                        *p += PROGRESS_EVERY;
-                    }
-                }
-                ConsoleReport::VerifyMismatch { .. } => self.mismatches += 1,
-                ConsoleReport::Started { vcpu } => {
-                    if let Some(s) = self.started.get_mut(vcpu) {
-                        *s = true;
-                    }
-                }
-                ConsoleReport::Done { .. } => {}
-            }
-        }
-    }
 }
 
 /// The source's figures from its last `query-migrate`.
@@ -444,104 +412,6 @@ impl Watcher {
         }
     }
 
-    /// Carries out an operator's action through QMP, or says why QEMU cannot.
-    pub fn act(&mut self, action: Action) -> Result<String, String> {
-        match action {
-            Action::Throttle(rate) => self.set_throttle(rate),
-            Action::Link(false) => self.pause(),
-            Action::Link(true) => self.recover(),
-            Action::Inject(_) => {
-                Err("QEMU cannot make memory missing again: QMP has no command for it".into())
-            }
-            Action::Push(_) => Err(
-                "QEMU's background stream cannot be paused on its own: throttle it instead".into(),
-            ),
-            Action::Remigrate => Err(
-                "a new migration of a QEMU guest is started from QEMU, not from this view".into(),
-            ),
-        }
-    }
-
-    fn need_source(&mut self, what: &str) -> Result<&mut Qmp, String> {
-        self.src
-            .as_mut()
-            .ok_or_else(|| format!("{what} needs the source's QMP socket (--source-qmp)"))
-    }
-
-    fn set_throttle(&mut self, rate: Rate) -> Result<String, String> {
-        let src = self.need_source("throttling QEMU")?;
-        // 0 is unlimited for the post-copy limit; pre-copy's limit has no such value.
-        let (postcopy, precopy) = match rate.bytes_per_sec() {
-            Some(b) => (b.max(1), b.max(1)),
-            None => (0, 1u64 << 40),
-        };
-        src.execute(
-            "migrate-set-parameters",
-            Some(json!({"max-postcopy-bandwidth": postcopy, "max-bandwidth": precopy})),
-        )
-        .map_err(|e| e.to_string())?;
-        self.read_throttle();
-        Ok(format!("QEMU's bandwidth limit is now {rate}"))
-    }
-
-    fn pause(&mut self) -> Result<String, String> {
-        if self.state != "postcopy-active" {
-            return Err(format!(
-                "QEMU pauses only an active post-copy (the destination is {})",
-                self.state
-            ));
-        }
-        self.need_source("pausing QEMU")?;
-        // The destination first: pausing the source first leaves the destination paused
-        // already, and its own pause then fails.
-        self.dst
-            .execute("migrate-pause", None)
-            .map_err(|e| e.to_string())?;
-        if let Some(src) = self.src.as_mut()
-            && let Err(e) = src.execute("migrate-pause", None)
-        {
-            tracing::info!(%e, "source pause (it may have paused already)");
-        }
-        Ok("QEMU post-copy paused: the link is down, faulting vCPUs wait".into())
-    }
-
-    fn recover(&mut self) -> Result<String, String> {
-        if self.state != "postcopy-paused" {
-            return Err(format!(
-                "QEMU recovers only a paused post-copy (the destination is {})",
-                self.state
-            ));
-        }
-        let uri = self.recover_uri();
-        self.need_source("recovering QEMU")?;
-        self.dst
-            .execute("migrate-recover", Some(json!({ "uri": uri })))
-            .map_err(|e| e.to_string())?;
-        if let Some(src) = self.src.as_mut() {
-            src.execute("migrate", Some(json!({ "uri": uri, "resume": true })))
-                .map_err(|e| e.to_string())?;
-        }
-        self.recoveries += 1;
-        Ok(format!("QEMU post-copy recovering over {uri}"))
-    }
-
-    fn recover_uri(&self) -> String {
-        match &self.target.recover_uri {
-            Some(u) if self.recoveries == 0 => u.clone(),
-            Some(u) => format!("{u}.{}", self.recoveries),
-            None => format!(
-                "unix:{}",
-                std::env::temp_dir()
-                    .join(format!(
-                        "faultline-recover-{}-{}.sock",
-                        std::process::id(),
-                        self.recoveries
-                    ))
-                    .display()
-            ),
-        }
-    }
-
     /// The off-CPU window: from the vCPUs' start post-copy to completion (or now), as
     /// (start, end) ns since the epoch of the nearest schedstat readings inside it.
     fn window(&self, now: u64) -> Option<(u64, u64)> {
@@ -695,71 +565,6 @@ impl Watcher {
         }
     }
 
-    /// The run's summary: faultline's figures, QEMU's and the kernel's side by side.
-    /// `verified` is the guest's own check where it is faultline's guest; for another
-    /// guest, that the migration completed.
-    pub fn summary(&mut self, last: &Snapshot) -> Summary {
-        let now = self.ns_now();
-        let view = self.qemu_view(now);
-        let progress = self.console.as_ref().map(|(_, c)| c.progress.clone());
-        let mismatches = self.guest_mismatches().unwrap_or(0);
-        let per_vcpu = (0..self.book.vcpus())
-            .map(|v| crate::postcopy::VcpuSummary {
-                vcpu: v,
-                fault_exits: self.book.faults(v),
-                stall_ms: self.book.stall_ns(v, now) as f64 / 1e6,
-                latency_us: self.book.latency_summary(Some(v)),
-                guest_progress: progress
-                    .as_ref()
-                    .and_then(|p| p.get(v).copied())
-                    .unwrap_or(0),
-                offcpu_ms: view.vcpus.get(v).and_then(|q| q.offcpu_ms),
-                qemu_blocktime_ms: view.vcpus.get(v).and_then(|q| q.qemu_blocktime_ms),
-            })
-            .collect();
-        let s = self.source.clone().unwrap_or_default();
-        let pages = last.pages;
-        let completed = self.state == "completed";
-        Summary {
-            scenario: self.info.scenario.clone(),
-            mode: self.info.mode.clone(),
-            exit_path: None,
-            workload: self.info.workload.clone(),
-            vcpus: self.info.vcpus,
-            mem_bytes: self.info.mem_bytes,
-            backing: "qemu".into(),
-            transport: "qemu".into(),
-            page_size: self.info.page_size,
-            pages_total: pages.total,
-            pages_boot: 0,
-            pages_demand: pages.demand,
-            pages_pushed: pages.pushed,
-            pages_injected: 0,
-            pages_refetched: 0,
-            migrations: self.migration,
-            downtime_us: s.downtime_us.unwrap_or(0),
-            postcopy_ms: last.postcopy_ms,
-            postcopy_complete: completed,
-            bytes_transferred: s.transferred,
-            transfer_bytes_per_sec: (s.transferred as f64
-                / (last.postcopy_ms.max(1) as f64 / 1000.0))
-                as u64,
-            throttle: last.throttle.clone(),
-            blocktime_all_ms: self.book.blocktime_all_ns() as f64 / 1e6,
-            injections: Vec::new(),
-            verified: completed && mismatches == 0 && self.trace_events > 0,
-            verify: crate::postcopy::VerifySummary {
-                pages_checked: 0,
-                mismatches,
-                guest_errors: 0,
-            },
-            telemetry_dropped: 0,
-            latency_us: self.book.latency_summary(None),
-            per_vcpu,
-            qemu: Some(view),
-        }
-    }
-
     /// The epoch of this watcher's clock, wall-clock µs.
     pub fn epoch_us(&self) -> u64 {
         self.epoch_us
@@ -779,14 +584,5 @@ mod tests {
         assert_eq!(phase_of("device"), Phase::Switchover);
         assert_eq!(phase_of("completed"), Phase::Complete);
         assert_eq!(phase_of("failed"), Phase::Failed);
-    }
-
-    #[test]
-    fn console_bytes_count_progress_and_mismatches_per_vcpu() {
-        let mut c = Console::new(2);
-        c.feed(&[0xC0, 0xC1, 0x00, 0x01, 0x01, 0x41, 0x7F]);
-        assert_eq!(c.started, vec![true, true]);
-        assert_eq!(c.progress, vec![PROGRESS_EVERY, 2 * PROGRESS_EVERY]);
-        assert_eq!(c.mismatches, 2);
     }
 }

@@ -2,7 +2,8 @@
 //! file, for a QEMU started by hand: `qemu-system-x86_64 -kernel FILE ...` with
 //! `-device isa-debugcon,iobase=0xe9,chardev=...` to read its reports.
 
-use faultline::guest::{Workload, boot};
+use faultline::contract::Workload;
+use faultline::guest::boot;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: write_guest FILE")?;

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::guest::{self, Workload};
-use crate::postcopy::net::{self, ClientOptions, NetError, PageServer, Transport};
+use crate::contract::Backing;
+use crate::contract::Transport;
+use crate::contract::Workload;
+use crate::guest::{self};
+use crate::postcopy::net::{self, ClientOptions, NetError, PageServer};
 use crate::postcopy::{
     Destination, InProcessSource, PostcopyError, SourceError, Throttle, destination,
 };
@@ -18,7 +21,7 @@ use crate::telemetry::{Aggregate, Telemetry};
 use crate::uffd::{Features, Userfaultfd};
 use crate::units::Rate;
 use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
-use crate::vmm::{Backing, GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
+use crate::vmm::{GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
 
 /// A trial that has not finished by then is a failure, not a slow result.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -34,7 +37,7 @@ pub enum BenchError {
     #[error("guest code: {0}")]
     Guest(#[from] crate::guest::GuestError),
     #[error(transparent)]
-    Workload(#[from] crate::guest::WorkloadError),
+    Workload(#[from] crate::contract::WorkloadError),
     #[error("{0}")]
     Config(String),
     #[error("vCPU failed during the trial: {0}")]
@@ -615,24 +618,17 @@ pub struct DowntimeResult {
 }
 
 pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, BenchError> {
-    let config = crate::postcopy::RunConfig {
+    let config = crate::contract::RunConfig {
         scenario: "bench-downtime".into(),
         vcpus,
         mem_bytes: 256 << 20,
         workload: "hotspot-mixed".parse()?,
-        mode: crate::postcopy::FaultMode::Exit,
         readers: 1,
-        fetch_rate: Rate::Unlimited,
-        rtt: Duration::ZERO,
         warmup: Duration::from_millis(200),
         duration: Duration::ZERO,
-        push: true,
-        backing: None,
-        transport: crate::postcopy::Transport::Local,
-        link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
-        remote: None,
-        timeline: Vec::new(),
+        ..Default::default()
     };
+
     let mut downtimes = (0..runs.max(1))
         .map(|_| {
             crate::postcopy::run(&config, &crate::postcopy::RunStatus::default(), None)
@@ -681,8 +677,8 @@ pub fn measure_frame(
             crate::units::Bytes(layout::MIN_MEM_BYTES)
         )));
     }
+    use crate::contract::RunInfo;
     use crate::postcopy::{LiveMigration, Monitor, RunStatus};
-    use crate::snapshot::RunInfo;
     use crate::telemetry::Event;
 
     const EVENTS_PER_FRAME: usize = 5000;
@@ -708,12 +704,12 @@ pub fn measure_frame(
     });
     let mut monitor = Monitor::new(RunInfo {
         scenario: "bench-frame".into(),
-        mode: "exit".into(),
+        mode: crate::contract::FaultMode::Exit,
         workload: "random-read".into(),
         vcpus,
         mem_bytes,
-        backing: Some("anon".into()),
-        transport: Some("local".into()),
+        backing: Some(crate::contract::Backing::Anonymous),
+        transport: Some(crate::contract::Transport::Local),
         source: None,
         page_size: PAGE_SIZE,
     })?;

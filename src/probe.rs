@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::Cap;
 use serde::Serialize;
 
-use crate::guest::{self, Workload};
+use crate::contract::Backing;
+use crate::contract::Workload;
+use crate::guest::{self};
 use crate::postcopy::destination;
 use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
 use crate::vmm::{
-    self, Backing, ExitPath, FillOutcome, GuestRam, MissingPageHandler, RunState, Vm, VmConfig,
-    VmmError, layout,
+    self, ExitPath, FillOutcome, GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError,
+    layout,
 };
 
 /// Pages the probe guest touches.
@@ -250,7 +252,7 @@ impl ProbeGuest {
         let vm = Vm::with_ram(config, ram.clone(), handler).map_err(|e| e.to_string())?;
         let workload: Workload = "touch"
             .parse()
-            .map_err(|e: guest::WorkloadError| e.to_string())?;
+            .map_err(|e: crate::contract::WorkloadError| e.to_string())?;
         let program = guest::assemble(
             &workload,
             1,

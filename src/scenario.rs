@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::guest::{Sharing, Workload};
-use crate::postcopy::{Action, FaultMode, RunConfig, TimedAction};
-use crate::units::{self, Rate};
+use crate::contract::{Action, FaultMode, RunConfig, TimedAction};
+use crate::contract::{Sharing, Workload};
+use crate::units;
 
 /// Built-in scenarios, by name.
 pub const BUILT_IN: &[(&str, &str)] = &[
@@ -92,27 +92,7 @@ struct Entry {
 
 /// The configuration every scenario starts from.
 pub fn defaults() -> RunConfig {
-    RunConfig {
-        scenario: "custom".into(),
-        vcpus: 4,
-        mem_bytes: 1 << 30,
-        workload: Workload::new(
-            crate::guest::Pattern::Hotspot,
-            crate::guest::Operation::Mixed,
-        ),
-        mode: FaultMode::Exit,
-        readers: 2,
-        fetch_rate: Rate::Unlimited,
-        rtt: Duration::ZERO,
-        warmup: Duration::from_secs(1),
-        duration: Duration::from_secs(10),
-        push: true,
-        backing: None,
-        transport: crate::postcopy::Transport::Local,
-        link_timeout: crate::postcopy::engine::LINK_TIMEOUT,
-        remote: None,
-        timeline: Vec::new(),
-    }
+    RunConfig::default()
 }
 
 struct Locator<'a> {
@@ -205,10 +185,10 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
         c.duration = loc.duration(v)?;
     }
     if let Some(b) = &f.backing {
-        c.backing = Some(loc.value(b, str::parse::<crate::vmm::Backing>)?);
+        c.backing = Some(loc.value(b, str::parse::<crate::contract::Backing>)?);
     }
     if let Some(t) = &f.transport {
-        c.transport = loc.value(t, str::parse::<crate::postcopy::Transport>)?;
+        c.transport = loc.value(t, str::parse::<crate::contract::Transport>)?;
     }
     if let Some(p) = f.push {
         c.push = p;
@@ -276,6 +256,7 @@ pub fn load(name_or_path: &str) -> Result<RunConfig, ScenarioError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::Rate;
 
     #[test]
     fn every_built_in_parses() {
@@ -321,7 +302,7 @@ mod tests {
 
     #[test]
     fn transport_is_local_unless_the_file_says_tcp() {
-        use crate::postcopy::Transport;
+        use crate::contract::Transport;
         assert_eq!(
             parse("s.toml", "vcpus = 2").unwrap().transport,
             Transport::Local
@@ -347,7 +328,7 @@ mod tests {
     fn backing_is_chosen_at_run_time_unless_the_file_names_one() {
         assert_eq!(parse("s.toml", "vcpus = 2").unwrap().backing, None);
         let c = parse("s.toml", "backing = \"anon\"").unwrap();
-        assert_eq!(c.backing, Some(crate::vmm::Backing::Anonymous));
+        assert_eq!(c.backing, Some(crate::contract::Backing::Anonymous));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use faultline::contract::Action;
 use faultline::control::protocol::{self, Message, VERSION};
-use faultline::postcopy::Action;
 use faultline::units::Rate;
 
 fn faultline() -> Command {
@@ -101,8 +101,8 @@ fn observer(sock: &Path) -> UnixStream {
 /// Reads snapshots until one satisfies `pred`.
 fn snapshot_where(
     s: &mut UnixStream,
-    pred: impl Fn(&faultline::snapshot::Snapshot) -> bool,
-) -> faultline::snapshot::Snapshot {
+    pred: impl Fn(&faultline::contract::Snapshot) -> bool,
+) -> faultline::contract::Snapshot {
     let start = Instant::now();
     loop {
         assert!(
@@ -294,4 +294,33 @@ fn bad_recordings_and_sockets_are_one_line_errors() {
         file.exists(),
         "a file that is not a socket is never removed"
     );
+}
+
+#[test]
+fn a_recording_made_before_the_contract_module_still_reads_and_replays() {
+    // Made by the binary of 78bc36b, when mode, backing and transport travelled as strings.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/recorded-before-the-contract.rec");
+    let rec = faultline::control::record::read(&path).unwrap();
+    assert!(rec.cut.is_none());
+    let last = rec.snapshots.last().unwrap();
+    assert_eq!(last.run.mode, faultline::contract::FaultMode::Exit);
+    assert_eq!(last.run.backing, Some(faultline::contract::Backing::Shared));
+    assert_eq!(
+        last.run.transport,
+        Some(faultline::contract::Transport::Local)
+    );
+    let summary = last.summary.as_ref().unwrap();
+    assert!(summary.verified);
+    assert!(summary.legs.is_empty() && summary.throttle_initial.is_none());
+    let out = faultline()
+        .args(["replay", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["mode"], "exit");
+    assert_eq!(j["backing"], "shmem");
+    assert_eq!(j["transport"], "local");
 }

@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use faultline::guest::Workload;
-use faultline::postcopy::{
-    self, Action, FaultMode, RunConfig, RunStatus, Summary, TimedAction, Transport,
-};
+use faultline::contract::Backing;
+use faultline::contract::Workload;
+use faultline::contract::{Action, FaultMode, RunConfig, Summary, TimedAction, Transport};
+use faultline::postcopy::{self, RunStatus};
 use faultline::units::{GpaRange, Rate};
-use faultline::vmm::Backing;
 
 fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
     RunConfig {
@@ -16,17 +15,9 @@ fn config(workload: &str, mode: FaultMode, vcpus: usize) -> RunConfig {
         mem_bytes: 64 << 20,
         workload: workload.parse::<Workload>().unwrap(),
         mode,
-        readers: 2,
-        fetch_rate: Rate::Unlimited,
-        rtt: Duration::ZERO,
         warmup: Duration::from_millis(100),
         duration: Duration::from_millis(400),
-        push: true,
-        backing: None,
-        transport: Transport::Local,
-        link_timeout: postcopy::engine::LINK_TIMEOUT,
-        remote: None,
-        timeline: vec![],
+        ..Default::default()
     }
 }
 
@@ -58,8 +49,8 @@ fn check(c: &RunConfig) {
     let (mode, vcpus) = (c.mode, c.vcpus);
     let s = run(c);
     assert!(s.verified, "{s:#?}");
-    assert_eq!(Some(s.backing.as_str()), c.backing.map(Backing::as_str));
-    assert_eq!(s.transport, c.transport.as_str());
+    assert_eq!(s.backing, c.backing);
+    assert_eq!(s.transport, Some(c.transport));
     assert_eq!(s.verify.mismatches, 0);
     assert_eq!(s.verify.guest_errors, 0);
     assert_eq!(
@@ -95,8 +86,8 @@ fn check(c: &RunConfig) {
 macro_rules! migration_tests {
     ($($name:ident: $workload:expr,)*) => {$(
         mod $name {
-            use faultline::postcopy::FaultMode;
-            use faultline::vmm::Backing::{Anonymous, Shared};
+            use faultline::contract::FaultMode;
+            use faultline::contract::Backing::{Anonymous, Shared};
             #[test]
             fn uffd_one_vcpu() { super::check_migration($workload, FaultMode::Uffd, 1, Shared); }
             #[test]
@@ -161,7 +152,7 @@ fn check_injection_over(mode: FaultMode, backing: Backing, transport: Transport)
     }];
     let s = run(&c);
     assert!(s.verified, "{s:#?}");
-    assert_eq!(s.transport, transport.as_str());
+    assert_eq!(s.transport, Some(transport));
     assert_eq!(s.injections.len(), 1);
     assert!(s.pages_injected > 0, "{s:#?}");
     assert!(s.pages_injected <= range.len / 4096);

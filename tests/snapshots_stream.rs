@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use faultline::guest::Workload;
-use faultline::postcopy::{self, Action, FaultMode, RunConfig, RunStatus};
-use faultline::snapshot::{Activity, Phase, Snapshot};
+use faultline::contract::Workload;
+use faultline::contract::{Action, FaultMode, RunConfig};
+use faultline::contract::{Activity, Phase, Snapshot};
+use faultline::postcopy::{self, RunStatus};
 use faultline::units::{GpaRange, Rate};
 
 fn config(workload: &str, mode: FaultMode) -> RunConfig {
@@ -15,17 +16,10 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
         mem_bytes: 64 << 20,
         workload: workload.parse::<Workload>().unwrap(),
         mode,
-        readers: 2,
         fetch_rate: Rate::BytesPerSec(32 << 20),
-        rtt: Duration::ZERO,
         warmup: Duration::from_millis(500),
         duration: Duration::from_millis(1500),
-        push: true,
-        backing: None,
-        transport: faultline::postcopy::Transport::Local,
-        link_timeout: faultline::postcopy::engine::LINK_TIMEOUT,
-        remote: None,
-        timeline: vec![],
+        ..Default::default()
     }
 }
 
@@ -34,7 +28,7 @@ fn config(workload: &str, mode: FaultMode) -> RunConfig {
 fn run_watched(
     c: &RunConfig,
     actions: Vec<(Duration, Action)>,
-) -> (postcopy::Summary, Vec<Arc<Snapshot>>) {
+) -> (faultline::contract::Summary, Vec<Arc<Snapshot>>) {
     let status = RunStatus::default();
     let rx = status.subscribe();
     let (tx, controls) = crossbeam_channel::unbounded();
@@ -61,7 +55,7 @@ fn run_watched(
     })
 }
 
-fn all_snapshots(c: &RunConfig) -> (postcopy::Summary, Vec<Arc<Snapshot>>) {
+fn all_snapshots(c: &RunConfig) -> (faultline::contract::Summary, Vec<Arc<Snapshot>>) {
     run_watched(c, Vec::new())
 }
 
@@ -230,5 +224,40 @@ fn a_stop_request_ends_the_run_early_and_still_checks_it() {
     assert_eq!(
         summary.pages_demand + summary.pages_pushed,
         summary.pages_total - summary.pages_boot
+    );
+}
+
+#[test]
+fn the_summary_names_each_migration_and_the_throttle_left_in_force() {
+    let mut c = config("verify", FaultMode::Exit);
+    c.duration = Duration::from_millis(2000);
+    // Each delay follows the last: a new migration, then the operator lifts the limit.
+    let actions = vec![
+        (Duration::from_millis(900), Action::Remigrate),
+        (
+            Duration::from_millis(400),
+            Action::Throttle(Rate::Unlimited),
+        ),
+    ];
+    let (summary, _) = run_watched(&c, actions);
+    assert!(summary.verified, "{summary:#?}");
+    // The operator lifted the limit: the summary says so, and what it was at first.
+    assert_eq!(summary.throttle, "unlimited");
+    assert_eq!(summary.throttle_initial.as_deref(), Some("32.0 MiB/s"));
+    assert_eq!(summary.migrations, 2);
+    let numbers: Vec<u32> = summary.legs.iter().map(|l| l.migration).collect();
+    assert_eq!(numbers, vec![1, 2]);
+    let (first, last) = (&summary.legs[0], &summary.legs[1]);
+    assert!(first.pages_checked > 0 && first.mismatches == 0);
+    assert!(first.pages_demand + first.pages_pushed > 0);
+    assert_eq!(first.throttle, "32.0 MiB/s");
+    assert!(
+        first.latency_us.max > 0,
+        "the monitor kept the first leg's latency"
+    );
+    assert_eq!(last.downtime_us, summary.downtime_us);
+    assert_eq!(
+        summary.verify.pages_checked,
+        first.pages_checked + last.pages_checked
     );
 }

@@ -1,6 +1,6 @@
 //! Whole screens of the TUI, drawn from the scripted fixture stream, as insta snapshots.
 
-use faultline::postcopy::Action;
+use faultline::contract::Action;
 use faultline::tui::fixture::{self, INJECT_STEP};
 use faultline::tui::{App, Pane, Theme, draw};
 use ratatui::Terminal;
@@ -57,7 +57,7 @@ fn the_header_names_a_socket_transport_and_its_link_and_stays_quiet_about_local_
     let header = |transport: &str, link_up: Option<bool>| {
         let mut app = App::with_theme(Theme::colored());
         let mut s = fixture::snapshot(4, GIB, 20);
-        s.run.transport = Some(transport.into());
+        s.run.transport = Some(transport.parse().unwrap());
         s.link_up = link_up;
         app.on_snapshot(s);
         screen(160, 48, &app)
@@ -86,7 +86,7 @@ fn the_header_names_a_source_in_another_process_for_its_migration_only() {
     let header = |migration: u32| {
         let mut app = App::with_theme(Theme::colored());
         let mut s = fixture::snapshot(4, GIB, 20);
-        s.run.transport = Some("tcp".into());
+        s.run.transport = Some(faultline::contract::Transport::Tcp);
         s.run.source = Some("10.0.0.7:7070".into());
         s.migration = migration;
         app.on_snapshot(s);

@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use faultline::guest::{self, Workload};
+use faultline::contract::Workload;
+use faultline::guest::{self};
 use faultline::vmm::{RunState, Vm, VmConfig, layout};
 
 const MEM: u64 = 64 << 20;
@@ -129,7 +130,7 @@ fn touch_workload_finishes_and_reports_every_page() {
 #[test]
 fn shared_memory_workload_runs_on_every_vcpu() {
     let mut w: Workload = "random-mixed".parse().unwrap();
-    w.sharing = guest::Sharing::Shared;
+    w.sharing = faultline::contract::Sharing::Shared;
     let vm = Vm::new(VmConfig {
         vcpus: 4,
         mem_bytes: MEM,

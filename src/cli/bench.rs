@@ -6,11 +6,11 @@ use clap::{Args, ValueEnum};
 use faultline::bench::{
     self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
 };
-use faultline::postcopy::Transport;
+use faultline::contract::Backing;
+use faultline::contract::Transport;
 use faultline::postcopy::destination::{auto_reader_spin, preferred_backing};
 use faultline::postcopy::net::socket_spin;
 use faultline::units::Bytes;
-use faultline::vmm::Backing;
 use serde::Serialize;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -26,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     vcpus: Vec<usize>,
     /// Memory each vCPU touches, e.g. 128M.
-    #[arg(long, value_parser = crate::parse_size, default_value = "128M")]
+    #[arg(long, value_parser = super::args::parse_size, default_value = "128M")]
     mem_per_vcpu: u64,
     /// Fault modes to measure: prefill (memory present, the ceiling), uffd, exit.
     #[arg(long, value_delimiter = ',', default_value = "prefill,uffd,exit")]
@@ -73,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Also time the background push alone over this much memory (0 to skip), e.g. 1G.
-    #[arg(long, value_parser = crate::parse_size, default_value = "1G")]
+    #[arg(long, value_parser = super::args::parse_size, default_value = "1G")]
     push_mem: u64,
     /// Push threads for the push measurement.
     #[arg(long, default_value_t = 2)]
@@ -84,7 +84,7 @@ pub struct BenchArgs {
     /// Also time the live view's frames: this many vCPUs over --frame-mem (0 to skip).
     #[arg(long, default_value_t = 64)]
     frame_vcpus: usize,
-    #[arg(long, value_parser = crate::parse_size, default_value = "16G")]
+    #[arg(long, value_parser = super::args::parse_size, default_value = "16G")]
     frame_mem: u64,
     /// Print one JSON object with a `results` list.
     #[arg(long)]
@@ -236,9 +236,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     for c in &configs {
-        c.validate().map_err(|e| crate::UsageError(e.to_string()))?;
+        c.validate()
+            .map_err(|e| super::args::UsageError(e.to_string()))?;
     }
-    let usage = |m: String| crate::UsageError(m);
+    let usage = |m: String| super::args::UsageError(m);
     if args.downtime_vcpus > faultline::vmm::layout::MAX_VCPUS {
         return Err(usage(format!(
             "--downtime-vcpus {}: at most 64",

@@ -1,6 +1,12 @@
-//! Subcommands of the `faultline` binary that are more than a few lines.
+//! The subcommands of the `faultline` binary, one file each, and what they share.
 
+pub mod args;
 pub mod bench;
+pub mod logging;
 pub mod observe;
+pub mod probe;
 pub mod qemu;
+pub mod run;
+pub mod shared;
 pub mod source;
+pub mod summary;

@@ -1,20 +1,16 @@
 //! `faultline attach` and `faultline replay`, and recording a run as it happens.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use faultline::control::{self, Recorder, ReplayFeed, SocketFeed};
-use faultline::postcopy::RunStatus;
-use faultline::snapshot::Phase;
 use faultline::tui;
 
-use crate::UsageError;
+use super::args::UsageError;
+use super::logging;
+use super::shared::need_terminal;
+use super::summary::print_summary;
 
 #[derive(Args)]
 pub struct AttachArgs {
@@ -22,7 +18,7 @@ pub struct AttachArgs {
     #[arg(required_unless_present = "qmp")]
     path: Option<PathBuf>,
     #[command(flatten)]
-    qemu: crate::cli::qemu::QmpTarget,
+    qemu: super::qemu::QmpTarget,
     /// Also record what is seen to this file.
     #[arg(long)]
     record: Option<PathBuf>,
@@ -46,60 +42,9 @@ pub struct ReplayArgs {
     log: Option<PathBuf>,
 }
 
-pub(crate) fn need_terminal(what: &str) -> anyhow::Result<()> {
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        return Err(UsageError(format!("{what} needs a terminal on stdin and stdout")).into());
-    }
-    Ok(())
-}
-
-/// A recording fed from a run's snapshots on its own thread; `finish` waits for the last.
-pub struct RecordingThread {
-    done: Arc<AtomicBool>,
-    thread: JoinHandle<Result<(), control::ControlError>>,
-}
-
-impl RecordingThread {
-    /// Waits until the final snapshot is written (the engine has published it by now).
-    pub fn finish(self) -> anyhow::Result<()> {
-        self.done.store(true, Ordering::Release);
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the recording thread panicked"))??;
-        Ok(())
-    }
-}
-
-pub fn spawn_recorder(
-    mut recorder: Recorder,
-    status: &RunStatus,
-) -> anyhow::Result<RecordingThread> {
-    let snapshots = status.subscribe();
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = done.clone();
-    let thread = std::thread::Builder::new()
-        .name("record".into())
-        .spawn(move || {
-            loop {
-                match snapshots.recv_timeout(Duration::from_millis(100)) {
-                    Some(s) => {
-                        recorder.write(&s)?;
-                        if s.summary.is_some() || s.phase == Phase::Failed {
-                            return Ok(());
-                        }
-                    }
-                    None if flag.load(Ordering::Acquire) => return Ok(()),
-                    None => {}
-                }
-            }
-        })
-        .context("cannot start the recording thread")?;
-    Ok(RecordingThread { done, thread })
-}
-
 pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
     let Some(path) = args.path else {
-        return crate::cli::qemu::attach(args.qemu, args.record, args.log);
+        return super::qemu::attach(args.qemu, args.record, args.log);
     };
     need_terminal("attach")?;
     let recorder = args
@@ -109,11 +54,8 @@ pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
     let mut feed = SocketFeed::connect(&path, recorder).map_err(|e| UsageError(e.to_string()))?;
-    let log_path = args
-        .log
-        .clone()
-        .unwrap_or_else(crate::logging::default_path);
-    let _log = crate::logging::init(&log_path)?;
+    let log_path = args.log.clone().unwrap_or_else(logging::default_path);
+    let _log = logging::init(&log_path)?;
     tracing::info!(path = %path.display(), "attached");
     let mut app = tui::App::new();
     let exit = tui::terminal::run(&mut feed, &mut app)?;
@@ -131,7 +73,7 @@ pub fn attach(args: AttachArgs) -> anyhow::Result<bool> {
     }
     match feed.last().and_then(|s| s.summary.clone()) {
         Some(summary) => {
-            crate::print_summary(&summary);
+            print_summary(&summary);
             Ok(summary.verified)
         }
         None => {
@@ -170,11 +112,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
     if recording.snapshots.is_empty() {
         anyhow::bail!("{}: the recording holds no snapshot", args.file.display());
     }
-    let log_path = args
-        .log
-        .clone()
-        .unwrap_or_else(crate::logging::default_path);
-    let _log = crate::logging::init(&log_path)?;
+    let log_path = args.log.clone().unwrap_or_else(logging::default_path);
+    let _log = logging::init(&log_path)?;
     tracing::info!(file = %args.file.display(), "replay");
     let mut feed = ReplayFeed::new(recording.snapshots, args.speed, recording.cut);
     let mut app = tui::App::new();

@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use faultline::guest::Workload;
-use faultline::postcopy::Summary;
+use faultline::contract::Phase;
+use faultline::contract::Workload;
 use faultline::qemu::feed::{Ended, QemuFeed};
 use faultline::qemu::launch::{Accel, LaunchConfig, LaunchError, QemuPair};
 use faultline::qemu::watch::{Target, Watcher};
-use faultline::snapshot::{Phase, QemuView};
 use faultline::tui;
-use faultline::units::{Bytes, Rate};
+use faultline::units::Rate;
 
-use crate::UsageError;
-use crate::cli::observe::spawn_recorder;
+use super::args::{UsageError, parse_rate, parse_size};
+use super::logging;
+use super::shared::{need_terminal, spawn_recorder};
+use super::summary::print_qemu_summary;
 
 #[derive(Args)]
 pub struct QemuArgs {
@@ -27,7 +28,7 @@ pub struct QemuArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     vcpus: u16,
     /// Guest memory, 32M to 2G.
-    #[arg(long, default_value = "256M", value_parser = crate::parse_size)]
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
     mem: u64,
     /// The guest's workload: PATTERN-OP or verify (checks every page it reads).
     #[arg(long, default_value = "verify")]
@@ -36,7 +37,7 @@ pub struct QemuArgs {
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     accel: Accel,
     /// The source's bandwidth limit, e.g. 32MiB/s or unlimited.
-    #[arg(long, default_value = "32MiB/s", value_parser = crate::parse_rate)]
+    #[arg(long, default_value = "32MiB/s", value_parser = parse_rate)]
     fetch_rate: Rate,
     /// How long pre-copy runs before the switch to post-copy.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -97,10 +98,10 @@ pub fn run(args: QemuArgs) -> anyhow::Result<bool> {
     };
     let log_path = match (&args.log, args.headless) {
         (Some(p), _) => Some(p.clone()),
-        (None, false) => Some(crate::logging::default_path()),
+        (None, false) => Some(logging::default_path()),
         (None, true) => None,
     };
-    let _log = log_path.as_deref().map(crate::logging::init).transpose()?;
+    let _log = log_path.as_deref().map(logging::init).transpose()?;
     let mut pair = QemuPair::start(&config).map_err(|e| match e {
         LaunchError::NotInstalled | LaunchError::Guest(_) => UsageError(e.to_string()).into(),
         e => anyhow::Error::from(e),
@@ -243,7 +244,7 @@ fn finish(ended: &Ended, json: bool) -> anyhow::Result<bool> {
     Ok(s.verified)
 }
 
-fn report_progress(s: &faultline::snapshot::Snapshot) {
+fn report_progress(s: &faultline::contract::Snapshot) {
     let state = s.qemu.as_ref().map_or("-", |q| q.state.as_str());
     let stall: f64 = s.vcpus.iter().map(|v| v.stall_ms).sum();
     let faults: u64 = s.vcpus.iter().map(|v| v.faults).sum();
@@ -254,90 +255,6 @@ fn report_progress(s: &faultline::snapshot::Snapshot) {
         s.pages.missing,
         s.pages.total
     );
-}
-
-/// A QEMU migration's summary as text: faultline's figures, then the three clocks.
-pub fn print_qemu_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
-    let Some(q) = &s.qemu else {
-        return crate::write_summary(out, s);
-    };
-    writeln!(
-        out,
-        "QEMU {} post-copy: {} vCPUs, {}, workload {}, state {}",
-        q.version,
-        s.vcpus,
-        Bytes(s.mem_bytes),
-        s.workload,
-        q.state
-    )?;
-    if q.pages_known {
-        writeln!(
-            out,
-            "post-copy {} ms, downtime {} us, {} pages: {} requested on demand, {} streamed; throttle {}",
-            s.postcopy_ms, s.downtime_us, s.pages_total, s.pages_demand, s.pages_pushed, s.throttle
-        )?;
-    } else {
-        writeln!(
-            out,
-            "post-copy {} ms; page counts and downtime not known (no --source-qmp)",
-            s.postcopy_ms
-        )?;
-    }
-    writeln!(
-        out,
-        "all vCPUs blocked {:.1} ms; fault latency p50 {} us, p99 {} us, max {} us; {} trace events, {} garbage lines",
-        s.blocktime_all_ms,
-        s.latency_us.p50,
-        s.latency_us.p99,
-        s.latency_us.max,
-        q.trace_events,
-        q.trace_garbage
-    )?;
-    write_three_clocks(out, q)?;
-    let verdict = s.verdict();
-    writeln!(
-        out,
-        "{verdict}: migration {}, {} guest mismatches",
-        if s.postcopy_complete {
-            "completed"
-        } else {
-            "did not complete"
-        },
-        s.verify.mismatches
-    )
-}
-
-/// Each vCPU's stall by faultline, by the kernel's clock and by QEMU, and how far the
-/// first and last lie from the kernel's.
-pub fn write_three_clocks(out: &mut impl Write, q: &QemuView) -> std::io::Result<()> {
-    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
-    let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{:+.1}%", v * 100.0));
-    match q.window_ms {
-        Some((a, b)) => writeln!(
-            out,
-            "stall per vCPU over post-copy ({:.1} s), three clocks:",
-            (b - a) as f64 / 1000.0
-        )?,
-        None => writeln!(out, "stall per vCPU: post-copy not seen, no window")?,
-    }
-    writeln!(
-        out,
-        "vcpu   tid  faultline ms  off-CPU ms  QEMU ms  faultline vs off-CPU  QEMU vs off-CPU"
-    )?;
-    for v in &q.vcpus {
-        writeln!(
-            out,
-            "{:>4} {:>5} {:>13} {:>11} {:>8} {:>21} {:>16}",
-            v.vcpu,
-            v.thread_id.map_or_else(|| "-".into(), |t| t.to_string()),
-            ms(v.stall_ms),
-            ms(v.offcpu_ms),
-            ms(v.qemu_blocktime_ms),
-            pct(v.deviation(v.stall_ms)),
-            pct(v.deviation(v.qemu_blocktime_ms)),
-        )?;
-    }
-    Ok(())
 }
 
 /// `faultline attach --qmp`: the live view of a QEMU migration someone else started.
@@ -357,10 +274,10 @@ pub fn attach(t: QmpTarget, record: Option<PathBuf>, log: Option<PathBuf>) -> an
     };
     // What is wrong with the target is said first, terminal or not.
     let watcher = Watcher::connect(target).map_err(|e| UsageError(e.to_string()))?;
-    crate::cli::observe::need_terminal("attach")?;
+    need_terminal("attach")?;
     let label = format!("QEMU {} via QMP", watcher.qemu_version());
-    let log_path = log.unwrap_or_else(crate::logging::default_path);
-    let _log = crate::logging::init(&log_path)?;
+    let log_path = log.unwrap_or_else(logging::default_path);
+    let _log = logging::init(&log_path)?;
     let mut feed = QemuFeed::start(watcher, label)?;
     let recording = match &record {
         Some(path) => Some(spawn_recorder(

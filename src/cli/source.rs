@@ -14,7 +14,7 @@ use faultline::postcopy::{InProcessSource, Offer, SourceGuest, remote};
 use faultline::units::Bytes;
 use faultline::vmm::{Vm, VmConfig, layout};
 
-use crate::{GuestArgs, UsageError};
+use super::args::{GuestArgs, UsageError};
 
 /// How long a source whose guest was taken over waits for a destination that went away
 /// without finishing (it may reconnect) before it gives up.

@@ -10,9 +10,9 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::protocol::{self, Message, VERSION};
 use super::{ControlError, Recorder};
-use crate::postcopy::Action;
-use crate::snapshot::Snapshot;
-use crate::tui::{Feed, Notice};
+use crate::contract::Action;
+use crate::contract::Snapshot;
+use crate::contract::{Feed, Notice};
 
 /// Snapshots queued before older ones are dropped: the UI only ever wants the newest.
 const QUEUE: usize = 8;

@@ -9,8 +9,8 @@ use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use serde::{Deserialize, Serialize};
 
-use crate::postcopy::Action;
-use crate::snapshot::Snapshot;
+use crate::contract::Action;
+use crate::contract::Snapshot;
 
 pub const MAGIC: [u8; 2] = *b"FL";
 /// Bumped on any change a peer could misread.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::ControlError;
 use super::protocol::{self, Message, ProtocolError, VERSION};
-use crate::snapshot::Snapshot;
+use crate::contract::Snapshot;
 
 /// The peer name in a recording's first frame.
 const RECORDING: &str = "faultline recording";

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 
-use crate::postcopy::Action;
-use crate::snapshot::Snapshot;
-use crate::tui::{Feed, Notice};
+use crate::contract::Action;
+use crate::contract::Snapshot;
+use crate::contract::{Feed, Notice};
 
 const MAX_SPEED: u32 = 64;
 /// How far `,` and `.` seek.

@@ -15,7 +15,8 @@ use crossbeam_channel::Sender;
 
 use super::ControlError;
 use super::protocol::{self, Message, ProtocolError, VERSION};
-use crate::postcopy::{Action, RunStatus};
+use crate::contract::Action;
+use crate::postcopy::RunStatus;
 
 /// How long a new peer has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);

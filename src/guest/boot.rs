@@ -12,7 +12,7 @@ use iced_x86::code_asm::*;
 use super::GuestError;
 use super::codegen::{GuestProgram, Placement, Reports, assemble};
 use super::ports;
-use super::workload::{Pattern, Workload};
+use crate::contract::{Pattern, Workload};
 
 const PAGE: u64 = 0x1000;
 /// Where the image is loaded (1 MiB: the first address a Multiboot loader accepts).

@@ -12,7 +12,7 @@ use iced_x86::code_asm::*;
 
 use super::GuestError;
 use super::ports;
-use super::workload::{LAST_QWORD, Operation, Pattern, Sharing, Workload};
+use crate::contract::{LAST_QWORD, Operation, Pattern, Sharing, Workload};
 
 const PAGE_SHIFT: u32 = 12;
 

@@ -6,10 +6,8 @@
 pub mod boot;
 mod codegen;
 pub mod ports;
-mod workload;
 
 pub use codegen::{GuestProgram, Placement, Reports, VcpuStart, assemble, timing_loop};
-pub use workload::{Operation, Pattern, Sharing, Workload, WorkloadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

@@ -16,12 +16,13 @@ use super::PostcopyError;
 use super::page_state::{PageState, PageStateMap};
 use super::source::{PageSource, SourceError};
 use super::throttle::Throttle;
+use crate::contract::Backing;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
 use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
 use crate::units::{GpaRange, Rate};
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
-use crate::vmm::{Backing, ExitPath, FillOutcome, GuestRam, MissingPageHandler};
+use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
 /// Largest contiguous run the push copies in one ioctl.
 const PUSH_BATCH_PAGES: u64 = 64;

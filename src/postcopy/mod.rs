@@ -6,21 +6,24 @@
 
 pub mod destination;
 pub mod engine;
+pub mod feed;
+mod leg;
+mod limits;
 pub mod monitor;
 pub mod net;
+mod outcome;
 pub mod page_state;
 pub mod remote;
 pub mod source;
 pub mod status;
 pub mod throttle;
+mod verify;
 
 pub use destination::Destination;
-pub use engine::{
-    Action, FaultMode, Phase, RunConfig, Summary, TimedAction, VcpuSummary, VerifySummary, run,
-};
+pub use engine::run;
+pub use feed::EngineFeed;
 pub use monitor::Monitor;
-pub use net::Transport;
-pub use remote::{Offer, Remote, SourceGuest};
+pub use remote::{Offer, SourceGuest};
 pub use source::{InProcessSource, PageSource, SourceError};
 pub use status::{LiveMigration, RunStatus};
 pub use throttle::Throttle;

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use super::PostcopyError;
 use super::page_state::PageState;
 use super::status::{LiveMigration, RunStatus};
-use crate::postcopy::Summary;
-use crate::snapshot::{
-    Activity, FAULT_HEATMAP_ROWS, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap, InjectionRecord,
-    Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase, RegionStall,
-    RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
+use crate::contract::LatencySummary;
+use crate::contract::Summary;
+use crate::contract::{
+    Activity, FAULT_HEATMAP_ROWS, FaultMode, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap,
+    InjectionRecord, Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase,
+    RegionStall, RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
 };
-use crate::telemetry::{Aggregate, Event, LatencySummary};
+use crate::telemetry::{Aggregate, Event};
 use crate::vmm::RunState;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SIZE};
 
@@ -74,6 +75,7 @@ pub struct Monitor {
     /// The memory map as last read, and the next cell to read.
     cells: Vec<MapCell>,
     scan_cursor: usize,
+    finished: Vec<super::outcome::LegAggregate>,
 }
 
 fn region_size(mem: u64, parts: usize) -> u64 {
@@ -114,6 +116,7 @@ impl Monitor {
             message: None,
             cells: Vec::new(),
             scan_cursor: 0,
+            finished: Vec::new(),
         };
         for t in &mut m.vcpus {
             t.regions = vec![(0, 0); cells];
@@ -136,6 +139,11 @@ impl Monitor {
         {
             self.start_leg(live);
         }
+    }
+
+    /// The latency and all-blocked figures of each migration before the current one.
+    pub fn finished_legs(&self) -> &[super::outcome::LegAggregate] {
+        &self.finished
     }
 
     /// Latency histograms of the current migration, for the run's summary.
@@ -263,6 +271,13 @@ impl Monitor {
     /// A new VM runs the guest: counters restart, heatmaps carry on.
     fn start_leg(&mut self, live: Arc<LiveMigration>) {
         self.fold_events();
+        if let Some(old) = self.leg.as_ref().filter(|l| l.dest.is_some()) {
+            self.finished.push(super::outcome::LegAggregate {
+                number: old.number,
+                latency: self.aggregate.latency(),
+                blocktime_all_ns: self.aggregate.blocktime_all_ns(),
+            });
+        }
         if live.dest.is_some()
             && let Ok(a) = Aggregate::new(self.info.vcpus)
         {
@@ -515,7 +530,7 @@ impl Monitor {
     }
 
     fn exit_path(&self, leg: Option<&LiveMigration>) -> Option<String> {
-        if self.info.mode != "exit" {
+        if self.info.mode != FaultMode::Exit {
             return None;
         }
         crate::vmm::dominant_exit_path(leg?.vcpus.iter().map(|v| &v.stats))

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::net::wire::{MAX_CONTROL_ANSWER, Op};
 use super::net::{self, ControlConnection, MigrationControl, NetError};
-use crate::guest::{Sharing, Workload};
+use crate::contract::{Remote, Sharing, Workload};
 use crate::vmm::layout::{self, BOOT_SIZE};
 use crate::vmm::{Vm, VmmError, state::VcpuState};
 
@@ -152,13 +152,6 @@ impl Handover {
             boot,
         })
     }
-}
-
-/// Where a destination finds its source: the address and the token the source printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Remote {
-    pub addr: SocketAddr,
-    pub token: u64,
 }
 
 impl Remote {

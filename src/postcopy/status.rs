@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use super::Destination;
-use crate::snapshot::{Phase, Snapshot};
+use crate::contract::{Phase, Snapshot};
 use crate::vmm::VcpuShared;
 
 /// Snapshots queued per subscriber before newer ones are dropped for it.

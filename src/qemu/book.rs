@@ -6,11 +6,12 @@
 
 use std::collections::VecDeque;
 
-use crate::snapshot::{
+use crate::contract::LatencySummary;
+use crate::contract::{
     Activity, FAULT_HEATMAP_ROWS, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap, Latency,
     LatencyBuckets, SPARKLINE_POINTS,
 };
-use crate::telemetry::{Aggregate, Event, LatencySummary};
+use crate::telemetry::{Aggregate, Event};
 
 use super::QemuError;
 use super::trace::{TraceEvent, TraceLine};

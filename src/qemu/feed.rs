@@ -11,10 +11,11 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::QemuError;
 use super::watch::Watcher;
+use crate::contract::{Action, Summary};
+use crate::contract::{Feed, Notice};
+use crate::contract::{Phase, Snapshot};
+use crate::postcopy::RunStatus;
 use crate::postcopy::status::Subscription;
-use crate::postcopy::{Action, RunStatus, Summary};
-use crate::snapshot::{Phase, Snapshot};
-use crate::tui::{Feed, Notice};
 
 const TICK: Duration = Duration::from_millis(100);
 

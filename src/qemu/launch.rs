@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::qmp::{Qmp, QmpError};
 use super::watch::Target;
+use crate::contract::Workload;
+use crate::guest::boot;
 use crate::guest::ports::{CONSOLE_STARTED, ConsoleReport};
-use crate::guest::{Workload, boot};
 use crate::units::Rate;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";

@@ -1,18 +1,11 @@
 //! Folds telemetry events into per-vCPU latency histograms and the all-vCPUs-blocked time,
 //! off the hot path.
 
+use crate::contract::LatencySummary;
 use hdrhistogram::{CreationError, Histogram};
-use serde::{Deserialize, Serialize};
 
 use super::Event;
 use super::blocked::AllBlocked;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatencySummary {
-    pub p50: u64,
-    pub p99: u64,
-    pub max: u64,
-}
 
 pub struct Aggregate {
     /// Fault latency in microseconds, per vCPU.

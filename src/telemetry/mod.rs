@@ -8,7 +8,7 @@
 mod aggregate;
 mod blocked;
 
-pub use aggregate::{Aggregate, LatencySummary};
+pub use aggregate::Aggregate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -10,8 +10,8 @@ use ratatui::layout::Rect;
 
 use super::theme::Theme;
 use super::widgets::memmap::{MapGeometry, cell_bytes};
-use crate::postcopy::Action;
-use crate::snapshot::Snapshot;
+use crate::contract::Action;
+use crate::contract::Snapshot;
 use crate::units::{self, Bytes, GpaRange, Rate};
 use crate::vmm::layout::BOOT_SIZE;
 
@@ -284,7 +284,7 @@ impl App {
         {
             self.status = Some(Status {
                 text: m.clone(),
-                error: s.phase == crate::snapshot::Phase::Failed,
+                error: s.phase == crate::contract::Phase::Failed,
             });
         }
         if self.frozen {

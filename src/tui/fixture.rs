@@ -6,7 +6,7 @@
 //! the push done [`FILL_STEPS`] later, an injection at [`INJECT_STEP`], finished at
 //! [`FINISH_STEP`].
 
-use crate::snapshot::{
+use crate::contract::{
     Activity, FAULT_HEATMAP_ROWS, HEATMAP_COLUMNS, Heatmap, InjectionRecord, LATENCY_BUCKETS,
     Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase, RegionStall,
     RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
@@ -299,12 +299,12 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
         elapsed_ms: step * STEP_MS,
         run: RunInfo {
             scenario: "hot-cold".into(),
-            mode: "exit".into(),
+            mode: crate::contract::FaultMode::Exit,
             workload: "random-touch".into(),
             vcpus,
             mem_bytes: mem,
-            backing: Some("shmem".into()),
-            transport: Some("local".into()),
+            backing: Some(crate::contract::Backing::Shared),
+            transport: Some(crate::contract::Transport::Local),
             source: None,
             page_size: PAGE,
         },

@@ -1,5 +1,5 @@
 //! The live terminal UI: state and keys ([`app`]), layout ([`view`]) and panes
-//! ([`widgets`]), all drawn from [`crate::snapshot::Snapshot`]s.
+//! ([`widgets`]), all drawn from [`crate::contract::Snapshot`]s.
 
 pub mod app;
 #[doc(hidden)]
@@ -10,6 +10,6 @@ pub mod view;
 pub mod widgets;
 
 pub use app::{App, Pane};
-pub use terminal::{Feed, Notice, TuiError};
+pub use terminal::TuiError;
 pub use theme::Theme;
 pub use view::draw;

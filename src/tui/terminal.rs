@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{
-    self, DisableMouseCapture, EnableMouseCapture, Event, KeyEvent, KeyEventKind,
+    self, DisableMouseCapture, EnableMouseCapture, Event, KeyEventKind,
 };
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
@@ -18,8 +18,7 @@ use ratatui::crossterm::terminal::{
 };
 
 use super::{App, draw};
-use crate::postcopy::Action;
-use crate::snapshot::Snapshot;
+use crate::contract::{Feed, Notice};
 
 /// Frames per second: smooth enough to watch stalls come and go, cheap enough to ignore.
 pub const FPS: u32 = 20;
@@ -30,39 +29,6 @@ pub enum TuiError {
     Io(#[from] io::Error),
     #[error("cannot watch for SIGTERM: {0}")]
     Signal(io::Error),
-}
-
-/// Where snapshots come from and where actions go: an engine in this process, a control
-/// socket or a recording. The UI knows nothing else of its source.
-pub trait Feed {
-    /// The newest snapshot since the last call, if any; never blocks.
-    fn latest(&mut self) -> Option<Arc<Snapshot>>;
-    /// Carries out an operator's action; the error is shown in the status line.
-    fn act(&mut self, action: Action) -> Result<(), String>;
-    /// A key of the feed's own (a replay's pause, speed, seek), seen before the UI's keys;
-    /// `Some` takes it, with a line for the status bar.
-    fn on_key(&mut self, _key: &KeyEvent) -> Option<String> {
-        None
-    }
-    /// The keys [`Feed::on_key`] takes, as (keys, what they do), for the help overlay.
-    fn keys(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-    /// Where the snapshots come from, for the header, if not a live engine here.
-    fn label(&self) -> Option<String> {
-        None
-    }
-    /// Something the operator should know (a lost connection), once.
-    fn notice(&mut self) -> Option<Notice> {
-        None
-    }
-}
-
-/// A line from the feed for the status bar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    Info(String),
-    Error(String),
 }
 
 /// Raw mode, the alternate screen and mouse reporting, undone on drop and on panic.

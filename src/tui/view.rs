@@ -14,7 +14,7 @@ use super::widgets::memmap::MemoryMapView;
 use super::widgets::status::{self, StatusLine};
 use super::widgets::vcpus::{VcpuTable, scroll_offset};
 use super::widgets::{detail, help, pane, text};
-use crate::snapshot::Snapshot;
+use crate::contract::Snapshot;
 use crate::units::Bytes;
 
 /// Where each pane goes; `None` when there is no room for it.

@@ -14,47 +14,7 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMma
 
 use super::VmmError;
 use super::layout::{MAX_MEM_BYTES, MIN_MEM_BYTES, PAGE_SIZE};
-
-/// What backs guest RAM, which decides how a missing page is filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backing {
-    /// Private anonymous memory: a missing page is allocated when it is filled
-    /// (userfaultfd missing faults, UFFDIO_COPY).
-    Anonymous,
-    /// A memfd allocated in full before the guest runs, like a VMM's preallocated RAM: a
-    /// missing page is one not yet mapped into the guest's view. It is filled by writing
-    /// it through the fill mapping and mapping it in (minor faults, UFFDIO_CONTINUE), so
-    /// a fault costs no allocation on either side.
-    Shared,
-}
-
-impl Backing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backing::Anonymous => "anon",
-            Backing::Shared => "shmem",
-        }
-    }
-}
-
-impl std::fmt::Display for Backing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Backing {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Backing, String> {
-        match s {
-            "anon" => Ok(Backing::Anonymous),
-            "shmem" => Ok(Backing::Shared),
-            other => Err(format!(
-                "unknown memory backing '{other}' (expected anon or shmem)"
-            )),
-        }
-    }
-}
+use crate::contract::Backing;
 
 /// The shared backing's second view of guest RAM: every page mapped, never registered
 /// with userfaultfd, so fills write through it while the guest's view still faults.

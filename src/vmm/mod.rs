@@ -15,7 +15,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VmFd};
 
 pub use fault::{ExitPath, FillOutcome, MissingPageHandler};
-pub use memory::{Backing, GuestRam};
+pub use memory::GuestRam;
 pub use state::{CaptureSpec, VcpuState};
 pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats, dominant_exit_path};
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::source::{InProcessSource, PageSource};
+use crate::contract::Transport;
 
 /// What a destination fetches from: `image` itself, or a page server in front of it on the
 /// loopback interface, returned too (it serves for as long as it lives). Both ends of a
@@ -52,44 +53,6 @@ pub fn socket_spin(fetchers: usize, others: usize) -> Duration {
 }
 
 const SOCKET_SPIN: Duration = Duration::from_micros(50);
-
-/// How pages travel from the source to the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Transport {
-    /// Copied straight from the source's image in this process.
-    #[default]
-    Local,
-    /// Fetched over TCP from a page server on the loopback interface.
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Local => "local",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Transport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Transport, String> {
-        match s {
-            "local" => Ok(Transport::Local),
-            "tcp" => Ok(Transport::Tcp),
-            other => Err(format!(
-                "unknown page transport '{other}' (expected local or tcp)"
-            )),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

@@ -20,10 +20,10 @@ use super::follow::Follower;
 use super::qmp::Qmp;
 use super::schedstat::ThreadClock;
 use super::trace::{self, Parsed};
-use crate::guest::ports::CONSOLE_MAX_VCPUS;
-use crate::snapshot::{
+use crate::contract::{
     Activity, MemoryMap, PageCounts, Phase, QemuVcpu, QemuView, RunInfo, Snapshot, VcpuSnapshot,
 };
+use crate::guest::ports::CONSOLE_MAX_VCPUS;
 use crate::units::Rate;
 
 /// What to follow.
@@ -183,12 +183,12 @@ impl Watcher {
         let src_console = open_console(&target.src_console)?;
         let info = RunInfo {
             scenario: target.scenario.clone(),
-            mode: "uffd".into(),
+            mode: crate::contract::FaultMode::Uffd,
             workload: target.workload.clone(),
             vcpus,
             mem_bytes,
             backing: None,
-            transport: Some("qemu".into()),
+            transport: None,
             source: Some(format!("QEMU {}", dst.version())),
             page_size: 4096,
         };

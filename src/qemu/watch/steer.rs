@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::Watcher;
-use crate::postcopy::Action;
+use crate::contract::Action;
 use crate::qemu::qmp::Qmp;
 use crate::units::Rate;
 

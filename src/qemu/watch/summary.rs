@@ -1,8 +1,8 @@
 //! A QEMU migration's summary: faultline's figures with QEMU's and the kernel's beside them.
 
 use super::Watcher;
-use crate::postcopy::{Summary, VcpuSummary, VerifySummary};
-use crate::snapshot::Snapshot;
+use crate::contract::Snapshot;
+use crate::contract::{Summary, VcpuSummary, VerifySummary};
 
 impl Watcher {
     /// The run's summary: faultline's figures, QEMU's and the kernel's side by side.
@@ -32,13 +32,13 @@ impl Watcher {
         let completed = self.state == "completed";
         Summary {
             scenario: self.info.scenario.clone(),
-            mode: self.info.mode.clone(),
+            mode: self.info.mode,
             exit_path: None,
             workload: self.info.workload.clone(),
             vcpus: self.info.vcpus,
             mem_bytes: self.info.mem_bytes,
-            backing: "qemu".into(),
-            transport: "qemu".into(),
+            backing: None,
+            transport: None,
             page_size: self.info.page_size,
             pages_total: pages.total,
             pages_boot: 0,
@@ -55,6 +55,7 @@ impl Watcher {
                 / (last.postcopy_ms.max(1) as f64 / 1000.0))
                 as u64,
             throttle: last.throttle.clone(),
+            throttle_initial: None,
             blocktime_all_ms: self.book.blocktime_all_ns() as f64 / 1e6,
             injections: Vec::new(),
             verified: completed && mismatches == 0 && self.trace_events > 0,
@@ -66,6 +67,7 @@ impl Watcher {
             telemetry_dropped: 0,
             latency_us: self.book.latency_summary(None),
             per_vcpu,
+            legs: Vec::new(),
             qemu: Some(view),
         }
     }

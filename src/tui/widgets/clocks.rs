@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 use ratatui::style::Style;
 
 use super::text;
-use crate::snapshot::{QemuVcpu, QemuView};
+use crate::contract::{QemuVcpu, QemuView};
 use crate::tui::theme::Theme;
 
 /// Off by more than this from the kernel's clock is worth a colour.

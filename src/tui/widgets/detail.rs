@@ -10,7 +10,7 @@ use ratatui::widgets::{Clear, Widget};
 use super::format::{Count, Micros, ShortSize};
 use super::histogram::HistogramView;
 use super::{pane, text};
-use crate::snapshot::{Activity, VcpuSnapshot};
+use crate::contract::{Activity, VcpuSnapshot};
 use crate::tui::theme::Theme;
 
 /// The popup's area: nearly all of `area` up to a readable size, centered.

@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 
 use super::format::whole_secs;
 use super::{put, text};
-use crate::snapshot::PageCounts;
+use crate::contract::PageCounts;
 use crate::tui::theme::{MapState, Theme};
 use crate::units::Rate;
 

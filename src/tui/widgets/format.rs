@@ -65,8 +65,8 @@ pub struct BucketLabel(pub usize);
 
 impl fmt::Display for BucketLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let us = crate::snapshot::LatencyBuckets::lower_us(self.0);
-        if self.0 + 1 >= crate::snapshot::LATENCY_BUCKETS {
+        let us = crate::contract::LatencyBuckets::lower_us(self.0);
+        if self.0 + 1 >= crate::contract::LATENCY_BUCKETS {
             write!(f, ">={}s", us / 1_000_000)
         } else if us < 1_000 {
             write!(f, "{us}us")

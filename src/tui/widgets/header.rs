@@ -6,7 +6,7 @@ use ratatui::text::{Line, Span};
 
 use super::format::{Micros, whole_secs};
 use super::text_right;
-use crate::snapshot::{Phase, Snapshot};
+use crate::contract::{Phase, Snapshot, Transport};
 use crate::tui::theme::Theme;
 use crate::units::{Bytes, Rate};
 
@@ -45,7 +45,7 @@ pub fn render(
     };
     let mode = match &s.exit_path {
         Some(p) => format!("{}/{p}", s.run.mode),
-        None => s.run.mode.clone(),
+        None => s.run.mode.to_string(),
     };
     // A QEMU migration goes by QEMU's own state names.
     let phase = s
@@ -104,7 +104,9 @@ pub fn render(
     l2.push(sep());
     let mut transfer = Rate::BytesPerSec(s.transfer_bytes_per_sec).to_string();
     // Local copies are the default; a socket is worth saying.
-    if let Some(t) = s.run.transport.as_deref().filter(|&t| t != "local") {
+    if s.qemu.is_some() {
+        transfer = format!("{transfer} qemu");
+    } else if let Some(t) = s.run.transport.filter(|&t| t != Transport::Local) {
         transfer = format!("{transfer} {t}");
     }
     l2.extend(kv("transfer ", transfer));

@@ -8,7 +8,7 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 
 use super::{put, text};
-use crate::snapshot::Heatmap;
+use crate::contract::Heatmap;
 use crate::tui::theme::Theme;
 
 /// The vCPU rows shown when not all fit: a window that follows the selected vCPU, so the

@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 
 use super::format::{BucketLabel, Count};
 use super::{put, text, text_right};
-use crate::snapshot::LatencyBuckets;
+use crate::contract::LatencyBuckets;
 use crate::tui::theme::Theme;
 
 /// Partial blocks by eighths, for bar ends.

@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 
 use super::format::ShortSize;
 use super::{put, text};
-use crate::snapshot::{MapCell, MemoryMap};
+use crate::contract::{MapCell, MemoryMap};
 use crate::tui::theme::{MapState, Theme};
 use crate::units::Bytes;
 

@@ -9,7 +9,7 @@ use ratatui::style::Style;
 
 use super::format::{Count, Micros};
 use super::{put, text};
-use crate::snapshot::{Activity, VcpuSnapshot};
+use crate::contract::{Activity, VcpuSnapshot};
 use crate::tui::theme::Theme;
 
 const SPARK: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -277,7 +277,7 @@ mod tests {
     use ratatui::style::{Color, Modifier};
 
     use super::*;
-    use crate::snapshot::{Latency, LatencyBuckets};
+    use crate::contract::{Latency, LatencyBuckets};
 
     fn vcpu(id: usize, activity: Activity, stall_share: f64, sparkline: Vec<u32>) -> VcpuSnapshot {
         VcpuSnapshot {

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::postcopy::Summary;
+use super::run::{Backing, FaultMode, Transport};
+
+use super::summary::Summary;
 
 /// Latency buckets on a log-2 scale: bucket `i` counts faults of `[2^i, 2^(i+1))` µs, the
 /// last one everything from about a second up.
@@ -66,16 +68,16 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub scenario: String,
-    pub mode: String,
+    pub mode: FaultMode,
     pub workload: String,
     pub vcpus: usize,
     pub mem_bytes: u64,
     /// The destination's memory backing (`shmem`, `anon`); absent in older recordings.
     #[serde(default)]
-    pub backing: Option<String>,
+    pub backing: Option<Backing>,
     /// How pages travel (`local`, `tcp`); absent in older recordings.
     #[serde(default)]
-    pub transport: Option<String>,
+    pub transport: Option<Transport>,
     /// Where a source in another process served the guest from (`faultline source`);
     /// absent when the source ran in this process, and in older recordings.
     #[serde(default)]

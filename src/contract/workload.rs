@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Offset of the verify workload's second stamp: the last qword of the page, to catch
 /// torn pages.
-pub(crate) const LAST_QWORD: i32 = 4096 - 8;
+pub const LAST_QWORD: i32 = 4096 - 8;
 
 /// The order in which a vCPU visits the pages of its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

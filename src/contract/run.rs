@@ -1,0 +1,228 @@
+//! What a run is asked to do: its configuration, the fault modes and backings, and the
+//! actions an operator or a timeline takes while it runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::workload::Workload;
+use crate::units::{GpaRange, Rate};
+
+/// How long a fetch keeps reconnecting to a lost source before the run fails, by default.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a fault reaches userspace on the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultMode {
+    /// vCPUs sleep in the kernel; handler threads read the userfaultfd.
+    Uffd,
+    /// KVM_RUN returns to the vCPU thread, which fills the page itself.
+    Exit,
+}
+
+impl FaultMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultMode::Uffd => "uffd",
+            FaultMode::Exit => "exit",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FaultMode, String> {
+        match s {
+            "uffd" => Ok(FaultMode::Uffd),
+            "exit" => Ok(FaultMode::Exit),
+            other => Err(format!(
+                "unknown fault mode '{other}' (expected uffd or exit)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FaultMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something the operator or a scenario's timeline does to a running migration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Make a range missing again on the destination.
+    Inject(GpaRange),
+    /// Set the fetch-rate limit.
+    Throttle(Rate),
+    /// Pause (false) or resume (true) the background push.
+    Push(bool),
+    /// Migrate the running guest again, from the current destination to a new one.
+    Remigrate,
+    /// Take the link between source and destination down (false) or up (true): pages
+    /// over TCP only. While it is down every fetch waits, and vCPUs that fault stall.
+    Link(bool),
+}
+
+/// An action at a time after switchover.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimedAction {
+    pub at: Duration,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub scenario: String,
+    pub vcpus: usize,
+    pub mem_bytes: u64,
+    pub workload: Workload,
+    pub mode: FaultMode,
+    pub readers: usize,
+    pub fetch_rate: Rate,
+    pub rtt: Duration,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub push: bool,
+    /// What backs the destination's RAM; None: the kernel's best (see `postcopy::destination`).
+    pub backing: Option<Backing>,
+    /// How pages travel from the source to the destination.
+    pub transport: Transport,
+    /// Over TCP, how long a fetch keeps trying to reach a lost source before the run fails.
+    pub link_timeout: Duration,
+    pub timeline: Vec<TimedAction>,
+    /// A source in another process (`faultline source`) whose guest this run takes over,
+    /// instead of a source VM of its own; `vcpus`, `mem_bytes` and `workload` must be the
+    /// ones it offers, and pages travel over TCP.
+    pub remote: Option<Remote>,
+}
+
+/// The configuration every scenario starts from: the built-in `default`'s guest, no
+/// limit, exit mode; a literal names what it changes and takes the rest from here.
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig {
+            scenario: "custom".into(),
+            vcpus: 4,
+            mem_bytes: 1 << 30,
+            workload: Workload::new(
+                super::workload::Pattern::Hotspot,
+                super::workload::Operation::Mixed,
+            ),
+            mode: FaultMode::Exit,
+            readers: 2,
+            fetch_rate: Rate::Unlimited,
+            rtt: Duration::ZERO,
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(10),
+            push: true,
+            backing: None,
+            transport: Transport::Local,
+            link_timeout: LINK_TIMEOUT,
+            timeline: Vec::new(),
+            remote: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// How pages travel: over TCP from a source in another process, else as configured.
+    pub fn transport(&self) -> Transport {
+        match self.remote {
+            Some(_) => Transport::Tcp,
+            None => self.transport,
+        }
+    }
+}
+
+/// What backs guest RAM, which decides how a missing page is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Backing {
+    /// Private anonymous memory: a missing page is allocated when it is filled
+    /// (userfaultfd missing faults, UFFDIO_COPY).
+    #[serde(rename = "anon")]
+    Anonymous,
+    /// A memfd allocated in full before the guest runs, like a VMM's preallocated RAM: a
+    /// missing page is one not yet mapped into the guest's view. It is filled by writing
+    /// it through the fill mapping and mapping it in (minor faults, UFFDIO_CONTINUE), so
+    /// a fault costs no allocation on either side.
+    #[serde(rename = "shmem")]
+    Shared,
+}
+
+impl Backing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backing::Anonymous => "anon",
+            Backing::Shared => "shmem",
+        }
+    }
+}
+
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backing, String> {
+        match s {
+            "anon" => Ok(Backing::Anonymous),
+            "shmem" => Ok(Backing::Shared),
+            other => Err(format!(
+                "unknown memory backing '{other}' (expected anon or shmem)"
+            )),
+        }
+    }
+}
+
+/// How pages travel from the source to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Copied straight from the source's image in this process.
+    #[default]
+    Local,
+    /// Fetched over TCP from a page server on the loopback interface.
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Local => "local",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Transport, String> {
+        match s {
+            "local" => Ok(Transport::Local),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!(
+                "unknown page transport '{other}' (expected local or tcp)"
+            )),
+        }
+    }
+}
+
+/// Where a destination finds its source: the address and the token the source printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub token: u64,
+}

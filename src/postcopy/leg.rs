@@ -1,0 +1,446 @@
+//! One migration's destination: the VM that now runs the guest, its userfaultfds, readers,
+//! push threads and page source, assembled before the source pauses (like QEMU's
+//! -incoming), and the switchover that moves the guest into it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::PostcopyError;
+use super::destination::{self, Destination};
+use super::net::{self, ClientOptions, LinkSwitch, PageServer, TcpSource};
+use super::source::{InProcessSource, PageSource, SourceError};
+use super::status::{LiveMigration, RunStatus};
+use super::throttle::Throttle;
+use super::verify::{compare_data, compare_fetched};
+use crate::contract::{FaultMode, Phase, Remote, RunConfig, Sharing, Transport};
+use crate::telemetry::Telemetry;
+use crate::uffd::{Features, Userfaultfd};
+use crate::units::Rate;
+use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
+use crate::vmm::{GuestRam, MissingPageHandler, Vm, VmConfig};
+
+/// Background push threads at most.
+const PUSH_THREADS: usize = 2;
+
+/// Threads serving the destination; stopped and joined on drop.
+pub(super) struct Workers {
+    pub(super) dest: Arc<Destination>,
+    pub(super) threads: Vec<JoinHandle<Result<(), PostcopyError>>>,
+}
+
+impl Workers {
+    pub(super) fn finish(mut self) -> Result<(), PostcopyError> {
+        self.dest.stop();
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .map_err(|_| PostcopyError::Panicked)
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Stops the rest after one ended early, and returns why it ended. With no reader
+    /// left, vCPUs waiting in the kernel for pages are let go, so they can be stopped.
+    pub(super) fn failure(self) -> PostcopyError {
+        let dest = self.dest.clone();
+        let e = match self.finish() {
+            Err(e) => e,
+            Ok(()) => PostcopyError::Config("a post-copy thread stopped early".into()),
+        };
+        dest.release_faults();
+        e
+    }
+
+    pub(super) fn any_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.dest.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The page server's link, when pages travel over TCP. Up again when the leg ends, however
+/// it ends, so no thread that fetches waits for a link that nobody is left to restore.
+pub(super) struct LinkControl(pub(super) Option<LinkSwitch>);
+
+impl LinkControl {
+    pub(super) fn switch(&self) -> Option<&LinkSwitch> {
+        self.0.as_ref()
+    }
+
+    pub(super) fn is_down(&self) -> bool {
+        self.0.as_ref().is_some_and(|l| !l.is_up())
+    }
+}
+
+impl Drop for LinkControl {
+    fn drop(&mut self) {
+        if let Some(l) = &self.0 {
+            l.set(true);
+        }
+    }
+}
+
+/// One migration: the destination VM that now runs the guest, and what serves it.
+pub(super) struct Leg {
+    /// First, so it is dropped first: the link is back before the vCPUs and workers that
+    /// may be waiting on it are stopped.
+    pub(super) link: LinkControl,
+    pub(super) number: u32,
+    pub(super) vm: Vm,
+    pub(super) dest: Arc<Destination>,
+    /// What the checks compare against: the source's image here, or the pages of a source
+    /// in another process.
+    pub(super) reference: Reference,
+    /// A source in another process, told when it is needed no more.
+    pub(super) remote: Option<Remote>,
+    /// Each vCPU's pace on the source before the first switchover.
+    pub(super) baseline: Vec<f64>,
+    pub(super) workers: Workers,
+    pub(super) switched_at: Instant,
+    pub(super) downtime: Duration,
+    /// Serves `image` when pages travel over TCP; dropped after the workers that fetch.
+    pub(super) _server: Option<PageServer>,
+}
+
+impl Leg {
+    /// Brings in every missing page at full speed; the guest keeps running.
+    pub(super) fn fill_rest(&self) {
+        self.dest.throttle.set_rate(Rate::Unlimited);
+        self.dest.set_push(true);
+        while self.dest.missing() > 0 && !self.workers.any_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Pages that differ between source and destination, and pages compared: every data
+    /// page, but for the qwords the workload writes (the verify workload checks those with
+    /// its own stamps). Checksum failures of pages in transit count as differences.
+    pub(super) fn compare(&self, config: &RunConfig) -> Result<(u64, u64), PostcopyError> {
+        let run = &self.dest.telemetry().run;
+        let skip = config.workload.written_qwords();
+        let (m, n) = match &self.reference {
+            Reference::Image(image) => compare_data(image.image(), self.dest.ram(), skip),
+            Reference::Fetched(source) => compare_fetched(source.as_ref(), self.dest.ram(), skip)?,
+        };
+        Ok((m + run.checksum_mismatches.get(), n))
+    }
+
+    /// Tells a source in another process that this destination has every page. The run
+    /// does not depend on it: a source that cannot be told is noted.
+    pub(super) fn release_source(&self, status: &RunStatus) {
+        if let Some(remote) = &self.remote {
+            match remote.finish() {
+                Ok(()) => status.note(format!(
+                    "migration {}: the source at {} is released",
+                    self.number, remote.addr
+                )),
+                Err(e) => status.note(format!("the source could not be released: {e}")),
+            }
+        }
+    }
+
+    /// Why the operator cannot take this leg's link down, if they cannot.
+    pub(super) fn link(&self) -> Result<&LinkSwitch, &'static str> {
+        match (self.link.switch(), &self.remote) {
+            (Some(l), _) => Ok(l),
+            (None, Some(_)) => Err("the source is another process: faultline cannot cut that \
+                                    link (outages are simulated by a page server of this \
+                                    process, --transport tcp)"),
+            (None, None) => Err("pages are copied locally: there is no link to take down \
+                                 (--transport tcp has one)"),
+        }
+    }
+}
+
+/// What a leg's pages are checked against at the end.
+pub(super) enum Reference {
+    Image(Arc<InProcessSource>),
+    Fetched(Arc<dyn PageSource>),
+}
+
+/// How the switchover pauses the guest: here, or by asking the source over a connection
+/// opened beforehand.
+pub(super) enum Pause<'a> {
+    Local(&'a Vm),
+    Remote(super::remote::PreparedSwitchover),
+}
+
+/// Where a leg's guest comes from.
+pub(super) enum LegSource {
+    /// A VM of this process, running; paused at switchover.
+    Local(Vm),
+    /// A source in another process, which pauses its guest when asked.
+    Remote(Remote),
+}
+
+/// Moves the guest from `source_vm` to a new destination VM whose memory is all missing,
+/// and starts serving it. Downtime runs from the source's pause to the destination's resume.
+pub(super) fn switch_over(
+    config: &RunConfig,
+    from: LegSource,
+    number: u32,
+    baseline: &[f64],
+    settings: Option<(Rate, bool)>,
+    status: &RunStatus,
+) -> Result<Leg, PostcopyError> {
+    let vm_config = VmConfig {
+        vcpus: config.vcpus,
+        mem_bytes: config.mem_bytes,
+    };
+    // The destination is made ready before the source stops, like QEMU's -incoming.
+    let backing = config
+        .backing
+        .unwrap_or_else(destination::preferred_backing);
+    let features = match config.mode {
+        FaultMode::Uffd => Features::THREAD_ID,
+        FaultMode::Exit => Features::SIGBUS,
+    }
+    .union(destination::backing_features(backing));
+    // A slice per vCPU: a userfaultfd per slice, so one vCPU's faults never queue behind
+    // another's and each slice is a VMA of its own, whose locks no other vCPU takes
+    // (BENCHMARKS.md); shared memory keeps one, read by `readers` in uffd mode.
+    let per_slice = config.workload.sharing == Sharing::Own;
+    let uffds = (0..if per_slice { config.vcpus } else { 1 })
+        .map(|_| Userfaultfd::new(features, true).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Shared RAM is allocated and mapped here, while the source still runs: say so, and
+    // how long it took.
+    let size = crate::units::Bytes(config.mem_bytes);
+    status.note(format!(
+        "migration {number}: making {size} of {backing} RAM ready on the destination"
+    ));
+    let made = Instant::now();
+    let dest_ram = Arc::new(GuestRam::with_backing(config.mem_bytes, backing)?);
+    status.note(format!(
+        "migration {number}: destination RAM ready ({size} {backing}) in {} ms",
+        made.elapsed().as_millis()
+    ));
+    let telemetry = Arc::new(Telemetry::new(config.vcpus));
+    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
+    // is shared, so a rate limit still holds for both together.
+    let parts =
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
+    let reader_count = match (config.mode, per_slice) {
+        (FaultMode::Exit, _) => 0,
+        (FaultMode::Uffd, true) => config.vcpus,
+        (FaultMode::Uffd, false) => config.readers.max(1),
+    };
+    // Who fetches: the vCPUs themselves or the readers (a vCPU sleeps while its fault is
+    // fetched, so only the vCPUs beyond one per reader compete), and the push threads.
+    let spin = match config.mode {
+        FaultMode::Exit => net::socket_spin(config.vcpus + parts as usize, 0),
+        FaultMode::Uffd => net::socket_spin(
+            reader_count + parts as usize,
+            config.vcpus.saturating_sub(reader_count),
+        ),
+    };
+    // The server's token is filled in by `page_source`, which makes the server.
+    let options = ClientOptions {
+        spin,
+        recover: config.link_timeout,
+        ..ClientOptions::default()
+    };
+    let (source, server, reference): (Arc<dyn PageSource>, _, _) = match &from {
+        LegSource::Local(source_vm) => {
+            let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
+            let (source, server) = net::page_source(config.transport, image.clone(), options)
+                .map_err(SourceError::from)?;
+            (source, server, Reference::Image(image))
+        }
+        LegSource::Remote(remote) => {
+            let options = ClientOptions {
+                token: remote.token,
+                ..options
+            };
+            let tcp = TcpSource::connect(remote.addr, options).map_err(SourceError::from)?;
+            // The offer shaped this guest; the image must be the one it described.
+            if tcp.image_size() != config.mem_bytes {
+                return Err(super::remote::RemoteError::Offer {
+                    addr: remote.addr,
+                    why: format!(
+                        "it offered {} of memory but serves {}",
+                        crate::units::Bytes(config.mem_bytes),
+                        crate::units::Bytes(tcp.image_size())
+                    ),
+                }
+                .into());
+            }
+            let source: Arc<dyn PageSource> = Arc::new(tcp);
+            (source.clone(), None, Reference::Fetched(source))
+        }
+    };
+    let link = LinkControl(server.as_ref().map(PageServer::link));
+    let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
+    let dest = Arc::new(Destination::with_uffds(
+        dest_ram.clone(),
+        uffds,
+        source.clone(),
+        Throttle::new(rate),
+        config.rtt,
+        telemetry,
+    )?);
+    // The push waits for the switchover: before it, it would only take CPU from the pause.
+    dest.set_push(false);
+    let handler: Option<Arc<dyn MissingPageHandler>> = match config.mode {
+        FaultMode::Uffd => None,
+        FaultMode::Exit => Some(dest.clone()),
+    };
+    // The boot region goes ahead while the source runs; the switchover moves only the
+    // parts a running guest can change.
+    copy_boot(&from, source.as_ref(), &dest_ram, 0, BOOT_SIZE)?;
+    let vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
+    dest.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
+    let mut workers = Workers {
+        dest: dest.clone(),
+        threads: Vec::new(),
+    };
+    if config.mode == FaultMode::Uffd {
+        let readers: Vec<usize> = if per_slice {
+            (0..dest.uffd_count()).collect()
+        } else {
+            vec![0; config.readers.max(1)]
+        };
+        // Over TCP every fetcher has a server thread at the other end.
+        let servers = match config.transport {
+            Transport::Tcp => reader_count + parts as usize,
+            Transport::Local => 0,
+        };
+        dest.set_reader_spin(destination::auto_reader_spin(
+            config.vcpus + readers.len() + parts as usize + servers,
+        ));
+        for (i, u) in readers.into_iter().enumerate() {
+            workers.threads.push(destination::spawn(
+                format!("uffd-reader{i}"),
+                dest.clone(),
+                move |d| d.serve_uffd_of(u),
+            )?);
+        }
+    }
+    for i in 0..parts {
+        workers.threads.push(destination::spawn(
+            format!("push{i}"),
+            dest.clone(),
+            move |d| d.push_part(i, parts),
+        )?);
+    }
+
+    tracing::debug!(number, "destination ready");
+    // A remote switchover's connection is opened before the pause, not during it.
+    let pause = match &from {
+        LegSource::Local(source_vm) => Pause::Local(source_vm),
+        LegSource::Remote(remote) => Pause::Remote(remote.prepare()?),
+    };
+    status.set_phase(Phase::Switchover);
+    let t0 = Instant::now();
+    let (states, baseline) = match pause {
+        Pause::Local(source_vm) => {
+            let states = source_vm.pause_and_capture_all()?;
+            for (gpa, len) in layout::live_boot_ranges(config.mem_bytes, config.vcpus) {
+                dest_ram.copy_from(source_vm.ram(), gpa, len)?;
+            }
+            (states, baseline.to_vec())
+        }
+        Pause::Remote(prepared) => {
+            let handover = prepared.switch_over(config.vcpus)?;
+            // The boot pages a running guest changes come with the handover.
+            for (gpa, bytes) in &handover.boot {
+                dest_ram.write(*gpa, bytes)?;
+            }
+            (handover.states, handover.baseline_per_sec)
+        }
+    };
+    // Every restore lands before any vCPU runs: a running vCPU would take the CPU that
+    // the others need to finish theirs.
+    vm.restore_all(states)?;
+    vm.resume_all()?;
+    let downtime = t0.elapsed();
+    dest.set_push(push);
+    let switched_at = Instant::now();
+    let remote = match from {
+        LegSource::Local(source_vm) => {
+            drop(source_vm);
+            None
+        }
+        LegSource::Remote(remote) => Some(remote),
+    };
+    status.set_live(LiveMigration {
+        number,
+        vcpus: shared(&vm),
+        dest: Some(dest.clone()),
+        link: link.switch().cloned(),
+        switched_at: Some(switched_at),
+        downtime: Some(downtime),
+        baseline_per_sec: baseline.clone(),
+    });
+    status.set_phase(Phase::Postcopy);
+    let via = match (&server, &remote) {
+        (Some(s), _) => format!("; pages over tcp from {}", s.addr()),
+        (None, Some(r)) => format!("; pages over tcp from the source at {}", r.addr),
+        (None, None) => String::new(),
+    };
+    status.note(format!(
+        "migration {number}: switched over, downtime {} us{via}",
+        downtime.as_micros()
+    ));
+    Ok(Leg {
+        link,
+        number,
+        vm,
+        dest,
+        reference,
+        remote,
+        baseline,
+        workers,
+        switched_at,
+        downtime,
+        _server: server,
+    })
+}
+
+/// Copies `len` bytes of the boot region at `gpa` to the destination: from the source VM's
+/// RAM, or fetched from a source in another process (its checksums checked).
+fn copy_boot(
+    from: &LegSource,
+    source: &dyn PageSource,
+    dest_ram: &GuestRam,
+    gpa: u64,
+    len: u64,
+) -> Result<(), PostcopyError> {
+    match from {
+        LegSource::Local(vm) => Ok(dest_ram.copy_from(vm.ram(), gpa, len)?),
+        LegSource::Remote(_) => {
+            let mut buf = vec![0u8; len as usize];
+            let mut sums = Vec::new();
+            source.fetch(gpa, &mut buf, &mut sums)?;
+            let page = PAGE_SIZE as usize;
+            if let Some(bad) = buf
+                .chunks(page)
+                .zip(&sums)
+                .position(|(p, &sum)| crc32fast::hash(p) != sum)
+            {
+                return Err(PostcopyError::Config(format!(
+                    "boot page {:#x} arrived damaged (checksum mismatch)",
+                    gpa + (bad * page) as u64
+                )));
+            }
+            Ok(dest_ram.write(gpa, &buf)?)
+        }
+    }
+}
+
+pub(super) fn shared(vm: &Vm) -> Vec<Arc<crate::vmm::VcpuShared>> {
+    vm.vcpus().iter().map(|v| v.shared().clone()).collect()
+}

@@ -171,7 +171,7 @@ fn options(spin: Duration) -> ClientOptions {
 }
 
 fn source_error(e: NetError) -> BenchError {
-    BenchError::Postcopy(PostcopyError::Source(SourceError::Net(e)))
+    BenchError::Postcopy(PostcopyError::Source(SourceError::from(e)))
 }
 
 /// Makes every page of `ram` present by writing one byte to it.

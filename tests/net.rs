@@ -253,7 +253,7 @@ fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
     let err = source.fetch(4096, &mut buf, &mut Vec::new()).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, SourceError::Net(NetError::Lost { .. })),
+        matches!(err.cause::<NetError>(), Some(NetError::Lost { .. })),
         "{text}"
     );
     assert!(
@@ -264,7 +264,7 @@ fn a_source_that_goes_away_fails_the_fetch_with_its_address() {
     let err = source.fetch(4096, &mut buf, &mut Vec::new()).unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, SourceError::Net(NetError::Connect { .. })),
+        matches!(err.cause::<NetError>(), Some(NetError::Connect { .. })),
         "{text}"
     );
     assert!(
@@ -359,7 +359,7 @@ fn a_source_that_stays_away_past_the_recovery_window_fails_the_fetch() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     let text = err.to_string();
     assert!(
-        matches!(err, SourceError::Net(NetError::Unreachable { .. })),
+        matches!(err.cause::<NetError>(), Some(NetError::Unreachable { .. })),
         "{text}"
     );
     assert!(text.starts_with("gave up after 0."), "{text}");

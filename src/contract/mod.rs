@@ -6,12 +6,14 @@
 //! A leaf: every other part imports it; it imports none of them (only `units`, a leaf too).
 
 mod feed;
+mod qemu;
 mod run;
 mod snapshot;
 mod summary;
 mod workload;
 
 pub use feed::{Feed, Notice};
+pub use qemu::{QemuVcpu, QemuView};
 pub use run::{
     Action, Backing, FaultMode, LINK_TIMEOUT, Remote, RunConfig, TimedAction, Transport,
 };

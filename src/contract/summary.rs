@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::qemu::QemuView;
 use super::run::{Backing, FaultMode, Transport};
-use super::snapshot::QemuView;
 
 /// Fault latency percentiles, in µs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
 //! Where pages come from: the `PageSource` trait and its in-process implementation over
-//! the source VM's memory image. A TCP peer implements the same trait (`net::TcpSource`).
+//! the source VM's memory image. A TCP peer implements the same trait (`net::TcpSource`)
+//! and converts its own errors into [`SourceError`]; the trait names none of them.
 
 use std::sync::Arc;
 
@@ -14,8 +15,19 @@ pub enum SourceError {
     OutOfRange { gpa: u64, len: u64, size: u64 },
     #[error("page source failed: {0}")]
     Io(String),
+    /// The source could not be reached or refused: the implementation's own error inside.
     #[error(transparent)]
-    Net(#[from] super::net::NetError),
+    Unreachable(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl SourceError {
+    /// The implementation's own error behind an [`SourceError::Unreachable`], if it is an `E`.
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            SourceError::Unreachable(e) => e.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
 }
 
 /// Serves pages of the guest's memory image as it was at switchover.

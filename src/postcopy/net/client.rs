@@ -67,6 +67,8 @@ thread_local! {
 enum Failure {
     /// The server answered with an error; the connection is still in step.
     Answered(SourceError),
+    /// The server refused the request; the connection is still in step.
+    Refused(NetError),
     Broken(NetError),
 }
 
@@ -147,6 +149,7 @@ impl TcpSource {
             let e = match attempt {
                 Ok(v) => return Ok(v),
                 Err(Failure::Answered(e)) => return Err(e),
+                Err(Failure::Refused(e)) => return Err(e.into()),
                 Err(Failure::Broken(e)) => e,
             };
             if !matches!(e, NetError::Lost { .. } | NetError::Connect { .. }) {
@@ -289,10 +292,7 @@ fn exchange(
         }
         Status::Failed => {
             let why = read_reason(conn, response.len).map_err(broken)?;
-            Err(Failure::Answered(SourceError::Net(NetError::Refused {
-                addr,
-                why,
-            })))
+            Err(Failure::Refused(NetError::Refused { addr, why }))
         }
     }
 }
@@ -381,7 +381,7 @@ impl ControlConnection {
         let addr = self.addr;
         let response = match exchange(addr, &mut self.conn, Request::control(op), &[]) {
             Ok(r) => r,
-            Err(Failure::Broken(e)) | Err(Failure::Answered(SourceError::Net(e))) => {
+            Err(Failure::Broken(e)) | Err(Failure::Refused(e)) => {
                 return Err(e);
             }
             Err(Failure::Answered(e)) => {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::source::{InProcessSource, PageSource};
+use super::source::{InProcessSource, PageSource, SourceError};
 use crate::contract::Transport;
 
 /// What a destination fetches from: `image` itself, or a page server in front of it on the
@@ -53,6 +53,12 @@ pub fn socket_spin(fetchers: usize, others: usize) -> Duration {
 }
 
 const SOCKET_SPIN: Duration = Duration::from_micros(50);
+
+impl From<NetError> for SourceError {
+    fn from(e: NetError) -> SourceError {
+        SourceError::Unreachable(Box::new(e))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

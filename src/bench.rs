@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::contract::Backing;
-use crate::contract::Transport;
-use crate::contract::Workload;
+use crate::contract::{Backing, FaultMode, Transport, Workload};
 use crate::guest::{self};
+use crate::postcopy::assembly::Plan;
 use crate::postcopy::net::{self, ClientOptions, NetError, PageServer};
 use crate::postcopy::{
     Destination, InProcessSource, PostcopyError, SourceError, Throttle, destination,
@@ -184,6 +183,25 @@ fn prefill(ram: &GuestRam) -> Result<(), VmmError> {
     Ok(())
 }
 
+impl TrialConfig {
+    /// How the destination is assembled; None for prefill, which has no missing page.
+    pub fn plan(&self) -> Option<Plan> {
+        let mode = match self.mode {
+            BenchMode::Prefill => return None,
+            BenchMode::Uffd => FaultMode::Uffd,
+            BenchMode::Exit => FaultMode::Exit,
+        };
+        Some(Plan {
+            mode,
+            backing: self.backing,
+            vcpus: self.vcpus,
+            per_slice: self.uffd_per_vcpu,
+            readers: self.readers,
+            push_threads: 0,
+        })
+    }
+}
+
 /// Runs one trial: a fresh VM, every data page missing (unless prefill), the touch guest.
 pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     c.validate()?;
@@ -203,27 +221,18 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     // them after the trial, not during.
     let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
     let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
+    // The same assembly as a migration's destination, without push threads.
+    let plan = c.plan();
     let mut dest = None;
-    let mut workers = Vec::new();
     // Serves the image for the whole trial when pages travel over TCP.
     let _server: Option<PageServer>;
-    let handler: Option<Arc<dyn MissingPageHandler>> = match c.mode {
-        BenchMode::Prefill => {
+    let handler: Option<Arc<dyn MissingPageHandler>> = match (c.mode, plan) {
+        (BenchMode::Prefill, _) | (_, None) => {
             prefill(&ram)?;
             None
         }
-        BenchMode::Uffd | BenchMode::Exit => {
-            let features = match c.mode {
-                BenchMode::Uffd => Features::THREAD_ID,
-                _ => Features::SIGBUS,
-            }
-            .union(destination::backing_features(c.backing));
-            // A userfaultfd per slice also splits the mapping into a VMA per slice, so the
-            // vCPUs' faults and copies do not share the kernel's per-VMA and per-uffd locks.
-            let count = if c.uffd_per_vcpu { c.vcpus } else { 1 };
-            let uffds = (0..count)
-                .map(|_| Userfaultfd::new(features, true).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()?;
+        (_, Some(plan)) => {
+            let uffds = plan.userfaultfds()?;
             // A source image in real memory, as a migration's would be.
             let image = GuestRam::new(mem)?;
             prefill(&image)?;
@@ -241,56 +250,33 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             )?);
             d.set_push(false);
             d.set_reader_spin(c.reader_spin);
-            let h: Option<Arc<dyn MissingPageHandler>> =
-                (c.mode == BenchMode::Exit).then(|| d.clone() as Arc<dyn MissingPageHandler>);
-            dest = Some(d);
+            let h = plan.handler(&d);
+            dest = Some((d, plan));
             h
         }
     };
     let vm = Vm::with_ram(vm_config, ram, handler)?;
     vm.load(&program)?;
-    let cpus = allowed_cpus();
-    if let Some(d) = &dest {
-        d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
-        if c.mode == BenchMode::Uffd {
-            // One reader per uffd when each vCPU has its own; else `readers` share one.
-            let readers: Vec<usize> = if d.uffd_count() > 1 {
-                (0..d.uffd_count()).collect()
-            } else {
-                vec![0; c.readers]
-            };
-            for (i, u) in readers.into_iter().enumerate() {
-                let cpus = cpus.clone();
-                let pin = c.pin;
-                workers.push(destination::spawn(
-                    format!("uffd-reader{i}"),
-                    d.clone(),
-                    move |d| {
-                        if pin {
-                            pin_thread(0, &cpus, i)?;
-                        }
-                        d.serve_uffd_of(u)
-                    },
-                )?);
-            }
+    let cpus = Arc::new(allowed_cpus());
+    // Stopped and joined however the trial ends.
+    let workers = match &dest {
+        Some((d, plan)) => {
+            d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
+            let (pin, cpus) = (c.pin, cpus.clone());
+            // Reader i shares vCPU i's CPU, so a fault's wake-ups stay on one CPU.
+            Some(plan.start(
+                d,
+                move |i| if pin { pin_thread(0, &cpus, i) } else { Ok(()) },
+            )?)
         }
-    }
+        None => None,
+    };
     if c.pin {
         for (i, v) in vm.vcpus().iter().enumerate() {
             pin_thread(v.shared().thread_id() as i32, &cpus, i)?;
         }
     }
 
-    // The readers stop however the trial ends.
-    struct StopOnDrop(Option<Arc<Destination>>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            if let Some(d) = &self.0 {
-                d.stop();
-            }
-        }
-    }
-    let _stop = StopOnDrop(dest.clone());
     let start = Instant::now();
     vm.resume_all()?;
     let mut done = vec![false; c.vcpus];
@@ -328,12 +314,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let secs = last.saturating_sub(first) as f64 / 1e9;
-    if let Some(d) = &dest {
-        d.stop();
-    }
-    for w in workers {
-        w.join()
-            .map_err(|_| BenchError::GuestFailed("a uffd reader panicked".into()))??;
+    if let Some(w) = workers {
+        w.finish()?;
     }
     let pages_per_vcpu = data_pages / c.vcpus as u64;
     let per_vcpu_pages_per_sec = spans

@@ -105,8 +105,10 @@ fn a_guest_served_by_another_process_is_taken_over_and_every_page_verified() {
             &[
                 "--mode",
                 mode,
+                // Long enough for every vCPU to report progress (one report per 4096
+                // accesses) on a loaded 2-core machine.
                 "--duration",
-                "1s",
+                "2s",
                 "--fetch-rate",
                 "unlimited",
             ],

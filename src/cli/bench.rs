@@ -7,9 +7,10 @@ use faultline::bench::{
     self, BenchMode, BenchResult, DowntimeResult, FrameResult, PushResult, TrialConfig,
 };
 use faultline::contract::Backing;
+use faultline::contract::FaultMode;
 use faultline::contract::Transport;
-use faultline::postcopy::destination::{auto_reader_spin, preferred_backing};
-use faultline::postcopy::net::socket_spin;
+use faultline::postcopy::assembly::Plan;
+use faultline::postcopy::destination::preferred_backing;
 use faultline::units::Bytes;
 use serde::Serialize;
 
@@ -193,29 +194,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 telemetry
             };
             let readers = args.readers.unwrap_or(vcpus.min(2));
-            // Over TCP every fetcher (a reader, or a vCPU in exit mode) has a server
-            // thread at the other end.
-            let fetchers = if mode == BenchMode::Uffd && args.one_uffd {
-                readers
-            } else {
-                vcpus
-            };
-            let servers = if transport == Transport::Tcp {
-                fetchers
-            } else {
-                0
+            // The thread and spin policy of a migration's destination (prefill has none).
+            let plan = Plan {
+                mode: if mode == BenchMode::Uffd {
+                    FaultMode::Uffd
+                } else {
+                    FaultMode::Exit
+                },
+                backing,
+                vcpus,
+                per_slice: !args.one_uffd,
+                readers,
+                push_threads: 0,
             };
             let reader_spin = match args.reader_spin {
                 Spin::Fixed(d) => d,
                 // A pinned reader shares its vCPU's CPU: spinning would only delay the vCPU.
                 Spin::Auto if !args.no_pin => Duration::ZERO,
-                Spin::Auto => auto_reader_spin(vcpus + fetchers + servers),
+                Spin::Auto => plan.reader_spin(transport),
             };
             let net_spin = match args.net_spin {
                 Spin::Fixed(d) => d,
-                // A vCPU sleeps while its reader fetches: only the vCPUs beyond one per
-                // reader compete for cores.
-                Spin::Auto => socket_spin(fetchers, vcpus.saturating_sub(fetchers)),
+                Spin::Auto => plan.socket_spin(),
             };
             for &t in telem {
                 configs.push(TrialConfig {

@@ -3,73 +3,24 @@
 //! -incoming), and the switchover that moves the guest into it.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::PostcopyError;
+use super::assembly::{Plan, Workers};
 use super::destination::{self, Destination};
 use super::net::{self, ClientOptions, LinkSwitch, PageServer, TcpSource};
 use super::source::{InProcessSource, PageSource, SourceError};
 use super::status::{LiveMigration, RunStatus};
 use super::throttle::Throttle;
 use super::verify::{compare_data, compare_fetched};
-use crate::contract::{FaultMode, Phase, Remote, RunConfig, Sharing, Transport};
+use crate::contract::{Phase, Remote, RunConfig, Sharing};
 use crate::telemetry::Telemetry;
-use crate::uffd::{Features, Userfaultfd};
 use crate::units::Rate;
 use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
-use crate::vmm::{GuestRam, MissingPageHandler, Vm, VmConfig};
+use crate::vmm::{GuestRam, Vm, VmConfig};
 
 /// Background push threads at most.
 const PUSH_THREADS: usize = 2;
-
-/// Threads serving the destination; stopped and joined on drop.
-pub(super) struct Workers {
-    pub(super) dest: Arc<Destination>,
-    pub(super) threads: Vec<JoinHandle<Result<(), PostcopyError>>>,
-}
-
-impl Workers {
-    pub(super) fn finish(mut self) -> Result<(), PostcopyError> {
-        self.dest.stop();
-        let mut result = Ok(());
-        for t in self.threads.drain(..) {
-            let r = t
-                .join()
-                .map_err(|_| PostcopyError::Panicked)
-                .and_then(|r| r);
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    }
-
-    /// Stops the rest after one ended early, and returns why it ended. With no reader
-    /// left, vCPUs waiting in the kernel for pages are let go, so they can be stopped.
-    pub(super) fn failure(self) -> PostcopyError {
-        let dest = self.dest.clone();
-        let e = match self.finish() {
-            Err(e) => e,
-            Ok(()) => PostcopyError::Config("a post-copy thread stopped early".into()),
-        };
-        dest.release_faults();
-        e
-    }
-
-    pub(super) fn any_finished(&self) -> bool {
-        self.threads.iter().any(|t| t.is_finished())
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.dest.stop();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// The page server's link, when pages travel over TCP. Up again when the leg ends, however
 /// it ends, so no thread that fetches waits for a link that nobody is left to restore.
@@ -204,18 +155,17 @@ pub(super) fn switch_over(
     let backing = config
         .backing
         .unwrap_or_else(destination::preferred_backing);
-    let features = match config.mode {
-        FaultMode::Uffd => Features::THREAD_ID,
-        FaultMode::Exit => Features::SIGBUS,
-    }
-    .union(destination::backing_features(backing));
-    // A slice per vCPU: a userfaultfd per slice, so one vCPU's faults never queue behind
-    // another's and each slice is a VMA of its own, whose locks no other vCPU takes
-    // (BENCHMARKS.md); shared memory keeps one, read by `readers` in uffd mode.
-    let per_slice = config.workload.sharing == Sharing::Own;
-    let uffds = (0..if per_slice { config.vcpus } else { 1 })
-        .map(|_| Userfaultfd::new(features, true).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
+    // is shared, so a rate limit still holds for both together.
+    let plan = Plan {
+        mode: config.mode,
+        backing,
+        vcpus: config.vcpus,
+        per_slice: config.workload.sharing == Sharing::Own,
+        readers: config.readers,
+        push_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)),
+    };
+    let uffds = plan.userfaultfds()?;
     // Shared RAM is allocated and mapped here, while the source still runs: say so, and
     // how long it took.
     let size = crate::units::Bytes(config.mem_bytes);
@@ -229,30 +179,12 @@ pub(super) fn switch_over(
         made.elapsed().as_millis()
     ));
     let telemetry = Arc::new(Telemetry::new(config.vcpus));
-    // Two push threads reach the copy bandwidth one cannot (BENCHMARKS.md); the throttle
-    // is shared, so a rate limit still holds for both together.
-    let parts =
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(PUSH_THREADS)) as u64;
-    let reader_count = match (config.mode, per_slice) {
-        (FaultMode::Exit, _) => 0,
-        (FaultMode::Uffd, true) => config.vcpus,
-        (FaultMode::Uffd, false) => config.readers.max(1),
-    };
-    // Who fetches: the vCPUs themselves or the readers (a vCPU sleeps while its fault is
-    // fetched, so only the vCPUs beyond one per reader compete), and the push threads.
-    let spin = match config.mode {
-        FaultMode::Exit => net::socket_spin(config.vcpus + parts as usize, 0),
-        FaultMode::Uffd => net::socket_spin(
-            reader_count + parts as usize,
-            config.vcpus.saturating_sub(reader_count),
-        ),
-    };
-    // The server's token is filled in by `page_source`, which makes the server.
     let options = ClientOptions {
-        spin,
+        spin: plan.socket_spin(),
         recover: config.link_timeout,
         ..ClientOptions::default()
     };
+    // The server's token is filled in by `page_source`, which makes the server.
     let (source, server, reference): (Arc<dyn PageSource>, _, _) = match &from {
         LegSource::Local(source_vm) => {
             let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
@@ -294,48 +226,14 @@ pub(super) fn switch_over(
     )?);
     // The push waits for the switchover: before it, it would only take CPU from the pause.
     dest.set_push(false);
-    let handler: Option<Arc<dyn MissingPageHandler>> = match config.mode {
-        FaultMode::Uffd => None,
-        FaultMode::Exit => Some(dest.clone()),
-    };
+    let handler = plan.handler(&dest);
     // The boot region goes ahead while the source runs; the switchover moves only the
     // parts a running guest can change.
     copy_boot(&from, source.as_ref(), &dest_ram, 0, BOOT_SIZE)?;
     let vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
     dest.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
-    let mut workers = Workers {
-        dest: dest.clone(),
-        threads: Vec::new(),
-    };
-    if config.mode == FaultMode::Uffd {
-        let readers: Vec<usize> = if per_slice {
-            (0..dest.uffd_count()).collect()
-        } else {
-            vec![0; config.readers.max(1)]
-        };
-        // Over TCP every fetcher has a server thread at the other end.
-        let servers = match config.transport {
-            Transport::Tcp => reader_count + parts as usize,
-            Transport::Local => 0,
-        };
-        dest.set_reader_spin(destination::auto_reader_spin(
-            config.vcpus + readers.len() + parts as usize + servers,
-        ));
-        for (i, u) in readers.into_iter().enumerate() {
-            workers.threads.push(destination::spawn(
-                format!("uffd-reader{i}"),
-                dest.clone(),
-                move |d| d.serve_uffd_of(u),
-            )?);
-        }
-    }
-    for i in 0..parts {
-        workers.threads.push(destination::spawn(
-            format!("push{i}"),
-            dest.clone(),
-            move |d| d.push_part(i, parts),
-        )?);
-    }
+    dest.set_reader_spin(plan.reader_spin(config.transport()));
+    let workers = plan.start(&dest, |_| Ok(()))?;
 
     tracing::debug!(number, "destination ready");
     // A remote switchover's connection is opened before the pause, not during it.

@@ -4,6 +4,7 @@
 //!
 //! Uses `vmm`, `guest` and `telemetry`; knows nothing of the UI.
 
+pub mod assembly;
 pub mod destination;
 pub mod engine;
 pub mod feed;

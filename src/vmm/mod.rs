@@ -2,6 +2,7 @@
 //! per vCPU. Owns /dev/kvm, the VM and vCPU file descriptors and guest RAM. Knows nothing
 //! of migration or of any observer; faults on missing RAM go to a [`MissingPageHandler`].
 
+mod exit;
 pub mod fault;
 pub mod layout;
 pub mod memory;

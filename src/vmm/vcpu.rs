@@ -12,15 +12,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::VmmError;
+use super::exit::{Handled, fill_page, handle_exit};
 use super::fault::{ExitPath, FillOutcome, MissingPageHandler};
-use super::layout::PAGE_SIZE;
 use super::memory::GuestRam;
 use super::state::{CaptureSpec, VcpuState};
-use crate::guest::ports::{self, Report};
+use crate::guest::ports::Report;
 
 /// How long a command waits for the vCPU thread to answer before calling it unresponsive.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,7 +132,7 @@ impl VcpuStats {
             .sum()
     }
 
-    fn record(&self, report: Report) -> Option<RunState> {
+    pub(super) fn record(&self, report: Report) -> Option<RunState> {
         match report {
             Report::Progress { accesses } => {
                 self.guest_accesses.store(accesses, Ordering::Relaxed);
@@ -173,6 +173,17 @@ pub struct VcpuShared {
 }
 
 impl VcpuShared {
+    /// A vCPU's shared part before its thread starts: paused, no thread id yet.
+    pub(crate) fn new(id: usize) -> VcpuShared {
+        VcpuShared {
+            id,
+            stats: VcpuStats::default(),
+            state: AtomicU8::new(RunState::Paused as u8),
+            tid: AtomicU32::new(0),
+            failure: Mutex::new(None),
+        }
+    }
+
     pub fn state(&self) -> RunState {
         RunState::from_u8(self.state.load(Ordering::Acquire))
     }
@@ -267,13 +278,7 @@ impl VcpuHandle {
     ) -> Result<VcpuHandle, VmmError> {
         install_kick_handler()?;
         let immediate_exit = ImmediateExit(&mut fd.get_kvm_run().immediate_exit as *mut u8);
-        let shared = Arc::new(VcpuShared {
-            id,
-            stats: VcpuStats::default(),
-            state: AtomicU8::new(RunState::Paused as u8),
-            tid: AtomicU32::new(0),
-            failure: Mutex::new(None),
-        });
+        let shared = Arc::new(VcpuShared::new(id));
         let (tx, rx) = unbounded();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -521,55 +526,12 @@ impl Runner {
         let id = self.shared.id;
         let exit = self.fd.run();
         self.shared.stats.exits.fetch_add(1, Ordering::Relaxed);
-        let result = match exit {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                match self.shared.stats.record(ports::decode(port, data)) {
-                    Some(RunState::Done) => return Outcome::Done,
-                    _ => Ok(()),
-                }
-            }
-            Ok(VcpuExit::IoIn(_, data)) => {
-                data.fill(0xff);
-                Ok(())
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                if self.ram.contains(addr, data.len() as u64) {
-                    // Fill, then complete the access against guest memory, now present.
-                    fill_page(&self.handler, &self.shared, addr, ExitPath::Mmio)
-                        .and_then(|_| self.ram.read(addr, data).map_err(|e| e.to_string()))
-                } else {
-                    Err(format!("guest read unmapped address {addr:#x}"))
-                }
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if self.ram.contains(addr, data.len() as u64) {
-                    fill_page(&self.handler, &self.shared, addr, ExitPath::Mmio)
-                        .and_then(|_| self.ram.write(addr, data).map_err(|e| e.to_string()))
-                } else {
-                    Err(format!("guest wrote unmapped address {addr:#x}"))
-                }
-            }
-            Ok(VcpuExit::MemoryFault { flags, gpa, .. }) => {
-                const KVM_MEMORY_EXIT_FLAG_USERFAULT: u64 = 1 << 4;
-                let path = if flags & KVM_MEMORY_EXIT_FLAG_USERFAULT != 0 {
-                    ExitPath::KvmUserfault
-                } else {
-                    ExitPath::MemoryFault
-                };
-                self.fill(gpa, path).map(|_| ())
-            }
-            Ok(VcpuExit::InternalError) => self.instruction_fetch_fault(),
-            Ok(VcpuExit::Shutdown) => Err(self.describe("shut down (triple fault)")),
-            Ok(VcpuExit::Hlt) => Err(self.describe("halted")),
-            Ok(VcpuExit::FailEntry(reason, _)) => Err(format!(
-                "KVM could not enter the guest (reason {reason:#x})"
-            )),
-            Ok(other) => {
-                let what = format!("made an unexpected exit {other:?}");
-                Err(self.describe(&what))
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
-            Err(e) => Err(format!("KVM_RUN failed: {e}")),
+        let result = match handle_exit(exit, &self.ram, &self.handler, &self.shared) {
+            Handled::Continue => Ok(()),
+            Handled::Done => return Outcome::Done,
+            Handled::Failed(why) => Err(why),
+            Handled::FailedInGuest(what) => Err(self.describe(&what)),
+            Handled::EmulationFailure => self.instruction_fetch_fault(),
         };
         match result {
             Ok(()) => Outcome::Continue,
@@ -606,22 +568,4 @@ impl Runner {
             Err(_) => format!("guest {what}"),
         }
     }
-}
-
-/// Asks the handler to make the page of `gpa` present and counts the exit.
-fn fill_page(
-    handler: &Option<Arc<dyn MissingPageHandler>>,
-    shared: &VcpuShared,
-    gpa: u64,
-    path: ExitPath,
-) -> Result<FillOutcome, String> {
-    let Some(handler) = handler else {
-        return Err(format!(
-            "guest touched missing RAM at {gpa:#x} ({}) and no fault handler is installed",
-            path.as_str()
-        ));
-    };
-    let outcome = handler.fill(shared.id, gpa & !(PAGE_SIZE - 1), path)?;
-    shared.stats.fault_exits[path.index()].fetch_add(1, Ordering::Relaxed);
-    Ok(outcome)
 }

@@ -7,6 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod arith;
+
+use arith::{
+    VcpuSample, empty_map, push_window, rates, region_size, roll, stall_percentages, top_regions,
+    transpose,
+};
+
 use super::PostcopyError;
 use super::page_state::PageState;
 use super::status::{LiveMigration, RunStatus};
@@ -15,7 +22,7 @@ use crate::contract::Summary;
 use crate::contract::{
     Activity, FAULT_HEATMAP_ROWS, FaultMode, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap,
     InjectionRecord, Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase,
-    RegionStall, RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
+    RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
 };
 use crate::telemetry::{Aggregate, Event};
 use crate::vmm::RunState;
@@ -28,15 +35,6 @@ const WINDOW: usize = 11;
 const MAX_INJECTIONS: usize = 16;
 /// Pages of the page-state map read per snapshot (4 GiB of guest memory).
 const SCAN_PAGES_PER_TICK: u64 = 1 << 20;
-
-/// One sample of a vCPU's cumulative counters.
-#[derive(Debug, Clone, Copy, Default)]
-struct VcpuSample {
-    at: Option<Instant>,
-    faults: u64,
-    stalled_ns: u64,
-    accesses: u64,
-}
 
 #[derive(Debug, Default)]
 struct VcpuTrack {
@@ -76,10 +74,6 @@ pub struct Monitor {
     cells: Vec<MapCell>,
     scan_cursor: usize,
     finished: Vec<super::outcome::LegAggregate>,
-}
-
-fn region_size(mem: u64, parts: usize) -> u64 {
-    mem.div_ceil(parts as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE
 }
 
 fn latency(l: LatencySummary) -> Latency {
@@ -423,20 +417,7 @@ impl Monitor {
                 },
                 Some(RunState::Running) => Activity::Running,
             };
-            let mut top: Vec<RegionStall> = track
-                .regions
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.1 > 0)
-                .map(|(k, r)| RegionStall {
-                    gpa: k as u64 * self.map_region_bytes,
-                    bytes: self.map_region_bytes,
-                    stall_us: r.0 / 1000,
-                    faults: r.1,
-                })
-                .collect();
-            top.sort_unstable_by(|a, b| b.stall_us.cmp(&a.stall_us).then(a.gpa.cmp(&b.gpa)));
-            top.truncate(TOP_REGIONS);
+            let top = top_regions(&track.regions, self.map_region_bytes);
             out.push(VcpuSnapshot {
                 id: i,
                 activity,
@@ -457,22 +438,9 @@ impl Monitor {
         out
     }
 
-    /// The memory map as the destination saw it before the switchover: nothing there but
-    /// the boot region.
+    /// The memory map as the destination saw it before the switchover.
     fn empty_map(&self) -> Vec<MapCell> {
-        let total = self.info.mem_bytes / PAGE_SIZE;
-        let per_cell = self.map_region_bytes / PAGE_SIZE;
-        (0..total.div_ceil(per_cell))
-            .map(|c| {
-                let pages = ((c + 1) * per_cell).min(total) - c * per_cell;
-                let boot = BOOT_PAGES.saturating_sub(c * per_cell).min(pages);
-                MapCell {
-                    missing: (pages - boot) as u32,
-                    boot: boot as u32,
-                    ..MapCell::default()
-                }
-            })
-            .collect()
+        empty_map(self.info.mem_bytes, self.map_region_bytes)
     }
 
     /// Page counts and the memory map, read from the page-state map (one byte a page). At
@@ -543,69 +511,10 @@ impl Monitor {
         // Floored at one tick: a column a few ms old would otherwise magnify a tick's stall.
         let newest_ns =
             ((self.start.elapsed().as_nanos() as u64) % column_ns).max(TICK.as_nanos() as u64);
-        let last = self.stall_columns.len().saturating_sub(1);
-        let cols: VecDeque<Vec<u8>> = self
-            .stall_columns
-            .iter()
-            .enumerate()
-            .map(|(k, c)| {
-                let len = if k == last { newest_ns } else { column_ns };
-                c.iter()
-                    .map(|ns| (ns.saturating_mul(100) / len).min(100) as u8)
-                    .collect()
-            })
-            .collect();
+        let cols = stall_percentages(&self.stall_columns, column_ns, newest_ns);
         Heatmap {
             column_ms: HEATMAP_COLUMN_MS,
             rows: transpose(&cols),
         }
     }
-}
-
-/// Faults/s, share of time stalled and guest accesses/s over the window.
-fn rates(w: &VecDeque<VcpuSample>) -> (f64, f64, f64) {
-    let (Some(a), Some(b)) = (w.front(), w.back()) else {
-        return (0.0, 0.0, 0.0);
-    };
-    let (Some(ta), Some(tb)) = (a.at, b.at) else {
-        return (0.0, 0.0, 0.0);
-    };
-    let dt = (tb - ta).as_secs_f64();
-    if dt <= 0.0 {
-        return (0.0, 0.0, 0.0);
-    }
-    // A new VM's progress counter reads 0 until the guest's first report there.
-    let progress = w
-        .iter()
-        .find(|s| s.accesses > 0)
-        .and_then(|s| Some((s.at?, s.accesses)))
-        .filter(|(t, _)| tb > *t)
-        .map_or(0.0, |(t, acc)| {
-            b.accesses.saturating_sub(acc) as f64 / (tb - t).as_secs_f64()
-        });
-    (
-        b.faults.saturating_sub(a.faults) as f64 / dt,
-        (b.stalled_ns.saturating_sub(a.stalled_ns) as f64 / 1e9 / dt).min(1.0),
-        progress,
-    )
-}
-
-fn push_window<T>(w: &mut VecDeque<T>, v: T) {
-    roll(w, v, WINDOW);
-}
-
-/// Appends `v`, dropping the oldest beyond `cap`.
-fn roll<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
-    q.push_back(v);
-    while q.len() > cap {
-        q.pop_front();
-    }
-}
-
-/// Columns of rows into rows of columns.
-fn transpose<T: Copy>(cols: &VecDeque<Vec<T>>) -> Vec<Vec<T>> {
-    let rows = cols.back().map_or(0, Vec::len);
-    (0..rows)
-        .map(|r| cols.iter().filter_map(|c| c.get(r).copied()).collect())
-        .collect()
 }

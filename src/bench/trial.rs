@@ -1,0 +1,230 @@
+//! One trial of the demand-paging benchmark: a fresh VM whose every data page is missing,
+//! the touch guest on every vCPU, the destination assembled as a migration's is, each vCPU
+//! timed on its own thread; and where its threads run.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::contract::{FaultMode, Workload};
+use crate::guest;
+use crate::postcopy::assembly::Plan;
+use crate::postcopy::net::{self, ClientOptions, NetError, PageServer};
+use crate::postcopy::{Destination, InProcessSource, PostcopyError, SourceError, Throttle};
+use crate::telemetry::{Aggregate, Telemetry};
+use crate::units::Rate;
+use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
+use crate::vmm::{GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
+
+use super::{BenchError, BenchMode, TRIAL_TIMEOUT, Trial, TrialConfig};
+
+/// A benchmark's connections fail at once if the source is lost: nothing takes it down.
+pub(super) fn options(spin: Duration) -> ClientOptions {
+    ClientOptions {
+        spin,
+        recover: Duration::ZERO,
+        ..ClientOptions::default()
+    }
+}
+
+pub(super) fn source_error(e: NetError) -> BenchError {
+    BenchError::Postcopy(PostcopyError::Source(SourceError::from(e)))
+}
+
+/// Makes every page of `ram` present by writing one byte to it.
+pub(super) fn prefill(ram: &GuestRam) -> Result<(), VmmError> {
+    let mut gpa = BOOT_SIZE;
+    while gpa < ram.size() {
+        ram.write(gpa, &[1])?;
+        gpa += PAGE_SIZE;
+    }
+    Ok(())
+}
+
+impl TrialConfig {
+    /// How the destination is assembled; None for prefill, which has no missing page.
+    pub fn plan(&self) -> Option<Plan> {
+        let mode = match self.mode {
+            BenchMode::Prefill => return None,
+            BenchMode::Uffd => FaultMode::Uffd,
+            BenchMode::Exit => FaultMode::Exit,
+        };
+        Some(Plan {
+            mode,
+            backing: self.backing,
+            vcpus: self.vcpus,
+            per_slice: self.uffd_per_vcpu,
+            readers: self.readers,
+            push_threads: 0,
+        })
+    }
+}
+
+/// Runs one trial: a fresh VM, every data page missing (unless prefill), the touch guest.
+pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
+    c.validate()?;
+    let mem = c.mem_bytes().max(layout::MIN_MEM_BYTES);
+    let vm_config = VmConfig {
+        vcpus: c.vcpus,
+        mem_bytes: mem,
+    };
+    let workload: Workload = "touch".parse()?;
+    // The VM may be larger than asked (its minimum size); the guest touches only its slices.
+    let mut placement = layout::placement(mem);
+    placement.data_pages = c.vcpus as u64 * c.mem_per_vcpu / PAGE_SIZE;
+    let data_pages = placement.data_pages;
+    let program = guest::assemble(&workload, c.vcpus, &placement)?;
+    let ram = Arc::new(GuestRam::with_backing(mem, c.backing)?);
+    // Room for every event of a vCPU (a fault per page of its slice): the aggregator reads
+    // them after the trial, not during.
+    let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
+    let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
+    // The same assembly as a migration's destination, without push threads.
+    let plan = c.plan();
+    let mut dest = None;
+    // Serves the image for the whole trial when pages travel over TCP.
+    let _server: Option<PageServer>;
+    let handler: Option<Arc<dyn MissingPageHandler>> = match (c.mode, plan) {
+        (BenchMode::Prefill, _) | (_, None) => {
+            prefill(&ram)?;
+            None
+        }
+        (_, Some(plan)) => {
+            let uffds = plan.userfaultfds()?;
+            // A source image in real memory, as a migration's would be.
+            let image = GuestRam::new(mem)?;
+            prefill(&image)?;
+            let image = Arc::new(InProcessSource::new(Arc::new(image)));
+            let (source, server) =
+                net::page_source(c.transport, image, options(c.net_spin)).map_err(source_error)?;
+            _server = server;
+            let d = Arc::new(Destination::with_uffds(
+                ram.clone(),
+                uffds,
+                source,
+                Throttle::new(Rate::Unlimited),
+                c.rtt,
+                telemetry.clone(),
+            )?);
+            d.set_push(false);
+            d.set_reader_spin(c.reader_spin);
+            let h = plan.handler(&d);
+            dest = Some((d, plan));
+            h
+        }
+    };
+    let vm = Vm::with_ram(vm_config, ram, handler)?;
+    vm.load(&program)?;
+    let cpus = Arc::new(allowed_cpus());
+    // Stopped and joined however the trial ends.
+    let workers = match &dest {
+        Some((d, plan)) => {
+            d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
+            let (pin, cpus) = (c.pin, cpus.clone());
+            // Reader i shares vCPU i's CPU, so a fault's wake-ups stay on one CPU.
+            Some(plan.start(
+                d,
+                move |i| if pin { pin_thread(0, &cpus, i) } else { Ok(()) },
+            )?)
+        }
+        None => None,
+    };
+    if c.pin {
+        for (i, v) in vm.vcpus().iter().enumerate() {
+            pin_thread(v.shared().thread_id() as i32, &cpus, i)?;
+        }
+    }
+
+    let start = Instant::now();
+    vm.resume_all()?;
+    let mut done = vec![false; c.vcpus];
+    while done.iter().any(|d| !d) {
+        if let Some(f) = vm.failure() {
+            return Err(BenchError::GuestFailed(f));
+        }
+        if start.elapsed() > TRIAL_TIMEOUT {
+            return Err(BenchError::Timeout(TRIAL_TIMEOUT));
+        }
+        for (d, v) in done.iter_mut().zip(vm.vcpus()) {
+            *d = *d || v.state() == RunState::Done;
+        }
+        // Coarse polling is enough: the times come from the vCPU threads themselves.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Timed on the vCPU threads, as a C program would, not by this coarse poll.
+    let spans: Vec<(u64, u64)> = vm
+        .vcpus()
+        .iter()
+        .map(|v| {
+            let s = v.stats();
+            (
+                s.first_resumed_ns.load(Ordering::Relaxed),
+                s.done_ns.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    if let Some(i) = spans.iter().position(|&(from, to)| from == 0 || to < from) {
+        return Err(BenchError::GuestFailed(format!(
+            "vCPU {i} reached DONE with no span of its own ({:?})",
+            spans[i]
+        )));
+    }
+    let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let secs = last.saturating_sub(first) as f64 / 1e9;
+    if let Some(w) = workers {
+        w.finish()?;
+    }
+    let pages_per_vcpu = data_pages / c.vcpus as u64;
+    let per_vcpu_pages_per_sec = spans
+        .iter()
+        .map(|(from, to)| pages_per_vcpu as f64 / (to.saturating_sub(*from) as f64 / 1e9).max(1e-9))
+        .collect();
+    let mut aggregate =
+        Aggregate::new(c.vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;
+    for e in telemetry.drain() {
+        aggregate.fold(&e);
+    }
+    let latency = aggregate.latency();
+    Ok(Trial {
+        pages: pages_per_vcpu * c.vcpus as u64,
+        secs,
+        per_vcpu_pages_per_sec,
+        p50_us: latency.p50,
+        p99_us: latency.p99,
+        telemetry_dropped: telemetry.dropped(),
+    })
+}
+
+/// The CPUs this process may run on, in order.
+pub(super) fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for sched_getaffinity to fill.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a cpu_set_t of the size passed; pid 0 is this thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: cpu < CPU_SETSIZE, inside `set`.
+        .filter(|&cpu| r == 0 && unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cpus.is_empty() { vec![0] } else { cpus }
+}
+
+/// Binds thread `tid` (0: the calling thread) to the `slot`-th CPU of `cpus`, wrapping.
+pub(super) fn pin_thread(tid: i32, cpus: &[usize], slot: usize) -> Result<(), PostcopyError> {
+    let cpu = cpus.get(slot % cpus.len().max(1)).copied().unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is empty; `cpu` came from the allowed set, so it is
+    // below CPU_SETSIZE.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(PostcopyError::Config(format!(
+            "cannot pin a thread to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        )))
+    }
+}

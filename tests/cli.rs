@@ -1,14 +1,10 @@
 //! The `faultline` binary as a user runs it.
 
+mod common;
+
+use common::{faultline, stderr};
+
 use std::process::{Command, Output};
-
-fn faultline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[test]
 fn probe_json_reports_both_fault_modes_ok_on_this_host() {

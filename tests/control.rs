@@ -1,40 +1,19 @@
 //! Runs served on a control socket, observed by several peers, recorded and replayed; the
 //! real binary on the real /dev/kvm.
 
+mod common;
+
+use common::{Scratch, faultline};
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use faultline::contract::Action;
 use faultline::control::protocol::{self, Message, VERSION};
 use faultline::units::Rate;
-
-fn faultline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
-}
-
-/// A scratch folder removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("faultline-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A headless run serving `sock` (and recording to `record`), as a child process.
 fn serve(sock: &Path, record: &Path, duration: &str) -> Child {

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,33 +13,15 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_faultline");
 
+mod common;
+
+use common::Scratch;
+
 /// One QEMU pair at a time: two TCG guests already fill the two cores CI has.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A folder of its own per test, removed at the end.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("fl-qemu-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A QEMU started by the test, killed at the end.
@@ -54,7 +36,7 @@ impl Drop for Qemu {
 
 /// A QEMU as the README's how-to starts one: its own QMP socket for the observer, the
 /// post-copy trace events in a file with timestamps, faultline's guest on a debug console.
-fn start_qemu(dir: &Dir, side: &str, incoming: bool) -> Qemu {
+fn start_qemu(dir: &Scratch, side: &str, incoming: bool) -> Qemu {
     let image = dir.path("guest.bin");
     if !image.exists() {
         let w = "verify".parse().unwrap();
@@ -127,7 +109,7 @@ fn attach(args: &[&str]) -> Output {
 #[test]
 fn faultline_qemu_migrates_post_copy_and_its_stalls_agree_with_the_kernels_clock() {
     let _serial = one_at_a_time();
-    let dir = Dir::new("headless");
+    let dir = Scratch::new("headless");
     let rec = dir.path("q.rec");
     let out = Command::new(BIN)
         .args([
@@ -271,7 +253,7 @@ impl Drop for Tmux {
 #[test]
 fn attach_follows_a_qemu_pair_started_by_hand_throttles_pauses_and_recovers_it() {
     let _serial = one_at_a_time();
-    let dir = Dir::new("attach");
+    let dir = Scratch::new("attach");
     let _dst = start_qemu(&dir, "dst", true);
     let _src = start_qemu(&dir, "src", false);
     let mut dst = connect(&dir.path("dst.qmp"));
@@ -369,7 +351,7 @@ fn attach_follows_a_qemu_pair_started_by_hand_throttles_pauses_and_recovers_it()
 #[test]
 fn what_cannot_be_followed_is_refused_in_one_line() {
     let _serial = one_at_a_time();
-    let dir = Dir::new("refusals");
+    let dir = Scratch::new("refusals");
     let trace = dir.path("t.trace");
     std::fs::write(&trace, "").unwrap();
     let t = trace.to_str().unwrap();

@@ -2,18 +2,14 @@
 //! KVM and serves it over TCP; `faultline run --source ADDR --token T` takes it over
 //! post-copy and proves every page arrived.
 
+mod common;
+
+use common::{faultline, stderr};
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn faultline() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_faultline"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A running `faultline source`; killed when dropped.
 struct Source {

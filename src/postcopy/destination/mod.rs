@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::PostcopyError;
@@ -20,18 +19,17 @@ use crate::contract::Backing;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::{FillCause, Telemetry};
 use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
-use crate::units::{GpaRange, Rate};
+
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
-/// Largest contiguous run the push copies in one ioctl.
-const PUSH_BATCH_PAGES: u64 = 64;
-/// Under a rate limit, the most of the budget one push batch reserves: a demand fetch
-/// queues behind at most this much per push thread.
-const PUSH_BATCH_BUDGET: Duration = Duration::from_millis(1);
-/// Pages after a demand fault that the push visits first.
-const NEIGHBOURHOOD_PAGES: u64 = 256;
 const PAGE: usize = PAGE_SIZE as usize;
+
+mod inject;
+mod push;
+mod setup;
+
+pub use setup::{auto_reader_spin, backing_features, preferred_backing, register, spawn};
 
 thread_local! {
     /// Each faulting thread's page buffer and checksum list: no allocation per fault.
@@ -433,125 +431,6 @@ impl Destination {
         }
     }
 
-    /// Claims up to `max` (at most `PUSH_BATCH_PAGES`) contiguous missing pages from `from`;
-    /// returns the first page and count, or None if none is missing from there to the end.
-    fn claim_run(&self, from: u64, max: u64) -> Option<(u64, u64)> {
-        let total = self.pages.len();
-        let mut p = from.max(BOOT_PAGES);
-        while p < total {
-            if self.pages.claim(p) {
-                let mut n = 1;
-                let end = self.part_end(p);
-                while n < max && p + n < end && self.pages.claim(p + n) {
-                    n += 1;
-                }
-                return Some((p, n));
-            }
-            p += 1;
-        }
-        None
-    }
-
-    /// One of `parts` push threads streaming missing pages until stopped: neighbours of
-    /// recent faults first, then in address order from its own share of memory (so the
-    /// threads do not fight over pages), then whatever is left anywhere. Demand fetches
-    /// go first: the push yields while any wait.
-    pub fn push_part(&self, part: u64, parts: u64) -> Result<(), PostcopyError> {
-        let data = self.pages.len() - BOOT_PAGES;
-        let mut cursor = BOOT_PAGES + data / parts.max(1) * part;
-        let mut buf = Vec::with_capacity(PUSH_BATCH_PAGES as usize * PAGE);
-        let mut sums = Vec::with_capacity(PUSH_BATCH_PAGES as usize);
-        let mut near: Option<(u64, u64)> = None;
-        while !self.stop.load(Ordering::Acquire) {
-            if !self.push_enabled() || self.demand_waiting.get() > 0 || self.missing() == 0 {
-                std::thread::sleep(Duration::from_micros(200));
-                continue;
-            }
-            let hint = self.push_hint.swap(0, Ordering::Relaxed);
-            if hint > 0 {
-                near = Some((hint - 1, hint - 1 + NEIGHBOURHOOD_PAGES));
-            }
-            let batch = push_batch_pages(self.throttle.rate());
-            let _gate = self.fill_gate.read();
-            let claimed = match near {
-                Some((from, end)) => match self.claim_run(from, batch) {
-                    Some((p, n)) if p < end => {
-                        near = Some((p + n, end));
-                        Some((p, n))
-                    }
-                    other => {
-                        near = None;
-                        other
-                    }
-                },
-                None => None,
-            }
-            .or_else(|| self.claim_run(cursor, batch))
-            .or_else(|| self.claim_run(BOOT_PAGES, batch));
-            let Some((page, count)) = claimed else {
-                continue;
-            };
-            if near.is_none() {
-                cursor = page + count;
-            }
-            if let Err(e) = self.fetch_and_copy(page, count, FillCause::Push, &mut buf, &mut sums) {
-                self.abandon(page, count, &e);
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `range` missing again without losing data: the destination's content of every
-    /// present page goes back to the source first, then the pages are dropped. The caller
-    /// must have paused the vCPUs. Returns the number of pages dropped.
-    pub fn inject(&self, range: GpaRange) -> Result<u64, PostcopyError> {
-        let first_data = BOOT_PAGES * PAGE_SIZE;
-        if range.start < first_data || !self.ram.contains(range.start, range.len) {
-            return Err(PostcopyError::BadRange {
-                start: range.start,
-                len: range.len,
-                min: first_data,
-                max: self.ram.size(),
-            });
-        }
-        let first = range.start >> PAGE_SHIFT;
-        let end = range.end().div_ceil(PAGE_SIZE);
-        // No fill may be in flight while pages change hands.
-        let _gate = self.fill_gate.write();
-        let mut dropped = 0;
-        let mut p = first;
-        while p < end {
-            if !self.pages.get(p).is_present() {
-                p += 1;
-                continue;
-            }
-            let run_start = p;
-            while p < end && self.pages.get(p).is_present() {
-                p += 1;
-            }
-            let gpa = run_start << PAGE_SHIFT;
-            let len = (p - run_start) * PAGE_SIZE;
-            let mut data = vec![0u8; len as usize];
-            self.ram.read(gpa, &mut data)?;
-            self.source.put_back(gpa, &data)?;
-            let host = self.ram.host_base() + gpa;
-            // SAFETY: drops whole pages inside guest RAM; the next access faults to the uffd.
-            let r = unsafe {
-                libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED)
-            };
-            if r != 0 {
-                return Err(PostcopyError::Drop(std::io::Error::last_os_error()));
-            }
-            for q in run_start..p {
-                dropped += u64::from(self.pages.drop_page(q));
-            }
-        }
-        self.missing.add(dropped);
-        self.telemetry.run.pages_injected.add(dropped);
-        Ok(dropped)
-    }
-
     /// Asks the handler and push threads to return.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -582,101 +461,5 @@ impl MissingPageHandler for Destination {
         let r = self.fill_demand(gpa, true).map_err(|e| e.to_string());
         self.telemetry.stall_end(stall);
         r
-    }
-}
-
-/// Pages in one push batch: `PUSH_BATCH_PAGES` at full speed, and under a rate limit no
-/// more than `PUSH_BATCH_BUDGET` of it.
-fn push_batch_pages(rate: Rate) -> u64 {
-    match rate.bytes_per_sec() {
-        None => PUSH_BATCH_PAGES,
-        Some(rate) => {
-            let budget = u128::from(rate) * PUSH_BATCH_BUDGET.as_nanos() / 1_000_000_000;
-            (budget as u64 / PAGE_SIZE).clamp(1, PUSH_BATCH_PAGES)
-        }
-    }
-}
-
-/// The backing a destination gets unless told otherwise: shared memory where this
-/// kernel's userfaultfd resolves minor faults on it (Linux 5.13+), since its faults and
-/// fills allocate nothing (BENCHMARKS.md); anonymous memory elsewhere.
-pub fn preferred_backing() -> Backing {
-    match Userfaultfd::available_features() {
-        Ok((features, _)) if features.contains(Features::MINOR_SHMEM) => Backing::Shared,
-        _ => Backing::Anonymous,
-    }
-}
-
-/// Registers `[start, start+len)` of RAM of `backing` so that its missing pages fault to
-/// `uffd`: missing faults for anonymous RAM, minor faults for shared.
-pub fn register(
-    uffd: &Userfaultfd,
-    backing: Backing,
-    start: u64,
-    len: u64,
-) -> Result<(), crate::uffd::UffdError> {
-    match backing {
-        Backing::Anonymous => uffd.register_missing(start, len),
-        Backing::Shared => uffd.register_minor(start, len),
-    }
-}
-
-/// The userfaultfd features a destination of `backing` needs on top of its fault mode's.
-pub fn backing_features(backing: Backing) -> Features {
-    match backing {
-        Backing::Anonymous => Features::NONE,
-        Backing::Shared => Features::MINOR_SHMEM,
-    }
-}
-
-/// How long a uffd reader keeps reading after a fault when it may spin.
-const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
-
-/// How long uffd readers keep reading after a fault before sleeping in poll, given the
-/// threads that are busy during a post-copy (vCPUs, readers, push). Spinning saves the
-/// reader's wake-up on every fault, which is most of a fault's cost with a core to spare,
-/// and costs a core's worth of time slices when there is none (BENCHMARKS.md).
-pub fn auto_reader_spin(busy_threads: usize) -> Duration {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if busy_threads <= cores {
-        SPIN_AFTER_FAULT
-    } else {
-        Duration::ZERO
-    }
-}
-
-/// Starts a named background thread running `f` on the destination.
-pub fn spawn(
-    name: String,
-    dest: Arc<Destination>,
-    f: impl FnOnce(&Destination) -> Result<(), PostcopyError> + Send + 'static,
-) -> Result<JoinHandle<Result<(), PostcopyError>>, PostcopyError> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let r = f(&dest);
-            if r.is_err() {
-                // One failed worker ends the post-copy for everyone.
-                dest.stop();
-            }
-            r
-        })
-        .map_err(PostcopyError::Thread)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn push_batches_take_a_millisecond_of_a_rate_limit_at_most() {
-        assert_eq!(push_batch_pages(Rate::Unlimited), PUSH_BATCH_PAGES);
-        // 40 MiB/s: 41.9 KB a millisecond, 10 pages.
-        assert_eq!(push_batch_pages(Rate::BytesPerSec(40 << 20)), 10);
-        assert_eq!(push_batch_pages(Rate::BytesPerSec(1 << 20)), 1);
-        assert_eq!(
-            push_batch_pages(Rate::BytesPerSec(10 << 30)),
-            PUSH_BATCH_PAGES
-        );
     }
 }

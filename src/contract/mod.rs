@@ -6,6 +6,7 @@
 //! A leaf: every other part imports it; it imports none of them (only `units`, a leaf too).
 
 mod feed;
+mod names;
 mod qemu;
 mod run;
 mod snapshot;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::names::names;
 use super::workload::Workload;
 use crate::units::{GpaRange, Rate};
 
@@ -13,8 +14,7 @@ use crate::units::{GpaRange, Rate};
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a fault reaches userspace on the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultMode {
     /// vCPUs sleep in the kernel; handler threads read the userfaultfd.
     Uffd,
@@ -22,33 +22,7 @@ pub enum FaultMode {
     Exit,
 }
 
-impl FaultMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultMode::Uffd => "uffd",
-            FaultMode::Exit => "exit",
-        }
-    }
-}
-
-impl std::str::FromStr for FaultMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<FaultMode, String> {
-        match s {
-            "uffd" => Ok(FaultMode::Uffd),
-            "exit" => Ok(FaultMode::Exit),
-            other => Err(format!(
-                "unknown fault mode '{other}' (expected uffd or exit)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for FaultMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+names!(FaultMode, "fault mode", { Uffd => "uffd", Exit => "exit" });
 
 /// Something the operator or a scenario's timeline does to a running migration.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -139,51 +113,22 @@ impl RunConfig {
 }
 
 /// What backs guest RAM, which decides how a missing page is filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backing {
     /// Private anonymous memory: a missing page is allocated when it is filled
     /// (userfaultfd missing faults, UFFDIO_COPY).
-    #[serde(rename = "anon")]
     Anonymous,
     /// A memfd allocated in full before the guest runs, like a VMM's preallocated RAM: a
     /// missing page is one not yet mapped into the guest's view. It is filled by writing
     /// it through the fill mapping and mapping it in (minor faults, UFFDIO_CONTINUE), so
     /// a fault costs no allocation on either side.
-    #[serde(rename = "shmem")]
     Shared,
 }
 
-impl Backing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backing::Anonymous => "anon",
-            Backing::Shared => "shmem",
-        }
-    }
-}
-
-impl std::fmt::Display for Backing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Backing {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Backing, String> {
-        match s {
-            "anon" => Ok(Backing::Anonymous),
-            "shmem" => Ok(Backing::Shared),
-            other => Err(format!(
-                "unknown memory backing '{other}' (expected anon or shmem)"
-            )),
-        }
-    }
-}
+names!(Backing, "memory backing", { Anonymous => "anon", Shared => "shmem" });
 
 /// How pages travel from the source to the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Transport {
     /// Copied straight from the source's image in this process.
     #[default]
@@ -192,37 +137,33 @@ pub enum Transport {
     Tcp,
 }
 
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Local => "local",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Transport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Transport, String> {
-        match s {
-            "local" => Ok(Transport::Local),
-            "tcp" => Ok(Transport::Tcp),
-            other => Err(format!(
-                "unknown page transport '{other}' (expected local or tcp)"
-            )),
-        }
-    }
-}
+names!(Transport, "page transport", { Local => "local", Tcp => "tcp" });
 
 /// Where a destination finds its source: the address and the token the source printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Remote {
     pub addr: SocketAddr,
     pub token: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_name_reads_back_as_its_value_in_text_and_json() {
+        for m in FaultMode::ALL {
+            assert_eq!(m.as_str().parse::<FaultMode>(), Ok(*m));
+            let j = serde_json::to_string(m).unwrap();
+            assert_eq!(serde_json::from_str::<FaultMode>(&j).unwrap(), *m);
+        }
+        assert_eq!(serde_json::to_string(&Backing::Anonymous).unwrap(), "\"anon\"");
+        assert_eq!(serde_json::to_string(&Transport::Tcp).unwrap(), "\"tcp\"");
+        assert_eq!(
+            "shm".parse::<Backing>(),
+            Err("unknown memory backing 'shm' (expected anon or shmem)".into())
+        );
+        let bad = serde_json::from_str::<Transport>("\"udp\"").unwrap_err().to_string();
+        assert!(bad.contains("unknown page transport 'udp'"), "{bad}");
+    }
 }

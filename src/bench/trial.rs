@@ -222,9 +222,9 @@ pub(super) fn pin_thread(tid: i32, cpus: &[usize], slot: usize) -> Result<(), Po
     if r == 0 {
         Ok(())
     } else {
-        Err(PostcopyError::Config(format!(
-            "cannot pin a thread to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        )))
+        Err(PostcopyError::Pin {
+            cpu,
+            source: std::io::Error::last_os_error(),
+        })
     }
 }

@@ -157,13 +157,18 @@ mod tests {
             let j = serde_json::to_string(m).unwrap();
             assert_eq!(serde_json::from_str::<FaultMode>(&j).unwrap(), *m);
         }
-        assert_eq!(serde_json::to_string(&Backing::Anonymous).unwrap(), "\"anon\"");
+        assert_eq!(
+            serde_json::to_string(&Backing::Anonymous).unwrap(),
+            "\"anon\""
+        );
         assert_eq!(serde_json::to_string(&Transport::Tcp).unwrap(), "\"tcp\"");
         assert_eq!(
             "shm".parse::<Backing>(),
             Err("unknown memory backing 'shm' (expected anon or shmem)".into())
         );
-        let bad = serde_json::from_str::<Transport>("\"udp\"").unwrap_err().to_string();
+        let bad = serde_json::from_str::<Transport>("\"udp\"")
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("unknown page transport 'udp'"), "{bad}");
     }
 }

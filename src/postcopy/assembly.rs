@@ -154,7 +154,7 @@ impl Workers {
         let dest = self.dest.clone();
         let e = match self.finish() {
             Err(e) => e,
-            Ok(()) => PostcopyError::Config("a post-copy thread stopped early".into()),
+            Ok(()) => PostcopyError::StoppedEarly,
         };
         dest.release_faults();
         e

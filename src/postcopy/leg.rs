@@ -329,10 +329,9 @@ fn copy_boot(
                 .zip(&sums)
                 .position(|(p, &sum)| crc32fast::hash(p) != sum)
             {
-                return Err(PostcopyError::Config(format!(
-                    "boot page {:#x} arrived damaged (checksum mismatch)",
-                    gpa + (bad * page) as u64
-                )));
+                return Err(PostcopyError::DamagedBootPage {
+                    gpa: gpa + (bad * page) as u64,
+                });
             }
             Ok(dest_ram.write(gpa, &buf)?)
         }

@@ -64,6 +64,14 @@ pub enum PostcopyError {
     GuestFailed(String),
     #[error("cannot set up telemetry: {0}")]
     Telemetry(String),
+    #[error("a post-copy thread stopped early")]
+    StoppedEarly,
+    #[error("boot page {gpa:#x} arrived damaged (checksum mismatch)")]
+    DamagedBootPage { gpa: u64 },
+    #[error("the destination has no userfaultfd {0}")]
+    NoUserfaultfd(usize),
+    #[error("cannot pin a thread to CPU {cpu}: {source}")]
+    Pin { cpu: usize, source: std::io::Error },
     #[error("{0}")]
     Config(String),
     /// An operator's action that cannot be done now; the run goes on.

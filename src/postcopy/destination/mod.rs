@@ -176,7 +176,7 @@ impl Destination {
         self.uffds
             .get(i.min(self.uffds.len().saturating_sub(1)))
             .map(|u| &**u)
-            .ok_or_else(|| PostcopyError::Config("no userfaultfd".into()))
+            .ok_or(PostcopyError::NoUserfaultfd(i))
     }
 
     /// First page after the uffd part that holds `page`: one copy never spans two.
@@ -379,7 +379,7 @@ impl Destination {
         let uffd = self
             .uffds
             .get(index)
-            .ok_or_else(|| PostcopyError::Config(format!("no userfaultfd {index}")))?;
+            .ok_or(PostcopyError::NoUserfaultfd(index))?;
         let mut faults = [PageFault {
             address: 0,
             write: false,

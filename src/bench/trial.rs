@@ -53,7 +53,8 @@ impl TrialConfig {
             mode,
             backing: self.backing,
             vcpus: self.vcpus,
-            per_slice: self.uffd_per_vcpu,
+            // One vCPU has one userfaultfd either way, served by `readers` threads.
+            per_slice: self.uffd_per_vcpu && self.vcpus > 1,
             readers: self.readers,
             push_threads: 0,
         })

@@ -147,7 +147,7 @@ fn drive_headless(
     let mut completed_at: Option<Instant> = None;
     let mut last_report = Instant::now();
     let mut died = None;
-    while !feed.ended() {
+    while !feed.ended() && started.elapsed() <= HEADLESS_LIMIT {
         if !switched && started.elapsed() >= precopy {
             pair.start_postcopy()?;
             switched = true;
@@ -164,7 +164,7 @@ fn drive_headless(
             report_progress(&s);
             last_report = Instant::now();
         }
-        if s.phase == Phase::Failed || started.elapsed() > HEADLESS_LIMIT {
+        if s.phase == Phase::Failed {
             break;
         }
         if s.phase == Phase::Complete {
@@ -216,11 +216,13 @@ fn drive_view(
         std::io::stderr(),
         "faultline: stopping the QEMU pair and summarizing..."
     );
-    let ended = feed.finish()?;
+    let ended = feed.finish();
+    // The pair goes (and its QEMUs with it) whatever the watch came to.
     let (pair, driven) = driver
         .join()
         .map_err(|_| anyhow::anyhow!("the migration driver panicked"))?;
     drop(pair);
+    let ended = ended?;
     if let Err(e) = driven {
         return Ok((ended, Some(e.into())));
     }

@@ -180,7 +180,7 @@ pub fn write_three_clocks(out: &mut impl Write, q: &QemuView) -> std::io::Result
         Some((a, b)) => writeln!(
             out,
             "stall per vCPU over post-copy ({:.1} s), three clocks:",
-            (b - a) as f64 / 1000.0
+            b.saturating_sub(a) as f64 / 1000.0
         )?,
         None => writeln!(out, "stall per vCPU: post-copy not seen, no window")?,
     }

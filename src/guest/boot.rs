@@ -24,8 +24,6 @@ const PD: u64 = IMAGE_GPA + 0x3000;
 const PDS: u64 = 4;
 const GDT: u64 = IMAGE_GPA + 0x7000;
 const GDT_PTR: u64 = GDT + 0x20;
-/// Counts CPUs into long mode: the order they arrive is their vCPU index.
-const ARRIVALS: u64 = GDT + 0x40;
 /// Each vCPU's start registers, 64 bytes apiece (rsp, rdi, rsi, r8, r9, r10, r11).
 const STARTS: u64 = IMAGE_GPA + 0x8000;
 const ENTRY32: u64 = IMAGE_GPA + 0x9000;
@@ -249,6 +247,8 @@ fn pm32() -> Result<Vec<u8>, GuestError> {
     a.or(eax, 1 << 8)?; // LME
     a.wrmsr()?;
     a.mov(eax, cr0)?;
+    // An AP leaves INIT with caching off (CD, NW): turn it on, and page.
+    a.and(eax, !0x6000_0000u32)?;
     a.or(eax, 0x8000_0001u32)?; // PG | PE
     a.mov(cr0, eax)?;
     a.db(&far_jump(false, CODE64, LONG64))?;
@@ -279,9 +279,9 @@ fn trampoline() -> Result<Vec<u8>, GuestError> {
     Ok(code)
 }
 
-/// Long mode: take a vCPU index by arrival, the boot CPU wakes the others, then each
-/// loads its start registers, zeroes its slice if asked, says it started and jumps to the
-/// workload.
+/// Long mode: each CPU takes its APIC ID as its vCPU index, the boot CPU wakes the
+/// others, then each loads its start registers, zeroes its slice if asked, says it
+/// started and jumps to the workload.
 fn long64(
     vcpus: usize,
     console_port: u16,
@@ -295,12 +295,13 @@ fn long64(
     a.mov(ds, ax)?;
     a.mov(es, ax)?;
     a.mov(ss, ax)?;
-    a.mov(ecx, ARRIVALS as u32)?;
+    // The vCPU index is the initial APIC ID (CPUID.1:EBX[31:24]), which is QEMU's
+    // cpu-index under its default topology: the host's per-vCPU figures name the same CPU.
     a.mov(eax, 1)?;
-    a.lock().xadd(dword_ptr(rcx), eax)?;
-    a.cmp(eax, vcpus as u32)?;
+    a.cpuid()?;
+    a.shr(ebx, 24)?;
+    a.cmp(ebx, vcpus as u32)?;
     a.jae(park)?;
-    a.mov(ebx, eax)?;
     a.test(ebx, ebx)?;
     a.jnz(go)?;
     if vcpus > 1 {

@@ -232,7 +232,8 @@ pub(super) fn switch_over(
     copy_boot(&from, source.as_ref(), &dest_ram, 0, BOOT_SIZE)?;
     let vm = Vm::with_ram(vm_config, dest_ram.clone(), handler)?;
     dest.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
-    dest.set_reader_spin(plan.reader_spin(config.transport()));
+    // Server threads of this process count against the cores; a remote source's do not.
+    dest.set_reader_spin(plan.reader_spin(config.transport));
     let workers = plan.start(&dest, |_| Ok(()))?;
 
     tracing::debug!(number, "destination ready");

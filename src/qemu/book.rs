@@ -61,8 +61,8 @@ pub struct StallBook {
     non_vcpu_faults: u64,
     /// Events that named a vCPU beyond those known.
     unknown_vcpu: u64,
-    /// Addresses of the latest placed pages, oldest first.
-    recent_ends: VecDeque<u64>,
+    /// The latest placed pages and when, oldest first.
+    recent_ends: VecDeque<(u64, u64)>,
 }
 
 fn rows_of(ram_bytes: u64) -> (u64, usize) {
@@ -103,7 +103,7 @@ impl StallBook {
 
     /// ns since the epoch of a wall-clock time in µs (0 before it).
     pub fn ns_of(&self, at_us: u64) -> u64 {
-        at_us.saturating_sub(self.epoch_us) * 1000
+        at_us.saturating_sub(self.epoch_us).saturating_mul(1000)
     }
 
     pub fn fold(&mut self, line: &TraceLine) {
@@ -127,31 +127,43 @@ impl StallBook {
                 cpu,
                 received,
             } => {
-                // A page placed before its fault's line was written: nobody waits for it.
-                let placed = !received && self.recent_ends.iter().rev().any(|&a| a == addr);
-                self.begin(t, addr, cpu, received || placed);
+                // A page whose end line came first (lines are stamped before QEMU takes the
+                // log's lock): the wait ended then, or never began if it was placed sooner.
+                let placed = (!received)
+                    .then(|| self.recent_ends.iter().rev().find(|e| e.0 == addr))
+                    .flatten()
+                    .map(|&(_, end)| end);
+                self.begin(t, addr, cpu, received, placed);
             }
             TraceEvent::BlocktimeEnd { addr, .. } => {
                 if self.recent_ends.len() == RECENT_ENDS {
                     self.recent_ends.pop_front();
                 }
-                self.recent_ends.push_back(addr);
+                self.recent_ends.push_back((addr, t));
                 for v in 0..self.vcpus.len() {
                     if self.vcpus[v].open.is_some_and(|(a, _)| a == addr) {
                         self.close(v, t);
                     }
                 }
             }
-            TraceEvent::BlocktimeEndOne { cpu } => {
+            TraceEvent::BlocktimeEndOne { cpu: Some(cpu) } => {
                 if self.vcpus.get(cpu).is_some_and(|b| b.open.is_some()) {
                     self.close(cpu, t);
                 }
             }
+            TraceEvent::BlocktimeEndOne { cpu: None } => {}
             TraceEvent::TidCpuMap { .. } => {}
         }
     }
 
-    fn begin(&mut self, t: u64, addr: u64, cpu: Option<usize>, received: bool) {
+    fn begin(
+        &mut self,
+        t: u64,
+        addr: u64,
+        cpu: Option<usize>,
+        received: bool,
+        placed_at: Option<u64>,
+    ) {
         let Some(v) = cpu else {
             self.non_vcpu_faults += 1;
             return;
@@ -160,9 +172,12 @@ impl StallBook {
             self.unknown_vcpu += 1;
             return;
         }
-        if self.vcpus[v].open.is_some() {
+        match self.vcpus[v].open {
+            // The same page again (a kicked vCPU faults anew on it): one wait, still on.
+            Some((a, _)) if a == addr => return,
             // A vCPU waits for one page at a time: a new fault ends the last wait.
-            self.close(v, t);
+            Some(_) => self.close(v, t),
+            None => {}
         }
         let offset = self.offset_of(addr);
         let column = self.column_mut(t);
@@ -182,6 +197,8 @@ impl StallBook {
         if received {
             // The page came before the fault was read: nobody waits.
             self.record(v, t, t, offset);
+        } else if let Some(end) = placed_at {
+            self.record(v, t, end.max(t), offset);
         } else {
             b.open = Some((addr, t));
             b.open_offset = offset;
@@ -227,6 +244,16 @@ impl StallBook {
 
     fn roll_to(&mut self, col: u64) {
         let last = self.first_column + self.stall_columns.len() as u64 - 1;
+        // A jump past the whole window (a long quiet spell) starts the window afresh.
+        if col > last + HEATMAP_COLUMNS as u64 {
+            let vcpus = self.vcpus.len();
+            let rows = self.fault_columns.back().map_or(0, Vec::len);
+            self.first_column = col;
+            self.stall_columns = VecDeque::from([vec![0; vcpus]]);
+            self.fault_columns = VecDeque::from([vec![0; rows]]);
+            self.spark_columns = VecDeque::from([vec![0; vcpus]]);
+            return;
+        }
         for _ in last..col {
             let vcpus = self.vcpus.len();
             let rows = self.fault_columns.back().map_or(0, Vec::len);
@@ -510,7 +537,7 @@ mod tests {
     fn end_one_names_the_vcpu_and_received_pages_cost_nothing() {
         let mut b = StallBook::new(2, 1 << 30, EPOCH).unwrap();
         b.fold(&begin(0, 0x5000, 1));
-        b.fold(&at(3, TraceEvent::BlocktimeEndOne { cpu: 1 }));
+        b.fold(&at(3, TraceEvent::BlocktimeEndOne { cpu: Some(1) }));
         assert_eq!(b.stall_ns(1, 50_000_000), 3_000_000);
         b.fold(&at(
             4,
@@ -574,16 +601,44 @@ mod tests {
     }
 
     #[test]
-    fn an_end_written_before_its_begin_leaves_nobody_waiting() {
+    fn an_end_written_before_its_begin_ends_the_wait_at_its_own_stamp() {
         let mut b = StallBook::new(1, 1 << 30, EPOCH).unwrap();
         b.fold(&end(5, 0x7000));
         b.fold(&begin(4, 0x7000, 0));
         assert_eq!(b.faults(0), 1);
         assert_eq!(b.activity(0, 10_000_000), Activity::Running);
-        assert_eq!(b.stall_ns(0, 10_000_000), 0);
+        assert_eq!(b.stall_ns(0, 10_000_000), 1_000_000);
+        // Placed before the fault was even read: no wait at all.
+        b.fold(&end(6, 0x9000));
+        b.fold(&begin(7, 0x9000, 0));
+        assert_eq!(b.stall_ns(0, 10_000_000), 1_000_000);
+        b.close_all(0);
         b.fold(&begin(6, 0x8000, 0));
         b.close_all(9_000_000);
-        assert_eq!(b.stall_ns(0, 50_000_000), 3_000_000);
+        assert_eq!(b.stall_ns(0, 50_000_000), 4_000_000);
+    }
+
+    #[test]
+    fn a_fault_on_the_page_already_waited_for_is_the_same_wait() {
+        let mut b = StallBook::new(1, 1 << 30, EPOCH).unwrap();
+        b.fold(&begin(1, 0x7000, 0));
+        b.fold(&begin(3, 0x7000, 0));
+        b.fold(&end(5, 0x7000));
+        assert_eq!(b.faults(0), 1);
+        assert_eq!(b.stall_ns(0, 9_000_000), 4_000_000);
+    }
+
+    #[test]
+    fn a_stamp_far_ahead_restarts_the_heatmaps_rather_than_rolling_to_it() {
+        let mut b = StallBook::new(1, 1 << 30, EPOCH).unwrap();
+        b.fold(&begin(1, 0x7000, 0));
+        // Years ahead: one step, not billions.
+        b.fold(&end(100_000_000_000, 0x7000));
+        b.advance(100_000_000_000 * 1_000_000);
+        assert_eq!(
+            b.stall_heatmap(100_000_000_000 * 1_000_000).rows[0].len(),
+            1
+        );
     }
 
     #[test]

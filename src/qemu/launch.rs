@@ -3,6 +3,7 @@
 //! events on, and faultline's own guest (a Multiboot image of its workloads) reporting
 //! through a debug console. The pair is stopped and its files removed on drop.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,6 +151,13 @@ impl QemuPair {
         let dir = std::env::temp_dir().join(format!("faultline-qemu-{}-{n}", std::process::id()));
         let io = |what: String| move |source| LaunchError::Io { what, source };
         std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        // From here on the pair's drop removes the folder and stops what was started.
+        let mut pair = QemuPair {
+            dir: dir.clone(),
+            src: None,
+            dst: None,
+            vcpus: c.vcpus,
+        };
         let guest = dir.join("guest.bin");
         std::fs::write(&guest, &image.bytes)
             .map_err(io(format!("cannot write {}", guest.display())))?;
@@ -162,6 +170,16 @@ impl QemuPair {
             let stderr = dir.join(format!("{side}.stderr"));
             let err = std::fs::File::create(&stderr)
                 .map_err(io(format!("cannot create {}", stderr.display())))?;
+            // SAFETY: prctl is async-signal-safe; the child dies with the thread that
+            // started it, so no QEMU outlives a faultline that was killed.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
             let child = cmd
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -175,12 +193,7 @@ impl QemuPair {
                 stderr,
             })
         };
-        let mut pair = QemuPair {
-            dst: Some(spawn("dst", true)?),
-            src: None,
-            dir: dir.clone(),
-            vcpus: c.vcpus,
-        };
+        pair.dst = Some(spawn("dst", true)?);
         pair.src = Some(spawn("src", false)?);
         pair.connect()?;
         pair.configure(c)?;

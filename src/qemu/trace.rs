@@ -24,8 +24,8 @@ pub enum TraceEvent {
         addr: u64,
         affected_cpus: Option<u32>,
     },
-    /// 10.1+: vCPU `cpu` stopped waiting.
-    BlocktimeEndOne { cpu: usize },
+    /// 10.1+: vCPU `cpu` (None: a thread that is not one) stopped waiting.
+    BlocktimeEndOne { cpu: Option<usize> },
     /// 10.1+: thread `tid` is vCPU `cpu`.
     TidCpuMap { cpu: usize, tid: u32 },
     /// The destination asked the source for a page: where it lies in which RAM block.
@@ -86,9 +86,9 @@ pub fn parse(line: &str) -> Parsed {
     let event = match name {
         "mark_postcopy_blocktime_begin" | "postcopy_blocktime_begin" => begin(args),
         "mark_postcopy_blocktime_end" | "postcopy_blocktime_end" => end(args),
-        "postcopy_blocktime_end_one" => {
-            cpu(field(args, "cpu")).map(|cpu| TraceEvent::BlocktimeEndOne { cpu })
-        }
+        "postcopy_blocktime_end_one" => field(args, "cpu")
+            .and_then(cpu_or_none)
+            .map(|cpu| TraceEvent::BlocktimeEndOne { cpu }),
         "postcopy_blocktime_tid_cpu_map" => (|| {
             Some(TraceEvent::TidCpuMap {
                 cpu: cpu(field(args, "cpu"))?,
@@ -138,7 +138,11 @@ fn split_prefix(line: &str) -> Option<(u32, u64, &str)> {
         return None;
     }
     let tid = tid.parse().ok()?;
-    let at = secs.parse::<u64>().ok()?.checked_mul(1_000_000)? + micros.parse::<u64>().ok()?;
+    let at = secs
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(micros.parse::<u64>().ok()?)?;
     Some((tid, at, rest))
 }
 
@@ -152,7 +156,13 @@ fn split_iso_prefix(line: &str) -> Option<(u64, &str)> {
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
     let mut t = hms.splitn(3, ':').map(str::parse::<u64>);
     let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+    let valid = (1970..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && h <= 23
+        && mi <= 59
+        && sec <= 60;
+    if !valid {
         return None;
     }
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -298,7 +308,7 @@ mod tests {
             Parsed::Event(TraceLine {
                 tid: None,
                 at_us: Some(1_796_529_491_000_000),
-                event: TraceEvent::BlocktimeEndOne { cpu: 1 }
+                event: TraceEvent::BlocktimeEndOne { cpu: Some(1) }
             })
         );
         assert_eq!(

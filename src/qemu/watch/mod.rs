@@ -58,6 +58,23 @@ pub fn phase_of(state: &str) -> Phase {
     }
 }
 
+/// How far ahead of this host's clock a trace stamp may be (the same host: clock steps).
+const FUTURE_SLACK_US: u64 = 60_000_000;
+
+/// The stamp of the first timestamped event line of a trace file, if any is there yet.
+fn first_stamp(path: &std::path::Path) -> Option<u64> {
+    use std::io::{BufRead, BufReader};
+    let f = std::fs::File::open(path).ok()?;
+    BufReader::new(f)
+        .lines()
+        .take(10_000)
+        .map_while(Result::ok)
+        .find_map(|l| match trace::parse(&l) {
+            Parsed::Event(e) => e.at_us,
+            _ => None,
+        })
+}
+
 fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -80,6 +97,8 @@ struct SourceFigures {
     bytes_per_sec: u64,
     downtime_us: Option<u64>,
     transferred: u64,
+    /// Bytes sent since the switch to post-copy.
+    postcopy_bytes: u64,
 }
 
 pub struct Watcher {
@@ -99,6 +118,8 @@ pub struct Watcher {
     migration: u32,
     trace_events: u64,
     trace_garbage: u64,
+    /// Events without a timestamp (QEMU run without `-msg timestamp=on`): not timed.
+    trace_unstamped: u64,
     /// When the destination's vCPUs began running post-copy, and when it completed
     /// (wall-clock µs, from QMP events or else from polling).
     postcopy_from_us: Option<u64>,
@@ -166,7 +187,9 @@ impl Watcher {
         let vcpus = tids.len();
         let mem = dst.execute("query-memory-size-summary", None)?;
         let mem_bytes = mem["base-memory"].as_u64().unwrap_or(0);
-        let epoch_us = wall_us();
+        // Time 0 is the earliest event in the trace, or now: a watch that starts in the
+        // middle of a migration still times what came before it.
+        let epoch_us = wall_us().min(first_stamp(&target.trace).unwrap_or(u64::MAX));
         let open_console = |p: &Option<PathBuf>| -> Result<_, QemuError> {
             match p {
                 Some(p) => Ok(Some((
@@ -203,6 +226,7 @@ impl Watcher {
             migration: 1,
             trace_events: 0,
             trace_garbage: 0,
+            trace_unstamped: 0,
             postcopy_from_us: None,
             completed_at_us: None,
             source: None,
@@ -263,7 +287,13 @@ impl Watcher {
         self.read_trace()?;
         self.read_consoles();
         self.poll_destination()?;
-        self.poll_source()?;
+        // The source may go once its part is done (a script quits it after completion):
+        // the destination is what this watch follows.
+        if let Err(e) = self.poll_source() {
+            tracing::info!(%e, "the source's QMP is gone");
+            self.message = Some(format!("source QMP gone: {e}"));
+            self.src = None;
+        }
         let now = self.ns_now();
         for c in &mut self.clocks {
             c.sample(now);
@@ -293,6 +323,11 @@ impl Watcher {
         self.trace_garbage += dropped;
         for l in lines {
             match trace::parse(&l) {
+                // A stamp far ahead of this host's clock is no time at all.
+                Parsed::Event(e) if e.at_us.is_some_and(|t| t > wall_us() + FUTURE_SLACK_US) => {
+                    self.trace_garbage += 1;
+                }
+                Parsed::Event(e) if e.at_us.is_none() => self.trace_unstamped += 1,
                 Parsed::Event(e) => {
                     self.trace_events += 1;
                     self.book.fold(&e);
@@ -392,6 +427,7 @@ impl Watcher {
                 bytes_per_sec: (ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64,
                 downtime_us: m["downtime"].as_u64().map(|ms| ms * 1000),
                 transferred: ram["transferred"].as_u64().unwrap_or(0),
+                postcopy_bytes: ram["postcopy-bytes"].as_u64().unwrap_or(0),
             });
         }
         Ok(())
@@ -522,10 +558,17 @@ impl Watcher {
         // Post-copy without a single event: QEMU is not tracing what the view needs.
         let silent = (phase == Phase::Postcopy && self.trace_events == 0 && postcopy_ms > 3000)
             .then(|| {
-                format!(
-                    "no post-copy events in {} yet: is QEMU run with -trace 'mark_postcopy_blocktime_*' -trace 'postcopy_blocktime_*', and postcopy-blocktime set on the destination?",
-                    self.target.trace.display()
-                )
+                if self.trace_unstamped > 0 {
+                    format!(
+                        "{}: post-copy events without timestamps: start QEMU with -msg timestamp=on",
+                        self.target.trace.display()
+                    )
+                } else {
+                    format!(
+                        "no post-copy events in {} yet: is QEMU run with -trace 'mark_postcopy_blocktime_*' -trace 'postcopy_blocktime_*', and postcopy-blocktime set on the destination?",
+                        self.target.trace.display()
+                    )
+                }
             });
         Snapshot {
             seq: self.seq,

@@ -93,7 +93,9 @@ impl Watcher {
     fn recover_uri(&self) -> String {
         match &self.target.recover_uri {
             Some(u) if self.recoveries == 0 => u.clone(),
-            Some(u) => format!("{u}.{}", self.recoveries),
+            // A socket file can take a new name; a TCP address is used again.
+            Some(u) if u.starts_with("unix:") => format!("{u}.{}", self.recoveries),
+            Some(u) => u.clone(),
             None => format!(
                 "unix:{}",
                 std::env::temp_dir()

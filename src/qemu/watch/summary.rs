@@ -51,7 +51,7 @@ impl Watcher {
             postcopy_ms: last.postcopy_ms,
             postcopy_complete: completed,
             bytes_transferred: s.transferred,
-            transfer_bytes_per_sec: (s.transferred as f64
+            transfer_bytes_per_sec: (s.postcopy_bytes as f64
                 / (last.postcopy_ms.max(1) as f64 / 1000.0))
                 as u64,
             throttle: last.throttle.clone(),

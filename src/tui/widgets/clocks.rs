@@ -54,7 +54,10 @@ impl ClocksView<'_> {
         text(buf, area, area.x, y, &head, t.text());
         y += 1;
         let window = match q.window_ms {
-            Some((a, b)) => format!("stall ms over post-copy ({:.1} s)", (b - a) as f64 / 1000.0),
+            Some((a, b)) => format!(
+                "stall ms over post-copy ({:.1} s)",
+                b.saturating_sub(a) as f64 / 1000.0
+            ),
             None => "stall ms: post-copy not begun".into(),
         };
         text(buf, area, area.x, y, &window, t.dim());

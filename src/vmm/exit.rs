@@ -11,7 +11,7 @@ use kvm_ioctls::VcpuExit;
 use super::fault::{ExitPath, FillOutcome, MissingPageHandler};
 use super::layout::PAGE_SIZE;
 use super::memory::GuestRam;
-use super::vcpu::{RunState, VcpuShared};
+use super::shared::{RunState, VcpuShared};
 use crate::guest::ports;
 
 /// KVM_MEMORY_EXIT_FLAG_USERFAULT: the memory fault came from a KVM_MEM_USERFAULT memslot.

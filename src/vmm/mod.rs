@@ -6,6 +6,7 @@ mod exit;
 pub mod fault;
 pub mod layout;
 pub mod memory;
+pub mod shared;
 pub mod state;
 pub mod vcpu;
 
@@ -17,8 +18,9 @@ use kvm_ioctls::{Kvm, VmFd};
 
 pub use fault::{ExitPath, FillOutcome, MissingPageHandler};
 pub use memory::GuestRam;
+pub use shared::{RunState, VcpuShared, VcpuStats, dominant_exit_path};
 pub use state::{CaptureSpec, VcpuState};
-pub use vcpu::{PauseAck, Reply, RunState, VcpuHandle, VcpuShared, VcpuStats, dominant_exit_path};
+pub use vcpu::{PauseAck, Reply, VcpuHandle};
 
 use crate::guest::{GuestProgram, VcpuStart};
 

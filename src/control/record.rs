@@ -60,11 +60,19 @@ pub struct Recording {
 
 /// Reads every complete frame of the recording at `path`.
 pub fn read(path: &Path) -> Result<Recording, ControlError> {
+    let file = File::open(path).map_err(|source| ControlError::Recording {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_from(BufReader::new(file), path)
+}
+
+/// Reads a recording from any byte stream; `path` names it in errors.
+pub fn read_from(mut r: impl std::io::Read, path: &Path) -> Result<Recording, ControlError> {
     let err = |source| ControlError::Recording {
         path: path.to_path_buf(),
         source,
     };
-    let mut r = BufReader::new(File::open(path).map_err(err)?);
     match protocol::read_frame(&mut r) {
         Ok(Some(Message::Hello { peer, .. })) if peer == RECORDING => {}
         Ok(_) => {

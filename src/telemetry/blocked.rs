@@ -67,7 +67,10 @@ impl AllBlocked {
                 break;
             }
         }
-        self.total_ns += common.map_or(0, |c| c.iter().map(|(s, e)| e - s).sum());
+        let common_ns = common.map_or(0, |c| {
+            c.iter().map(|(s, e)| e - s).fold(0u64, u64::saturating_add)
+        });
+        self.total_ns = self.total_ns.saturating_add(common_ns);
         for p in &mut self.pending {
             p.retain(|&(_, end)| end > until);
         }

@@ -215,7 +215,7 @@ impl StallBook {
 
     fn record(&mut self, v: usize, start: u64, end: u64, offset: Option<u64>) {
         let b = &mut self.vcpus[v];
-        b.stall_ns += end - start;
+        b.stall_ns = b.stall_ns.saturating_add(end - start);
         b.stalls.push((start, end));
         let us = ((end - start) / 1000).max(1);
         b.histogram.record(us);
@@ -310,7 +310,8 @@ impl StallBook {
     /// Stall ns of vCPU `v` up to `now`, the wait in progress included.
     pub fn stall_ns(&self, v: usize, now: u64) -> u64 {
         self.vcpus.get(v).map_or(0, |b| {
-            b.stall_ns + b.open.map_or(0, |(_, since)| now.saturating_sub(since))
+            b.stall_ns
+                .saturating_add(b.open.map_or(0, |(_, since)| now.saturating_sub(since)))
         })
     }
 
@@ -328,7 +329,7 @@ impl StallBook {
             .copied()
             .chain(open)
             .map(|(s, e)| e.min(to).saturating_sub(s.max(from)))
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Share of the last second vCPU `v` spent stalled, 0 to 1.
@@ -414,7 +415,7 @@ impl StallBook {
             rows: (0..vcpus)
                 .map(|v| {
                     cols.iter()
-                        .map(|c| (c[v] * 100 / COLUMN_NS).min(100) as u8)
+                        .map(|c| (c[v].saturating_mul(100) / COLUMN_NS).min(100) as u8)
                         .collect()
                 })
                 .collect(),
@@ -444,16 +445,16 @@ fn is_main_ram(ramblock: &str) -> bool {
 
 /// Adds `[start, end)` to vCPU `v`'s stall ns in the columns it overlaps.
 fn add_span(cols: &mut VecDeque<Vec<u64>>, first: u64, v: usize, start: u64, end: u64) {
-    let mut t = start.max(first * COLUMN_NS);
+    let mut t = start.max(first.saturating_mul(COLUMN_NS));
     while t < end {
         let col = t / COLUMN_NS;
-        let col_end = (col + 1) * COLUMN_NS;
+        let col_end = (col + 1).saturating_mul(COLUMN_NS);
         let upto = end.min(col_end);
         match cols
             .get_mut((col - first) as usize)
             .and_then(|c| c.get_mut(v))
         {
-            Some(c) => *c += upto - t,
+            Some(c) => *c = c.saturating_add(upto - t),
             None => break,
         }
         t = upto;

@@ -99,6 +99,7 @@ impl Plan {
         dest: &Arc<Destination>,
         on_reader: impl Fn(usize) -> Result<(), PostcopyError> + Clone + Send + 'static,
     ) -> Result<Workers, PostcopyError> {
+        dest.set_readers_wait(self.per_slice);
         let mut workers = Workers {
             dest: dest.clone(),
             threads: Vec::new(),

@@ -11,7 +11,6 @@ pub mod feed;
 pub mod follow;
 pub mod launch;
 pub mod qmp;
-pub mod schedstat;
 pub mod trace;
 pub mod watch;
 

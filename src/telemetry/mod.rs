@@ -7,6 +7,7 @@
 
 mod aggregate;
 mod blocked;
+pub mod schedstat;
 
 pub use aggregate::Aggregate;
 

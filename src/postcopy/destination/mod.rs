@@ -49,6 +49,9 @@ pub struct Destination {
     rtt_ns: AtomicU64,
     /// After a fault, uffd readers keep reading this long before they sleep in poll.
     reader_spin_ns: AtomicU64,
+    /// Whether each userfaultfd serves one vCPU, so its reader may wait out a page another
+    /// thread is filling (the vCPU waits for it anyway) and time the whole stall.
+    readers_wait: AtomicBool,
     telemetry: Arc<Telemetry>,
     /// vCPU thread ids, index = vCPU, for uffd fault attribution.
     vcpu_tids: OnceLock<Vec<u32>>,
@@ -120,6 +123,7 @@ impl Destination {
             throttle,
             rtt_ns: AtomicU64::new(rtt.as_nanos() as u64),
             reader_spin_ns: AtomicU64::new(0),
+            readers_wait: AtomicBool::new(false),
             telemetry,
             vcpu_tids: OnceLock::new(),
             demand_waiting: StripedCounter::new(0),
@@ -156,6 +160,11 @@ impl Destination {
     pub fn set_reader_spin(&self, d: Duration) {
         self.reader_spin_ns
             .store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Readers wait for pages another thread is filling (see `readers_wait`).
+    pub fn set_readers_wait(&self, on: bool) {
+        self.readers_wait.store(on, Ordering::Relaxed);
     }
 
     pub fn set_push(&self, on: bool) {
@@ -387,6 +396,11 @@ impl Destination {
         }; 32];
         let base = self.ram.host_base();
         let spin = Duration::from_nanos(self.reader_spin_ns.load(Ordering::Relaxed));
+        // A page in flight (claimed by the push) wakes its vCPU only when it lands: a
+        // reader of one vCPU's faults waits for it, so the stall is timed whole; a reader
+        // shared by vCPUs goes on to the next fault, and that stall ends early (a lower
+        // bound, as QEMU's blocktime is).
+        let wait = self.readers_wait.load(Ordering::Relaxed);
         let mut last_fault = std::time::Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             // No clock read per loop when there is no spinning to time.
@@ -414,7 +428,7 @@ impl Destination {
                     None
                 };
                 let stall = self.telemetry.stall_begin(vcpu, gpa);
-                self.fill_demand(gpa, false)?;
+                self.fill_demand(gpa, wait)?;
                 self.telemetry.stall_end(stall);
             }
         }

@@ -19,10 +19,10 @@ use super::QemuError;
 use super::book::StallBook;
 use super::follow::Follower;
 use super::qmp::Qmp;
-use super::schedstat::ThreadClock;
 use super::trace::{self, Parsed};
 use crate::contract::{Phase, RunInfo, Snapshot};
 use crate::guest::ports::CONSOLE_MAX_VCPUS;
+use crate::telemetry::schedstat::ThreadClock;
 use crate::units::Rate;
 
 /// What to follow.

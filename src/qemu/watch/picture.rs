@@ -5,7 +5,7 @@ use super::{Watcher, phase_of, wall_us};
 use crate::contract::{
     Activity, MemoryMap, PageCounts, Phase, QemuVcpu, QemuView, Snapshot, VcpuSnapshot,
 };
-use crate::qemu::schedstat::ThreadClock;
+use crate::telemetry::schedstat::ThreadClock;
 
 impl Watcher {
     /// The off-CPU window: from the vCPUs' start post-copy to completion (or now), as

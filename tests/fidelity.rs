@@ -1,0 +1,101 @@
+//! The stall figures of faultline's own runs against a clock it does not own: in uffd mode a
+//! vCPU thread waiting for a page sleeps in the kernel, so over any window its stall must
+//! match the thread's off-CPU time from /proc/TID/schedstat (wall time less time on a CPU
+//! and in a run queue). Real KVM, real userfaultfd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faultline::contract::{FaultMode, Phase, RunConfig, Snapshot};
+use faultline::postcopy::{self, RunStatus};
+use faultline::telemetry::schedstat::ThreadClock;
+use faultline::units::Rate;
+
+/// Each vCPU's stall in a window of post-copy, by faultline and by the kernel, in ms.
+fn stall_and_off_cpu(c: &RunConfig, from_ms: u64, to_ms: u64) -> Vec<(f64, f64)> {
+    let status = Arc::new(RunStatus::default());
+    let snapshots = status.subscribe();
+    let engine = {
+        let (c, status) = (c.clone(), status.clone());
+        std::thread::spawn(move || postcopy::run(&c, &status, None))
+    };
+    let start = std::time::Instant::now();
+    let mut clocks: Vec<ThreadClock> = Vec::new();
+    let mut first: Option<Arc<Snapshot>> = None;
+    let mut last: Option<Arc<Snapshot>> = None;
+    while last.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run never got there"
+        );
+        let Some(s) = snapshots.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        // While the guest runs on the destination: before the run pauses it to finish.
+        let running = matches!(s.phase, Phase::Postcopy | Phase::Complete);
+        if running && first.is_none() && s.postcopy_ms >= from_ms {
+            let live = status.live().expect("a live migration");
+            clocks = live
+                .vcpus
+                .iter()
+                .map(|v| ThreadClock::new(v.thread_id()))
+                .collect();
+            let now = start.elapsed().as_nanos() as u64;
+            for c in &mut clocks {
+                assert!(c.sample(now), "vCPU thread gone");
+            }
+            first = Some(s.clone());
+        } else if running && first.is_some() && s.postcopy_ms >= to_ms {
+            let now = start.elapsed().as_nanos() as u64;
+            for c in &mut clocks {
+                assert!(c.sample(now), "vCPU thread gone");
+            }
+            last = Some(s);
+        }
+    }
+    let summary = engine.join().unwrap().unwrap();
+    assert!(summary.verified, "{summary:#?}");
+    let (a, b) = (first.unwrap(), last.unwrap());
+    clocks
+        .iter()
+        .enumerate()
+        .map(|(v, clock)| {
+            let stall = b.vcpus[v].stall_ms - a.vcpus[v].stall_ms;
+            let (_, _, off) = clock.off_cpu_within(0, u64::MAX).unwrap();
+            (stall, off as f64 / 1e6)
+        })
+        .collect()
+}
+
+#[test]
+fn uffd_mode_stalls_match_the_vcpu_threads_off_cpu_time_with_a_reader_per_vcpu() {
+    let c = RunConfig {
+        scenario: "fidelity".into(),
+        vcpus: 2,
+        mem_bytes: 256 << 20,
+        workload: "verify".parse().unwrap(),
+        mode: FaultMode::Uffd,
+        // Slow pages: each wait lasts milliseconds, so a reader's wake-up is a small part.
+        fetch_rate: Rate::BytesPerSec(8 << 20),
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_secs(4),
+        ..Default::default()
+    };
+    let figures = stall_and_off_cpu(&c, 500, 3000);
+    for (v, (stall, off)) in figures.iter().enumerate() {
+        assert!(
+            *off > 1000.0,
+            "vCPU {v} hardly waited: {off} ms off the CPU"
+        );
+        let gap = (stall - off) / off;
+        eprintln!(
+            "vCPU {v}: stall {stall:.1} ms, off-CPU {off:.1} ms ({:+.1}%)",
+            gap * 100.0
+        );
+        // A stall is timed from when its reader reads the fault: a little below the sleep.
+        assert!(
+            gap.abs() < 0.05,
+            "vCPU {v}: stall {stall:.1} ms vs off-CPU {off:.1} ms"
+        );
+    }
+}

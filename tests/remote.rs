@@ -387,3 +387,94 @@ fn a_switchover_whose_answer_cannot_be_sent_leaves_the_guest_running_at_the_sour
         "{said:?}"
     );
 }
+
+#[test]
+fn twenty_cuts_of_the_connection_cost_time_never_a_page_in_either_mode() {
+    use common::proxy::CuttingProxy;
+    use std::net::ToSocketAddrs;
+    for (mode, seed) in [("exit", 0xC07_0001_u64), ("uffd", 0xC07_0002)] {
+        let source = Source::start(&["--vcpus", "2", "--mem", "128M", "--workload", "verify"]);
+        let upstream = source.addr.to_socket_addrs().unwrap().next().unwrap();
+        let proxy = CuttingProxy::start(upstream, seed);
+        let mut run = faultline()
+            .args(["run", "--headless", "--source"])
+            .arg(proxy.addr.to_string())
+            .args(["--token", &source.token, "--mode", mode])
+            .args(["--duration", "3s", "--fetch-rate", "32MiB/s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Cuts begin once the guest runs at the destination: the handover has tests of its own.
+        let notes = read_lines_of(run.stderr.take().unwrap());
+        let started = Instant::now();
+        loop {
+            let line = source
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the source says it handed the guest over");
+            if line.contains("switched over") {
+                break;
+            }
+        }
+        let mut said = Vec::new();
+        proxy.arm(20);
+        let out = run.wait_with_output().unwrap();
+        said.extend(notes.try_iter());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{mode}: {text}\n{said:?}");
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("{mode}: no '{start}' line in {text}"))
+                .to_string()
+        };
+        assert!(
+            line("verified:").contains(" 0 mismatches"),
+            "{mode}: {text}"
+        );
+        // Every page arrived once: no page applied twice, none lost.
+        let pages = line("pages:");
+        let count = |what: &str| -> u64 {
+            let words: Vec<&str> = pages.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            let i = words.iter().position(|w| *w == what).unwrap();
+            words[i - 1].parse().unwrap()
+        };
+        assert_eq!(
+            count("demand") + count("pushed"),
+            (128 << 20) / 4096 - 512,
+            "{mode}: {pages}"
+        );
+        assert!(proxy.cuts() >= 20, "{mode}: only {} cuts", proxy.cuts());
+        if let Some(l) = text.lines().find(|l| l.contains("broke and were replaced")) {
+            eprintln!("{mode}: {} cuts made; {l}", proxy.cuts());
+        }
+        assert!(
+            text.contains("connections to the source broke and were replaced"),
+            "{mode}: {text}"
+        );
+        assert!(
+            said.iter()
+                .any(|l| l.contains("connection to the source broke")),
+            "{mode}: {said:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{mode}: too slow"
+        );
+        let (ok, _) = source.wait(Duration::from_secs(15));
+        assert!(ok, "{mode}: the source did not end cleanly");
+    }
+}
+
+fn read_lines_of(err: std::process::ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -43,6 +43,13 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
             .map_or_else(|| "-".to_string(), |t| t.to_string()),
         throttle
     )?;
+    if s.reconnects > 0 {
+        writeln!(
+            out,
+            "{} connections to the source broke and were replaced",
+            s.reconnects
+        )?;
+    }
     writeln!(
         out,
         "pages: {} total, {} boot, {} demand, {} pushed, {} injected, {} refetched",

@@ -82,6 +82,10 @@ pub struct Summary {
     pub telemetry_dropped: u64,
     pub latency_us: LatencySummary,
     pub per_vcpu: Vec<VcpuSummary>,
+    /// Connections to the source that broke under a request and were replaced (pages over
+    /// TCP), in the last migration; absent in older recordings.
+    #[serde(default)]
+    pub reconnects: u64,
     /// Each migration of the run, oldest first; absent in older recordings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub legs: Vec<LegSummary>,

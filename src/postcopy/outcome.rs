@@ -183,6 +183,7 @@ pub(super) fn summarize(
         telemetry_dropped: telemetry.dropped(),
         latency_us: aggregate.latency(),
         per_vcpu,
+        reconnects: leg.dest.source().connections_lost(),
         legs,
         qemu: None,
     }

@@ -43,6 +43,11 @@ pub trait PageSource: Send + Sync {
     /// A short name for reports.
     fn describe(&self) -> String;
 
+    /// Connections to the source that broke and were replaced, so far (none in process).
+    fn connections_lost(&self) -> u64 {
+        0
+    }
+
     /// The image itself when it lives in this process: the destination then copies pages
     /// straight from it, with no staging copy and no checksums (they guard pages in
     /// transit, and these travel nowhere).

@@ -2,6 +2,8 @@
 // Each test binary uses some of these, not all.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -134,6 +134,11 @@ impl Destination {
         })
     }
 
+    /// Where pages come from.
+    pub fn source(&self) -> &Arc<dyn PageSource> {
+        &self.source
+    }
+
     pub fn pages(&self) -> &PageStateMap {
         &self.pages
     }

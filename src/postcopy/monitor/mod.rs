@@ -74,6 +74,8 @@ pub struct Monitor {
     cells: Vec<MapCell>,
     scan_cursor: usize,
     finished: Vec<super::outcome::LegAggregate>,
+    /// Connections to the source lost so far in this migration, as last noted.
+    lost_seen: u64,
 }
 
 fn latency(l: LatencySummary) -> Latency {
@@ -111,6 +113,7 @@ impl Monitor {
             cells: Vec::new(),
             scan_cursor: 0,
             finished: Vec::new(),
+            lost_seen: 0,
         };
         for t in &mut m.vcpus {
             t.regions = vec![(0, 0); cells];
@@ -188,6 +191,7 @@ impl Monitor {
         for n in status.take_notes() {
             self.message = Some(n);
         }
+        self.note_lost_connections();
         self.fold_events();
         let leg = self.leg.clone();
         let vcpus = self.sample_vcpus(leg.as_deref(), now);
@@ -262,8 +266,24 @@ impl Monitor {
         }
     }
 
+    /// Each connection to the source that broke and was replaced, as a note.
+    fn note_lost_connections(&mut self) {
+        let lost = self
+            .leg
+            .as_ref()
+            .and_then(|l| l.dest.as_ref())
+            .map_or(0, |d| d.source().connections_lost());
+        if lost > self.lost_seen {
+            self.message = Some(format!(
+                "connection to the source broke and was replaced ({lost} so far)"
+            ));
+            self.lost_seen = lost;
+        }
+    }
+
     /// A new VM runs the guest: counters restart, heatmaps carry on.
     fn start_leg(&mut self, live: Arc<LiveMigration>) {
+        self.lost_seen = 0;
         self.fold_events();
         if let Some(old) = self.leg.as_ref().filter(|l| l.dest.is_some()) {
             self.finished.push(super::outcome::LegAggregate {

@@ -56,6 +56,8 @@ pub struct TcpSource {
     options: ClientOptions,
     /// Tells threads' connections to this source from those to a source that is gone.
     alive: Arc<()>,
+    /// Connections that broke under a request (each one is replaced).
+    lost: std::sync::atomic::AtomicU64,
 }
 
 thread_local! {
@@ -82,6 +84,7 @@ impl TcpSource {
             image_size,
             options,
             alive: Arc::new(()),
+            lost: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -152,6 +155,9 @@ impl TcpSource {
                 Err(Failure::Refused(e)) => return Err(e.into()),
                 Err(Failure::Broken(e)) => e,
             };
+            if matches!(e, NetError::Lost { .. }) {
+                self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if !matches!(e, NetError::Lost { .. } | NetError::Connect { .. }) {
                 return Err(e.into());
             }
@@ -298,6 +304,10 @@ fn exchange(
 }
 
 impl PageSource for TcpSource {
+    fn connections_lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError> {
         self.check(gpa, buf.len() as u64)?;
         if buf.is_empty() {

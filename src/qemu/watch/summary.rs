@@ -67,6 +67,7 @@ impl Watcher {
             telemetry_dropped: 0,
             latency_us: self.book.latency_summary(None),
             per_vcpu,
+            reconnects: 0,
             legs: Vec::new(),
             qemu: Some(view),
         }

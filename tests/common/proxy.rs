@@ -1,0 +1,142 @@
+//! A TCP proxy that cuts connections: between a destination and its source it passes bytes
+//! both ways until armed; then each connection it carries is cut (both directions shut,
+//! mid-frame as likely as not) after a random number of bytes from the source, until a
+//! number of cuts is reached. The seed is printed so a failure can be replayed.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    /// Cuts still to make (0: pass everything).
+    budget: AtomicUsize,
+    made: AtomicUsize,
+    rng: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Bytes from the source after which a new connection is cut, or None to leave it be.
+    fn cut_point(&self) -> Option<u64> {
+        let taken = self
+            .budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+            .is_ok();
+        if !taken {
+            return None;
+        }
+        // xorshift over a shared state: the sequence of cut points follows the seed.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        Some(64 + x % (192 << 10))
+    }
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: SocketAddr, seed: u64) -> CuttingProxy {
+        eprintln!("cutting proxy: seed {seed:#x}");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            upstream,
+            budget: AtomicUsize::new(0),
+            made: AtomicUsize::new(0),
+            rng: AtomicU64::new(seed | 1),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let s = s.clone();
+                        std::thread::spawn(move || carry(client, &s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        CuttingProxy { addr, shared }
+    }
+
+    /// Cuts the next `cuts` connections, each after a random number of bytes.
+    pub fn arm(&self, cuts: usize) {
+        self.shared.budget.store(cuts, Ordering::Release);
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> usize {
+        self.shared.made.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+fn carry(client: TcpStream, s: &Arc<Shared>) {
+    let Ok(server) = TcpStream::connect(s.upstream) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+    let (Ok(mut c_read), Ok(mut s_write)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    // Destination to source: passed as it comes.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        while let Ok(n) = c_read.read(&mut buf) {
+            if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+    // Source to destination: cut where the armed proxy says.
+    let (mut s_read, mut c_write) = (server, client);
+    let mut cut_at = None;
+    let mut sent = 0u64;
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        if cut_at.is_none() {
+            cut_at = s.cut_point().map(|after| sent + after);
+        }
+        let Ok(n) = s_read.read(&mut buf) else { break };
+        if n == 0 {
+            break;
+        }
+        let mut n = n as u64;
+        if let Some(at) = cut_at
+            && sent + n >= at
+        {
+            n = at - sent;
+            let _ = c_write.write_all(&buf[..n as usize]);
+            let _ = (
+                c_write.shutdown(Shutdown::Both),
+                s_read.shutdown(Shutdown::Both),
+            );
+            s.made.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
+        if c_write.write_all(&buf[..n as usize]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let _ = c_write.shutdown(Shutdown::Write);
+}

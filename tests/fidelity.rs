@@ -11,6 +11,13 @@ use faultline::postcopy::{self, RunStatus};
 use faultline::telemetry::schedstat::ThreadClock;
 use faultline::units::Rate;
 
+/// One run at a time: a second would take the cores the clocks are compared on.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Each vCPU's stall in a window of post-copy, by faultline and by the kernel, in ms.
 fn stall_and_off_cpu(c: &RunConfig, from_ms: u64, to_ms: u64) -> Vec<(f64, f64)> {
     let status = Arc::new(RunStatus::default());
@@ -69,6 +76,7 @@ fn stall_and_off_cpu(c: &RunConfig, from_ms: u64, to_ms: u64) -> Vec<(f64, f64)>
 
 #[test]
 fn uffd_mode_stalls_match_the_vcpu_threads_off_cpu_time_with_a_reader_per_vcpu() {
+    let _serial = one_at_a_time();
     let c = RunConfig {
         scenario: "fidelity".into(),
         vcpus: 2,
@@ -98,4 +106,63 @@ fn uffd_mode_stalls_match_the_vcpu_threads_off_cpu_time_with_a_reader_per_vcpu()
             "vCPU {v}: stall {stall:.1} ms vs off-CPU {off:.1} ms"
         );
     }
+}
+
+#[test]
+fn all_vcpus_blocked_time_matches_a_link_outage_of_known_length() {
+    let _serial = one_at_a_time();
+    use faultline::contract::{Action, Transport};
+    let c = RunConfig {
+        scenario: "outage".into(),
+        vcpus: 2,
+        mem_bytes: 512 << 20,
+        workload: "verify".parse().unwrap(),
+        mode: FaultMode::Exit,
+        transport: Transport::Tcp,
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_secs(6),
+        ..Default::default()
+    };
+    let status = Arc::new(RunStatus::default());
+    let snapshots = status.subscribe();
+    let (actions, controls) = crossbeam_channel::bounded(8);
+    let engine = {
+        let status = status.clone();
+        std::thread::spawn(move || postcopy::run(&c, &status, Some(&controls)))
+    };
+    let newest = |at_least_ms: u64| -> Arc<Snapshot> {
+        loop {
+            let s = snapshots
+                .recv_timeout(Duration::from_secs(10))
+                .expect("snapshots keep coming");
+            if s.phase == Phase::Postcopy && s.postcopy_ms >= at_least_ms {
+                return s;
+            }
+        }
+    };
+    let before = newest(500);
+    let down = std::time::Instant::now();
+    actions.send(Action::Link(false)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    actions.send(Action::Link(true)).unwrap();
+    let outage = down.elapsed();
+    let after = newest(before.postcopy_ms + outage.as_millis() as u64 + 100);
+    let summary = engine.join().unwrap().unwrap();
+    assert!(summary.verified, "{summary:#?}");
+    let blocked = after.blocktime_all_ms - before.blocktime_all_ms;
+    let window = (after.elapsed_ms - before.elapsed_ms) as f64;
+    let outage_ms = outage.as_secs_f64() * 1000.0;
+    eprintln!(
+        "outage {outage_ms:.0} ms: all vCPUs blocked {blocked:.0} ms within a {window:.0} ms window"
+    );
+    // Every vCPU faults within moments of the cut and waits until the link is back; the
+    // snapshots around it add at most their own spacing of ordinary stalls.
+    assert!(
+        blocked >= outage_ms * 0.95,
+        "{blocked} ms blocked in a {outage_ms} ms outage"
+    );
+    assert!(
+        blocked <= window,
+        "{blocked} ms blocked in a {window} ms window"
+    );
 }

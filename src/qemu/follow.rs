@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A line longer than this is not a trace line: it is cut and counted as garbage.
 pub const MAX_LINE: usize = 64 << 10;
@@ -11,7 +11,6 @@ pub const MAX_LINE: usize = 64 << 10;
 const MAX_READ: usize = 8 << 20;
 
 pub struct Follower {
-    path: PathBuf,
     file: File,
     offset: u64,
     partial: Vec<u8>,
@@ -22,16 +21,11 @@ pub struct Follower {
 impl Follower {
     pub fn open(path: &Path) -> std::io::Result<Follower> {
         Ok(Follower {
-            path: path.to_path_buf(),
             file: File::open(path)?,
             offset: 0,
             partial: Vec::new(),
             skipping: false,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The bytes added since the last call (from the start after a truncation).

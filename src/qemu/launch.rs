@@ -14,7 +14,7 @@ use super::qmp::{Qmp, QmpError};
 use super::watch::Target;
 use crate::contract::Workload;
 use crate::guest::boot;
-use crate::guest::ports::{CONSOLE_STARTED, ConsoleReport};
+use crate::guest::ports::ConsoleReport;
 use crate::units::Rate;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -292,7 +292,6 @@ impl QemuPair {
             let bytes = std::fs::read(&console).unwrap_or_default();
             let started = bytes
                 .iter()
-                .filter(|&&b| b & 0xC0 == CONSOLE_STARTED)
                 .filter_map(|&b| match ConsoleReport::decode(b) {
                     ConsoleReport::Started { vcpu } => Some(vcpu),
                     _ => None,
@@ -336,11 +335,6 @@ impl QemuPair {
             }
         }
         None
-    }
-
-    /// The destination's QEMU process id (tests find its vCPU threads by it).
-    pub fn destination_pid(&self) -> Option<u32> {
-        self.dst.as_ref().map(|v| v.child.id())
     }
 
     pub fn dir(&self) -> &Path {

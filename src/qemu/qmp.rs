@@ -103,10 +103,6 @@ impl Qmp {
         Ok(qmp)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn version(&self) -> &str {
         &self.version
     }

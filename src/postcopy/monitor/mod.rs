@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-mod arith;
+pub(crate) mod arith;
 
 use arith::{
     VcpuSample, empty_map, push_window, rates, region_size, roll, stall_percentages, top_regions,

@@ -6,11 +6,11 @@
 
 use std::collections::VecDeque;
 
-use crate::contract::LatencySummary;
 use crate::contract::{
     Activity, FAULT_HEATMAP_ROWS, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap, Latency,
-    LatencyBuckets, SPARKLINE_POINTS,
+    LatencyBuckets, LatencySummary, SPARKLINE_POINTS,
 };
+use crate::postcopy::monitor::arith::transpose;
 use crate::telemetry::{Aggregate, Event};
 
 use super::QemuError;
@@ -59,8 +59,6 @@ pub struct StallBook {
     /// Latest event time seen (ns since the epoch): what the book is complete up to.
     seen_ns: u64,
     non_vcpu_faults: u64,
-    /// Events that named a vCPU beyond those known.
-    unknown_vcpu: u64,
     /// The latest placed pages and when, oldest first.
     recent_ends: VecDeque<(u64, u64)>,
 }
@@ -96,7 +94,6 @@ impl StallBook {
             spark_columns: VecDeque::from([vec![0; vcpus]]),
             seen_ns: 0,
             non_vcpu_faults: 0,
-            unknown_vcpu: 0,
             recent_ends: VecDeque::with_capacity(RECENT_ENDS),
         })
     }
@@ -168,8 +165,8 @@ impl StallBook {
             self.non_vcpu_faults += 1;
             return;
         };
+        // A vCPU QEMU did not report at the start: nothing to book it to.
         if v >= self.vcpus.len() {
-            self.unknown_vcpu += 1;
             return;
         }
         match self.vcpus[v].open {
@@ -459,17 +456,6 @@ fn add_span(cols: &mut VecDeque<Vec<u64>>, first: u64, v: usize, start: u64, end
         }
         t = upto;
     }
-}
-
-fn transpose(cols: &VecDeque<Vec<u32>>) -> Vec<Vec<u32>> {
-    let rows = cols.back().map_or(0, Vec::len);
-    (0..rows)
-        .map(|r| {
-            cols.iter()
-                .map(|c| c.get(r).copied().unwrap_or(0))
-                .collect()
-        })
-        .collect()
 }
 
 fn latency(l: LatencySummary) -> Latency {

@@ -111,7 +111,6 @@ pub struct Watcher {
     clocks: Vec<ThreadClock>,
     info: RunInfo,
     start: Instant,
-    epoch_us: u64,
     seq: u64,
     state: String,
     migration: u32,
@@ -219,7 +218,6 @@ impl Watcher {
             clocks: tids.iter().map(|&(_, tid)| ThreadClock::new(tid)).collect(),
             info,
             start: Instant::now(),
-            epoch_us,
             seq: 0,
             state: migrate["status"].as_str().unwrap_or("none").to_string(),
             migration: 1,
@@ -248,10 +246,6 @@ impl Watcher {
         Ok(w)
     }
 
-    pub fn state(&self) -> &str {
-        &self.state
-    }
-
     pub fn qemu_version(&self) -> &str {
         self.dst.version()
     }
@@ -259,22 +253,6 @@ impl Watcher {
     /// Mismatches the guest reported, where it is faultline's own.
     pub fn guest_mismatches(&self) -> Option<u64> {
         self.console.as_ref().map(|(_, c)| c.mismatches)
-    }
-
-    /// Whether every vCPU of faultline's own guest has reached its workload on the source.
-    pub fn source_guest_started(&self) -> bool {
-        self.src_console
-            .as_ref()
-            .is_some_and(|(_, c)| c.started.iter().all(|&s| s))
-    }
-
-    /// Total guest progress on the destination, where known.
-    pub fn guest_progress(&self) -> Option<u64> {
-        self.console.as_ref().map(|(_, c)| c.progress.iter().sum())
-    }
-
-    pub fn trace_events(&self) -> u64 {
-        self.trace_events
     }
 
     fn ns_now(&self) -> u64 {
@@ -320,10 +298,11 @@ impl Watcher {
             source,
         })?;
         self.trace_garbage += dropped;
+        // A stamp far ahead of this host's clock is no time at all.
+        let latest = wall_us() + FUTURE_SLACK_US;
         for l in lines {
             match trace::parse(&l) {
-                // A stamp far ahead of this host's clock is no time at all.
-                Parsed::Event(e) if e.at_us.is_some_and(|t| t > wall_us() + FUTURE_SLACK_US) => {
+                Parsed::Event(e) if e.at_us.is_some_and(|t| t > latest) => {
                     self.trace_garbage += 1;
                 }
                 Parsed::Event(e) if e.at_us.is_none() => self.trace_unstamped += 1,
@@ -445,11 +424,6 @@ impl Watcher {
                 }
             });
         }
-    }
-
-    /// The epoch of this watcher's clock, wall-clock µs.
-    pub fn epoch_us(&self) -> u64 {
-        self.epoch_us
     }
 }
 

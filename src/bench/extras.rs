@@ -62,7 +62,7 @@ pub fn run_push_trial(
     let image = Arc::new(InProcessSource::new(Arc::new(image)));
     let spin = net::socket_spin(threads.max(1), 0);
     let (source, _server) =
-        net::page_source(transport, image, options(spin)).map_err(source_error)?;
+        net::page_source(transport, image, options(spin), None).map_err(source_error)?;
     let ram = Arc::new(GuestRam::with_backing(mem, backing)?);
     let dest = Arc::new(Destination::new(
         ram,

@@ -96,8 +96,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
             let image = GuestRam::new(mem)?;
             prefill(&image)?;
             let image = Arc::new(InProcessSource::new(Arc::new(image)));
-            let (source, server) =
-                net::page_source(c.transport, image, options(c.net_spin)).map_err(source_error)?;
+            let (source, server) = net::page_source(c.transport, image, options(c.net_spin), None)
+                .map_err(source_error)?;
             _server = server;
             let d = Arc::new(Destination::with_uffds(
                 ram.clone(),

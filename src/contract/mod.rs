@@ -16,7 +16,7 @@ mod workload;
 pub use feed::{Feed, Notice};
 pub use qemu::{QemuVcpu, QemuView};
 pub use run::{
-    Action, Backing, FaultMode, LINK_TIMEOUT, Remote, RunConfig, TimedAction, Transport,
+    Action, Backing, FaultMode, LINK_TIMEOUT, Relay, Remote, RunConfig, TimedAction, Transport,
 };
 pub use snapshot::*;
 pub use summary::{

@@ -2,6 +2,7 @@
 //! actions an operator or a timeline takes while it runs.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,33 @@ pub struct RunConfig {
     /// instead of a source VM of its own; `vcpus`, `mem_bytes` and `workload` must be the
     /// ones it offers, and pages travel over TCP.
     pub remote: Option<Remote>,
+    /// Over `Transport::Tcp` with a page server of this process: where fetches connect to
+    /// reach it, given its address (a relay in between, such as a test's cutting proxy).
+    /// None: straight to it.
+    pub relay: Option<Relay>,
+}
+
+/// Maps a page server's address to the one its clients connect to.
+#[derive(Clone)]
+pub struct Relay(pub Arc<dyn Fn(SocketAddr) -> SocketAddr + Send + Sync>);
+
+impl Relay {
+    pub fn route(&self, server: SocketAddr) -> SocketAddr {
+        (self.0)(server)
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
+/// The same relay, not merely one that routes alike.
+impl PartialEq for Relay {
+    fn eq(&self, other: &Relay) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// The configuration every scenario starts from: the built-in `default`'s guest, no
@@ -98,6 +126,7 @@ impl Default for RunConfig {
             link_timeout: LINK_TIMEOUT,
             timeline: Vec::new(),
             remote: None,
+            relay: None,
         }
     }
 }

@@ -188,8 +188,13 @@ pub(super) fn switch_over(
     let (source, server, reference): (Arc<dyn PageSource>, _, _) = match &from {
         LegSource::Local(source_vm) => {
             let image = Arc::new(InProcessSource::new(source_vm.ram().clone()));
-            let (source, server) = net::page_source(config.transport, image.clone(), options)
-                .map_err(SourceError::from)?;
+            let (source, server) = net::page_source(
+                config.transport,
+                image.clone(),
+                options,
+                config.relay.as_ref(),
+            )
+            .map_err(SourceError::from)?;
             (source, server, Reference::Image(image))
         }
         LegSource::Remote(remote) => {

@@ -1,7 +1,9 @@
 //! A TCP proxy that cuts connections: between a destination and its source it passes bytes
 //! both ways until armed; then each connection it carries is cut (both directions shut,
 //! mid-frame as likely as not) after a random number of bytes from the source, until a
-//! number of cuts is reached. The seed is printed so a failure can be replayed.
+//! number of cuts is reached. Armed to stall, it instead stops passing the source's bytes
+//! at that point and holds the connection open, as a wedged peer or middlebox does. The
+//! seed is printed so a failure can be replayed.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -16,8 +18,10 @@ pub struct CuttingProxy {
 
 struct Shared {
     upstream: SocketAddr,
-    /// Cuts still to make (0: pass everything).
+    /// Cuts (or stalls) still to make (0: pass everything).
     budget: AtomicUsize,
+    /// Whether the armed budget stalls connections instead of cutting them.
+    stall: AtomicBool,
     made: AtomicUsize,
     rng: AtomicU64,
     stop: AtomicBool,
@@ -52,6 +56,7 @@ impl CuttingProxy {
         let shared = Arc::new(Shared {
             upstream,
             budget: AtomicUsize::new(0),
+            stall: AtomicBool::new(false),
             made: AtomicUsize::new(0),
             rng: AtomicU64::new(seed | 1),
             stop: AtomicBool::new(false),
@@ -73,10 +78,19 @@ impl CuttingProxy {
 
     /// Cuts the next `cuts` connections, each after a random number of bytes.
     pub fn arm(&self, cuts: usize) {
+        self.shared.stall.store(false, Ordering::Release);
         self.shared.budget.store(cuts, Ordering::Release);
     }
 
-    /// Connections cut so far.
+    /// Stalls the next `stalls` connections, each after a random number of bytes: nothing
+    /// more passes from the source, and the connection stays open.
+    #[allow(dead_code)]
+    pub fn arm_stalls(&self, stalls: usize) {
+        self.shared.stall.store(true, Ordering::Release);
+        self.shared.budget.store(stalls, Ordering::Release);
+    }
+
+    /// Connections cut (or stalled) so far.
     pub fn cuts(&self) -> usize {
         self.shared.made.load(Ordering::Acquire)
     }
@@ -126,6 +140,17 @@ fn carry(client: TcpStream, s: &Arc<Shared>) {
         {
             n = at - sent;
             let _ = c_write.write_all(&buf[..n as usize]);
+            if s.stall.load(Ordering::Acquire) {
+                s.made.fetch_add(1, Ordering::AcqRel);
+                // Held open, silent, until the destination gives up on it or the proxy goes:
+                // the source's bytes are read and dropped.
+                loop {
+                    let gone = !matches!(s_read.read(&mut buf), Ok(n) if n > 0);
+                    if gone || s.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            }
             let _ = (
                 c_write.shutdown(Shutdown::Both),
                 s_read.shutdown(Shutdown::Both),

@@ -45,6 +45,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control request waits for its answer (a switchover pauses the source's
 /// vCPUs: milliseconds).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a fetch or put-back waits for its answer before its connection counts as
+/// stalled (open, but carrying nothing) and is replaced: a source answers in microseconds,
+/// and the throttle and round trip are paid before the request goes out.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The first wait between attempts to reach a lost source; it doubles up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(1);
@@ -179,15 +183,15 @@ impl TcpSource {
     }
 }
 
-/// A connection that failed under a request; an early end of stream says who ended it.
-fn lost(addr: SocketAddr, source: std::io::Error) -> NetError {
+/// A connection that failed under a request; an early end of stream says who ended it,
+/// a read timeout (`waited`) that nothing came.
+fn lost(addr: SocketAddr, waited: Duration, source: std::io::Error) -> NetError {
     use std::io::ErrorKind;
     let source = match source.kind() {
         ErrorKind::UnexpectedEof => std::io::Error::new(source.kind(), "the source closed it"),
-        // Only handshakes and control requests have a read timeout.
         ErrorKind::WouldBlock | ErrorKind::TimedOut => std::io::Error::new(
             ErrorKind::TimedOut,
-            format!("no answer within {} s", CONTROL_TIMEOUT.as_secs()),
+            format!("no answer within {} s", waited.as_secs()),
         ),
         _ => source,
     };
@@ -221,11 +225,11 @@ fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), N
             }
             .encode(),
         )
-        .map_err(|e| lost(addr, e))?;
+        .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
     let mut header = [0u8; HEADER_LEN];
     conn.reader
         .read_exact(&mut header)
-        .map_err(|e| lost(addr, e))?;
+        .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
     // A server that refuses the hello answers with an error response, not a welcome.
     if let Ok(r) = Response::decode(&header)
         && r.status == Status::Malformed
@@ -236,8 +240,14 @@ fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), N
         });
     }
     let welcome = Welcome::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
-    // A fetch waits as long as its page takes; keepalive notices a vanished source.
-    conn.writer.set_read_timeout(None).map_err(connect)?;
+    // Keepalive notices a vanished source; this, one that holds the line open but sends
+    // nothing (a wedged process or middlebox).
+    conn.writer
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(connect)?;
+    conn.writer
+        .set_write_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(connect)?;
     Ok((conn, welcome.image_size))
 }
 
@@ -255,7 +265,11 @@ fn exchange(
     request: Request,
     payload: &[u8],
 ) -> Result<Response, Failure> {
-    let broken = |e| Failure::Broken(lost(addr, e));
+    let waited = match request.op {
+        Op::Fetch | Op::PutBack => ANSWER_TIMEOUT,
+        _ => CONTROL_TIMEOUT,
+    };
+    let broken = |e| Failure::Broken(lost(addr, waited, e));
     if payload.is_empty() {
         conn.writer.write_all(&request.encode()).map_err(broken)?;
     } else {
@@ -318,7 +332,7 @@ impl PageSource for TcpSource {
         self.with_connection(|conn| {
             // A repeat after a lost connection starts over.
             checksums.truncate(had);
-            let broken = |e| Failure::Broken(lost(addr, e));
+            let broken = |e| Failure::Broken(lost(addr, ANSWER_TIMEOUT, e));
             let mut at = gpa;
             for chunk in buf.chunks_mut(MAX_PAYLOAD as usize) {
                 let request = Request {
@@ -416,7 +430,7 @@ impl ControlConnection {
             self.conn
                 .reader
                 .read_exact(&mut answer[at..])
-                .map_err(|e| lost(addr, e))?;
+                .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
             if part.detail == 0 {
                 return Ok(answer);
             }
@@ -425,7 +439,7 @@ impl ControlConnection {
             self.conn
                 .reader
                 .read_exact(&mut header)
-                .map_err(|e| lost(addr, e))?;
+                .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
             part = Response::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
             // Each part must carry on where the last said it would, with something in it.
             if part.status != Status::Ok

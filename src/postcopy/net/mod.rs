@@ -14,15 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::source::{InProcessSource, PageSource, SourceError};
-use crate::contract::Transport;
+use crate::contract::{Relay, Transport};
 
 /// What a destination fetches from: `image` itself, or a page server in front of it on the
-/// loopback interface, returned too (it serves for as long as it lives). Both ends of a
-/// connection wait awake for up to `options.spin` before sleeping: see [`socket_spin`].
+/// loopback interface, returned too (it serves for as long as it lives), reached through
+/// `relay` if one is given. Both ends of a connection wait awake for up to `options.spin`
+/// before sleeping: see [`socket_spin`].
 pub fn page_source(
     transport: Transport,
     image: Arc<InProcessSource>,
     options: ClientOptions,
+    relay: Option<&Relay>,
 ) -> Result<(Arc<dyn PageSource>, Option<PageServer>), NetError> {
     match transport {
         Transport::Local => Ok((image, None)),
@@ -32,7 +34,8 @@ pub fn page_source(
                 token: server.token(),
                 ..options
             };
-            let client = TcpSource::connect(server.addr(), options)?;
+            let addr = relay.map_or(server.addr(), |r| r.route(server.addr()));
+            let client = TcpSource::connect(addr, options)?;
             Ok((Arc::new(client), Some(server)))
         }
     }

@@ -1,6 +1,6 @@
 //! Every decoder of outside bytes, fed seeded random bytes and mutated valid inputs: the page
-//! wire protocol (both directions), control-socket frames, recordings, scenario TOML and
-//! QEMU trace lines. None may panic, and no input may make one allocate more than a bound,
+//! wire protocol (both directions), a source's offer and handover, control-socket frames,
+//! recordings, scenario TOML and QEMU trace lines. None may panic, and no input may make one allocate more than a bound,
 //! whatever its length fields say. `FAULTLINE_FUZZ_CASES` sets the inputs per decoder
 //! (default 100000); a failure names its case and seed, to replay it.
 
@@ -240,6 +240,29 @@ fn page_wire_headers_never_panic_either_way() {
             let _ = r.payload();
         }
         let _ = Response::decode(&h);
+    });
+}
+
+#[test]
+fn switchover_handovers_and_offers_never_panic_or_overallocate() {
+    use faultline::postcopy::Offer;
+    use faultline::postcopy::remote::Handover;
+    let handover = Handover {
+        id: 0x5eed,
+        baseline_per_sec: Vec::new(),
+        states: Vec::new(),
+        boot: vec![(0x1000, vec![7; 64]), (0x3000, vec![9; 32])],
+    };
+    let offer = Offer::new("default", 2, 64 << 20, &"verify".parse().unwrap());
+    let corpus = vec![handover.encode(), serde_json::to_vec(&offer).unwrap()];
+    fuzz("handover", &corpus, |input| {
+        // The count is checked against the guest's before any state is read.
+        for vcpus in 0..3 {
+            let _ = Handover::decode(input, vcpus);
+        }
+        if let Ok(o) = serde_json::from_slice::<Offer>(input) {
+            let _ = o.workload();
+        }
     });
 }
 

@@ -558,6 +558,9 @@ impl faultline::postcopy::net::MigrationControl for Answers {
     fn switch_over(&self) -> Result<Vec<u8>, String> {
         Ok(self.answer.clone())
     }
+    fn commit(&self, _id: u64) -> Result<(), String> {
+        Ok(())
+    }
     fn finish(&self) -> Result<(), String> {
         Ok(())
     }

@@ -478,3 +478,76 @@ fn read_lines_of(err: std::process::ChildStderr) -> mpsc::Receiver<String> {
     });
     rx
 }
+
+#[test]
+fn a_handover_cut_at_any_step_leaves_the_guest_in_exactly_one_place() {
+    use common::handover_cut::{HandoverCutter, Step};
+    use std::net::ToSocketAddrs;
+    // Before the commit reaches the source, the source keeps the guest; after, the
+    // destination learns the outcome on a new connection and runs it.
+    let steps = [
+        (Step::BeforeSwitchover, false),
+        (Step::InHandover(5), false),
+        (Step::InHandover(HEADER + 300), false),
+        (Step::BeforeCommit, true),
+        (Step::InCommitAnswer(3), true),
+    ];
+    const HEADER: u64 = faultline::postcopy::net::wire::HEADER_LEN as u64;
+    for (step, migrates) in steps {
+        let source = Source::start(&["--vcpus", "2", "--mem", "64M", "--workload", "verify"]);
+        let upstream = source.addr.to_socket_addrs().unwrap().next().unwrap();
+        let cutter = HandoverCutter::start(upstream, step);
+        let first = faultline()
+            .args(["run", "--headless", "--json", "--source"])
+            .arg(cutter.addr.to_string())
+            .args(["--token", &source.token])
+            .args(["--duration", "500ms", "--fetch-rate", "unlimited"])
+            .output()
+            .unwrap();
+        assert!(cutter.cut(), "{step:?}: the handover was never cut");
+        let mut said: Vec<String> = Vec::new();
+        if migrates {
+            assert!(first.status.success(), "{step:?}: {}", stderr(&first));
+            let s: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+            assert_eq!(s["verified"], true, "{step:?}: {s}");
+            let (ok, rest) = source.wait(Duration::from_secs(30));
+            assert!(ok, "{step:?}: {rest:?}");
+            said.extend(rest);
+        } else {
+            // One line: the source keeps the guest.
+            assert_eq!(first.status.code(), Some(1), "{step:?}: {}", stderr(&first));
+            let err = stderr(&first);
+            assert_eq!(err.lines().count(), 1, "{step:?}: {err}");
+            assert!(err.contains("keeps the guest"), "{step:?}: {err}");
+            // The source runs it on (after its wait, if it had paused it)...
+            if step != Step::BeforeSwitchover {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while !said.iter().any(|l| l.contains("the guest runs on here")) {
+                    assert!(Instant::now() < deadline, "{step:?}: {said:?}");
+                    said.extend(source.lines.recv_timeout(Duration::from_millis(100)));
+                }
+            }
+            // ...and a destination that is not cut off takes it over, every page verified.
+            let second = take_over(
+                &source,
+                &["--duration", "300ms", "--fetch-rate", "unlimited"],
+            );
+            assert!(second.status.success(), "{step:?}: {}", stderr(&second));
+            let s: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+            assert_eq!(s["verified"], true, "{step:?}: {s}");
+            let (ok, rest) = source.wait(Duration::from_secs(30));
+            assert!(ok, "{step:?}: {rest:?}");
+            said.extend(rest);
+        }
+        // The guest was given up once, never twice, never to nobody.
+        assert_eq!(
+            said.iter().filter(|l| l.contains("switched over")).count(),
+            1,
+            "{step:?}: {said:?}"
+        );
+        eprintln!(
+            "{step:?}: as promised; the destination said {:?}, the source {said:?}",
+            stderr(&first).trim()
+        );
+    }
+}

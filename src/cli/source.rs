@@ -108,6 +108,9 @@ pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
             );
             return Ok(true);
         }
+        if let Some(said) = guest.take_back_unconfirmed() {
+            println!("faultline source: {said}");
+        }
         if switched_at.is_none() && guest.switched_over() {
             switched_at = Some(Instant::now());
             println!("faultline source: switched over; the guest runs at the destination now");

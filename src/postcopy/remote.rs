@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::net::wire::{MAX_CONTROL_ANSWER, Op};
+use super::net::wire::{MAX_CONTROL_ANSWER, Op, Request};
 use super::net::{self, ControlConnection, MigrationControl, NetError};
 use crate::contract::{Remote, Sharing, Workload};
 use crate::vmm::layout::{self, BOOT_SIZE};
@@ -28,6 +28,20 @@ pub enum RemoteError {
     Offer { addr: SocketAddr, why: String },
     #[error("the source at {addr} sent a switchover this build cannot read: {why}")]
     Handover { addr: SocketAddr, why: String },
+    /// The guest stays at the source: the handover did not reach here whole, or was not
+    /// confirmed in time.
+    #[error("the source at {addr} keeps the guest: {why}")]
+    KeptBySource { addr: SocketAddr, why: String },
+    #[error(
+        "the handover from {addr} could not be confirmed within {:.1} s ({last}); the \
+         source runs the guest on unless a confirmation reached it, and says which",
+        waited.as_secs_f64()
+    )]
+    Unconfirmed {
+        addr: SocketAddr,
+        waited: Duration,
+        last: Box<NetError>,
+    },
 }
 
 /// What a source serves: the guest a destination must build to take it over.
@@ -73,6 +87,8 @@ impl Offer {
 /// guest changes (page tables' accessed bits, stacks), so the pause costs one round trip.
 #[derive(Debug, Clone)]
 pub struct Handover {
+    /// What the destination commits it by: one handover among the source's attempts.
+    pub id: u64,
     pub baseline_per_sec: Vec<f64>,
     pub states: Vec<VcpuState>,
     /// (gpa, bytes) inside the boot region.
@@ -80,10 +96,11 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// vCPU count (u32 LE), the baselines (f64 LE each), the states, then the boot ranges:
-    /// their count (u32), and each as gpa (u64), length (u32) and bytes.
+    /// The id (u64 LE), vCPU count (u32 LE), the baselines (f64 LE each), the states, then
+    /// the boot ranges: their count (u32), and each as gpa (u64), length (u32) and bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
         for b in &self.baseline_per_sec {
             out.extend_from_slice(&b.to_le_bytes());
@@ -101,7 +118,10 @@ impl Handover {
     }
 
     pub fn decode(bytes: &[u8], vcpus: usize) -> Result<Handover, String> {
-        let (count, mut rest) = bytes
+        let (id, rest) = bytes
+            .split_first_chunk::<8>()
+            .ok_or("no handover id".to_string())?;
+        let (count, mut rest) = rest
             .split_first_chunk::<4>()
             .ok_or("no vCPU count".to_string())?;
         let count = u32::from_le_bytes(*count) as usize;
@@ -147,6 +167,7 @@ impl Handover {
             return Err(format!("{} bytes left over after the handover", rest.len()));
         }
         Ok(Handover {
+            id: u64::from_le_bytes(*id),
             baseline_per_sec,
             states,
             boot,
@@ -195,15 +216,76 @@ pub struct PreparedSwitchover {
 }
 
 impl PreparedSwitchover {
-    /// Has the source pause its guest and hand it over.
-    pub fn switch_over(self, vcpus: usize) -> Result<Handover, RemoteError> {
-        let bytes = self.conn.request(Op::Switchover)?;
-        Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
-            addr: self.remote.addr,
-            why,
-        })
+    /// Has the source pause its guest and hand it over, and commits the handover: once
+    /// this returns, the guest is this destination's to run, and the source's no more. An
+    /// error leaves it at the source, which says so (or, if the source could not be
+    /// reached to learn which, says that).
+    pub fn switch_over(mut self, vcpus: usize) -> Result<Handover, RemoteError> {
+        let addr = self.remote.addr;
+        let kept = |why: String| RemoteError::KeptBySource { addr, why };
+        let bytes = self
+            .conn
+            .ask(Request::control(Op::Switchover))
+            .map_err(|e| {
+                kept(format!(
+                    "the switchover did not complete ({e}); it runs the guest on (within {} s \
+                 if it had paused it)",
+                    COMMIT_WAIT.as_secs()
+                ))
+            })?;
+        let handover = Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
+            addr,
+            why: format!("{why}; the source takes the guest back, unconfirmed"),
+        })?;
+        self.commit(handover.id)?;
+        Ok(handover)
+    }
+
+    /// Commits handover `id`: on this connection, then, if an answer is lost, again on new
+    /// ones until the source has decided (it takes an unconfirmed guest back after
+    /// [`COMMIT_WAIT`]), so a lost answer never leaves the guest running nowhere.
+    fn commit(self, id: u64) -> Result<(), RemoteError> {
+        let Remote { addr, token } = self.remote;
+        let started = Instant::now();
+        let mut conn = Some(self.conn);
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let attempt = match conn.take() {
+                Some(c) => Ok(c),
+                None => ControlConnection::open(addr, token),
+            }
+            .and_then(|mut c| {
+                c.set_timeout(COMMIT_ANSWER_WAIT)?;
+                c.ask(Request::commit(id))
+            });
+            let last = match attempt {
+                Ok(_) => return Ok(()),
+                // The source answered: it took the guest back, or gave it to another.
+                Err(NetError::Refused { why, .. }) => {
+                    return Err(RemoteError::KeptBySource { addr, why });
+                }
+                Err(e) => e,
+            };
+            // Past the source's own wait, plus a margin for an answer in flight.
+            if started.elapsed() >= COMMIT_WAIT + 2 * COMMIT_ANSWER_WAIT {
+                return Err(RemoteError::Unconfirmed {
+                    addr,
+                    waited: started.elapsed(),
+                    last: Box::new(last),
+                });
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
     }
 }
+
+/// How long a source keeps its paused guest for a destination to commit the handover it
+/// sent, before it takes the guest back and runs it on.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long one commit waits for its answer before it is tried again on a new connection.
+const COMMIT_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// The source's side: its running guest, until a destination takes it over.
 pub struct SourceGuest {
@@ -218,16 +300,23 @@ pub struct SourceGuest {
 /// Where the source's guest is.
 enum Slot {
     Running(Vm),
-    /// Paused, its handover on the way to a destination: given up once written.
-    Handing(Vm),
-    HandedOver,
+    /// Paused, handover `id` sent `since`: given up when a destination commits it, taken
+    /// back if none does within [`COMMIT_WAIT`].
+    Handing {
+        vm: Vm,
+        id: u64,
+        since: Instant,
+    },
+    HandedOver {
+        id: u64,
+    },
 }
 
 impl Slot {
     fn vm(&self) -> Option<&Vm> {
         match self {
-            Slot::Running(vm) | Slot::Handing(vm) => Some(vm),
-            Slot::HandedOver => None,
+            Slot::Running(vm) | Slot::Handing { vm, .. } => Some(vm),
+            Slot::HandedOver { .. } => None,
         }
     }
 }
@@ -258,7 +347,34 @@ impl SourceGuest {
     }
 
     pub fn switched_over(&self) -> bool {
-        matches!(*lock(&self.guest), Slot::HandedOver)
+        matches!(*lock(&self.guest), Slot::HandedOver { .. })
+    }
+
+    /// Takes back a guest whose handover no destination committed within [`COMMIT_WAIT`]
+    /// and runs it on here; says what happened when it did.
+    pub fn take_back_unconfirmed(&self) -> Option<String> {
+        let mut slot = lock(&self.guest);
+        let Slot::Handing { since, .. } = &*slot else {
+            return None;
+        };
+        if since.elapsed() < COMMIT_WAIT {
+            return None;
+        }
+        let Slot::Handing { vm, .. } = std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 })
+        else {
+            return None;
+        };
+        let said = match vm.resume_all() {
+            Ok(()) => format!(
+                "no destination confirmed the handover within {} s; the guest runs on here",
+                COMMIT_WAIT.as_secs()
+            ),
+            Err(e) => format!(
+                "no destination confirmed the handover, and the guest cannot resume here: {e}"
+            ),
+        };
+        *slot = Slot::Running(vm);
+        Some(said)
     }
 
     pub fn finished(&self) -> bool {
@@ -277,21 +393,29 @@ impl SourceGuest {
         let mut slot = lock(&self.guest);
         let vm = match &*slot {
             Slot::Running(vm) => vm,
-            Slot::Handing(_) => return Err("another destination is taking the guest over".into()),
-            Slot::HandedOver => {
+            Slot::Handing { .. } => {
+                return Err("another destination is taking the guest over".into());
+            }
+            Slot::HandedOver { .. } => {
                 return Err(
                     "the guest has been handed over already: it runs at another destination".into(),
                 );
             }
         };
+        let id = net::new_token();
         let handover = vm
             .pause_and_capture_all()
             .map_err(|e| e.to_string())
-            .and_then(|states| self.handover(vm, states));
+            .and_then(|states| self.handover(vm, id, states));
         match handover {
             Ok(bytes) => {
-                if let Slot::Running(vm) = std::mem::replace(&mut *slot, Slot::HandedOver) {
-                    *slot = Slot::Handing(vm);
+                if let Slot::Running(vm) = std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 })
+                {
+                    *slot = Slot::Handing {
+                        vm,
+                        id,
+                        since: Instant::now(),
+                    };
                 }
                 Ok(bytes)
             }
@@ -302,14 +426,19 @@ impl SourceGuest {
         }
     }
 
-    /// Settles a handover whose answer was written (the guest is given up) or was not (it
-    /// runs on here).
+    /// Settles a handover whose answer was written (the commit is awaited from now) or
+    /// was not (the guest runs on here at once).
     fn settle(&self, written: bool) {
         let mut slot = lock(&self.guest);
-        match std::mem::replace(&mut *slot, Slot::HandedOver) {
-            // The vCPU threads end here; the RAM lives on in the page server's image.
-            Slot::Handing(vm) if written => drop(vm),
-            Slot::Handing(vm) => {
+        match std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 }) {
+            Slot::Handing { vm, id, .. } if written => {
+                *slot = Slot::Handing {
+                    vm,
+                    id,
+                    since: Instant::now(),
+                };
+            }
+            Slot::Handing { vm, .. } => {
                 if let Err(e) = vm.resume_all() {
                     tracing::warn!("the handover did not go out and the guest cannot resume: {e}");
                 }
@@ -319,8 +448,31 @@ impl SourceGuest {
         }
     }
 
+    /// A destination has handover `id` and runs the guest: give it up, once.
+    fn commit_handover(&self, id: u64) -> Result<(), String> {
+        let mut slot = lock(&self.guest);
+        match &*slot {
+            Slot::Handing { id: sent, .. } if *sent == id => {
+                // The vCPU threads end here; the RAM lives on in the page server's image.
+                *slot = Slot::HandedOver { id };
+                Ok(())
+            }
+            // A repeat whose first answer was lost.
+            Slot::HandedOver { id: given } if *given == id => Ok(()),
+            Slot::Running(_) => Err(format!(
+                "the handover was not confirmed within {} s: the guest runs on at the source",
+                COMMIT_WAIT.as_secs()
+            )),
+            Slot::Handing { .. } | Slot::HandedOver { .. } => Err(
+                "that handover is not the one the source made: another destination \
+                     has the guest"
+                    .into(),
+            ),
+        }
+    }
+
     /// The encoded handover of `vm`, paused, whose vCPUs are in `states`.
-    fn handover(&self, vm: &Vm, states: Vec<VcpuState>) -> Result<Vec<u8>, String> {
+    fn handover(&self, vm: &Vm, id: u64, states: Vec<VcpuState>) -> Result<Vec<u8>, String> {
         let (since, before) = lock(&self.pace_from).clone();
         let secs = since.elapsed().as_secs_f64().max(1e-6);
         let baseline_per_sec = accesses(vm)
@@ -338,6 +490,7 @@ impl SourceGuest {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let bytes = Handover {
+            id,
             baseline_per_sec,
             states,
             boot,
@@ -369,6 +522,10 @@ impl MigrationControl for SourceGuest {
 
     fn switch_over(&self) -> Result<Vec<u8>, String> {
         self.hand_over()
+    }
+
+    fn commit(&self, id: u64) -> Result<(), String> {
+        self.commit_handover(id)
     }
 
     fn finish(&self) -> Result<(), String> {
@@ -430,12 +587,14 @@ mod tests {
             s
         };
         let h = Handover {
+            id: 0x1d,
             baseline_per_sec: vec![1.5, 2.5],
             states: vec![state(0x1000), state(0x2000)],
             boot: vec![(0, vec![1; 4096]), (0x14_0000, vec![2; 8192])],
         };
         let bytes = h.encode();
         let back = Handover::decode(&bytes, 2).expect("decodes");
+        assert_eq!(back.id, 0x1d);
         assert_eq!(back.baseline_per_sec, vec![1.5, 2.5]);
         assert_eq!(back.states[1].regs.rip, 0x2000);
         assert_eq!(back.boot, h.boot);

@@ -2,6 +2,7 @@
 // Each test binary uses some of these, not all.
 #![allow(dead_code)]
 
+pub mod handover_cut;
 pub mod proxy;
 
 use std::path::PathBuf;

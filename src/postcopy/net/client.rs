@@ -24,6 +24,8 @@ struct Connection {
     reader: BufReader<SpinRead>,
     writer: TcpStream,
     scratch: Vec<u8>,
+    /// The socket's read timeout: how long an answer may take.
+    timeout: Duration,
 }
 
 /// How a `TcpSource` behaves on its connections.
@@ -217,6 +219,7 @@ fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), N
         ),
         writer: stream,
         scratch: Vec::new(),
+        timeout: CONTROL_TIMEOUT,
     };
     conn.writer
         .write_all(
@@ -248,6 +251,7 @@ fn open(addr: SocketAddr, options: ClientOptions) -> Result<(Connection, u64), N
     conn.writer
         .set_write_timeout(Some(ANSWER_TIMEOUT))
         .map_err(connect)?;
+    conn.timeout = ANSWER_TIMEOUT;
     Ok((conn, welcome.image_size))
 }
 
@@ -265,10 +269,7 @@ fn exchange(
     request: Request,
     payload: &[u8],
 ) -> Result<Response, Failure> {
-    let waited = match request.op {
-        Op::Fetch | Op::PutBack => ANSWER_TIMEOUT,
-        _ => CONTROL_TIMEOUT,
-    };
+    let waited = conn.timeout;
     let broken = |e| Failure::Broken(lost(addr, waited, e));
     if payload.is_empty() {
         conn.writer.write_all(&request.encode()).map_err(broken)?;
@@ -332,7 +333,8 @@ impl PageSource for TcpSource {
         self.with_connection(|conn| {
             // A repeat after a lost connection starts over.
             checksums.truncate(had);
-            let broken = |e| Failure::Broken(lost(addr, ANSWER_TIMEOUT, e));
+            let waited = conn.timeout;
+            let broken = |e| Failure::Broken(lost(addr, waited, e));
             let mut at = gpa;
             for chunk in buf.chunks_mut(MAX_PAYLOAD as usize) {
                 let request = Request {
@@ -392,18 +394,33 @@ impl ControlConnection {
             ..ClientOptions::default()
         };
         let (conn, _) = open(addr, options)?;
-        // The same socket as the reader's; a source that stops answering fails the request.
-        conn.writer
-            .set_read_timeout(Some(CONTROL_TIMEOUT))
-            .map_err(|source| NetError::Connect { addr, source })?;
-        Ok(ControlConnection { addr, conn })
+        let mut c = ControlConnection { addr, conn };
+        c.set_timeout(CONTROL_TIMEOUT)?;
+        Ok(c)
     }
 
-    /// Sends `op` and returns the answer's bytes: one request a connection, as an error
-    /// midway would leave it out of step.
-    pub fn request(mut self, op: Op) -> Result<Vec<u8>, NetError> {
+    /// How long each answer from now on may take before the request fails as lost.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), NetError> {
         let addr = self.addr;
-        let response = match exchange(addr, &mut self.conn, Request::control(op), &[]) {
+        // The same socket as the reader's.
+        self.conn
+            .writer
+            .set_read_timeout(Some(timeout))
+            .map_err(|source| NetError::Connect { addr, source })?;
+        self.conn.timeout = timeout;
+        Ok(())
+    }
+
+    /// Sends `op` and returns the answer's bytes, on a connection used for nothing else.
+    pub fn request(mut self, op: Op) -> Result<Vec<u8>, NetError> {
+        self.ask(Request::control(op))
+    }
+
+    /// Sends a control `request` and returns the answer's bytes. After an error the
+    /// connection may be out of step: drop it.
+    pub fn ask(&mut self, request: Request) -> Result<Vec<u8>, NetError> {
+        let addr = self.addr;
+        let response = match exchange(addr, &mut self.conn, request, &[]) {
             Ok(r) => r,
             Err(Failure::Broken(e)) | Err(Failure::Refused(e)) => {
                 return Err(e);
@@ -430,7 +447,7 @@ impl ControlConnection {
             self.conn
                 .reader
                 .read_exact(&mut answer[at..])
-                .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
+                .map_err(|e| lost(addr, self.conn.timeout, e))?;
             if part.detail == 0 {
                 return Ok(answer);
             }
@@ -439,7 +456,7 @@ impl ControlConnection {
             self.conn
                 .reader
                 .read_exact(&mut header)
-                .map_err(|e| lost(addr, CONTROL_TIMEOUT, e))?;
+                .map_err(|e| lost(addr, self.conn.timeout, e))?;
             part = Response::decode(&header).map_err(|source| NetError::Wire { addr, source })?;
             // Each part must carry on where the last said it would, with something in it.
             if part.status != Status::Ok

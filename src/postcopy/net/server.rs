@@ -47,14 +47,18 @@ pub trait MigrationControl: Send + Sync {
     /// The guest on offer, as JSON.
     fn describe(&self) -> Vec<u8>;
     /// Pauses the guest and answers with what the destination resumes it from; the guest
-    /// stays paused here until [`MigrationControl::answered`]. It runs in one place only,
-    /// so a call while another is pending or after a handover is refused.
+    /// stays paused here until the destination commits the handover, and is taken back if
+    /// it does not. It runs in one place only, so a call while another is pending or after
+    /// a handover is refused.
     fn switch_over(&self) -> Result<Vec<u8>, String>;
+    /// The destination has handover `id` whole and runs the guest from it: the guest is
+    /// given up here. Refused if the source took it back, or handed it to another.
+    fn commit(&self, id: u64) -> Result<(), String>;
     /// The destination has every page and needs the source no more: refused before the
     /// guest has been handed over.
     fn finish(&self) -> Result<(), String>;
-    /// Whether the answer to an accepted `op` was written: a written switchover gives the
-    /// guest up, an unwritten one resumes it here; a written finish releases the source.
+    /// Whether the answer to an accepted `op` was written: an unwritten switchover resumes
+    /// the guest here at once; a written finish releases the source.
     fn answered(&self, op: Op, written: bool);
 }
 
@@ -432,7 +436,7 @@ fn serve(
                     Err(e) => refuse_source(&mut writer, &e)?,
                 }
             }
-            Op::Describe | Op::Switchover | Op::Finish => {
+            Op::Describe | Op::Switchover | Op::Finish | Op::Commit => {
                 let Some(control) = control else {
                     let why = "this page server serves pages only: there is no migration \
                                to control";
@@ -442,6 +446,7 @@ fn serve(
                 let answer = match request.op {
                     Op::Describe => Ok(control.describe()),
                     Op::Switchover => control.switch_over(),
+                    Op::Commit => control.commit(request.gpa).map(|()| Vec::new()),
                     _ => control.finish().map(|()| Vec::new()),
                 };
                 match answer {

@@ -9,7 +9,12 @@
 //! A source in another process (`faultline source`) also answers the migration's control
 //! requests, which carry no range (`gpa` and `len` zero):
 //! - describe: the guest on offer, as JSON;
-//! - switch over: the source pauses its guest and answers with the vCPU states;
+//! - switch over: the source pauses its guest and answers with the handover (its id, the
+//!   vCPU states, the live boot pages);
+//! - commit (the handover's id in `gpa`): the destination has the handover whole and will
+//!   run the guest; only now does the source give it up. Unconfirmed, the source takes it
+//!   back after a wait, so the guest runs in one place, never none or two. A commit may be
+//!   repeated, on any connection, until one is answered;
 //! - finish: the destination has every page and needs the source no more.
 //!
 //! A control answer may outgrow a frame (a switchover of many vCPUs and much memory), so it
@@ -21,8 +26,9 @@
 use crate::vmm::layout::PAGE_SIZE;
 
 pub const MAGIC: [u8; 4] = *b"FLPG";
-/// 2: control answers in parts, finish refused before a switchover.
-pub const VERSION: u16 = 2;
+/// 2: control answers in parts, finish refused before a switchover. 3: the handover is
+/// committed by the destination.
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 16;
 /// The largest payload of one frame; bigger transfers are split (a push batch is 256 KiB).
 pub const MAX_PAYLOAD: u32 = 1 << 20;
@@ -139,6 +145,7 @@ pub enum Op {
     Describe,
     Switchover,
     Finish,
+    Commit,
 }
 
 impl Op {
@@ -149,12 +156,16 @@ impl Op {
             Op::Describe => 3,
             Op::Switchover => 4,
             Op::Finish => 5,
+            Op::Commit => 6,
         }
     }
 
     /// A migration control request rather than a page transfer.
     pub fn is_control(self) -> bool {
-        matches!(self, Op::Describe | Op::Switchover | Op::Finish)
+        matches!(
+            self,
+            Op::Describe | Op::Switchover | Op::Finish | Op::Commit
+        )
     }
 }
 
@@ -169,6 +180,15 @@ impl Request {
     /// A control request: no range.
     pub fn control(op: Op) -> Request {
         Request { op, gpa: 0, len: 0 }
+    }
+
+    /// The commit of the handover `id`.
+    pub fn commit(id: u64) -> Request {
+        Request {
+            op: Op::Commit,
+            gpa: id,
+            len: 0,
+        }
     }
 
     pub fn encode(self) -> [u8; HEADER_LEN] {
@@ -186,6 +206,7 @@ impl Request {
             3 => Op::Describe,
             4 => Op::Switchover,
             5 => Op::Finish,
+            6 => Op::Commit,
             other => return Err(WireError::UnknownOp(other)),
         };
         if b[1..4].iter().any(|&x| x != 0) {
@@ -193,7 +214,8 @@ impl Request {
         }
         let (len, gpa) = (u32_at(b, 4), u64_at(b, 8));
         if op.is_control() {
-            if len != 0 || gpa != 0 {
+            // A commit's `gpa` is the handover's id.
+            if len != 0 || (gpa != 0 && op != Op::Commit) {
                 return Err(WireError::ControlRange { gpa, len });
             }
             return Ok(Request { op, gpa, len });
@@ -335,11 +357,13 @@ mod tests {
         };
         assert_eq!(Request::decode(&r.encode()), Ok(r));
         assert_eq!(r.payload(), 0x2000);
-        for op in [Op::Describe, Op::Switchover, Op::Finish] {
+        for op in [Op::Describe, Op::Switchover, Op::Finish, Op::Commit] {
             let c = Request::control(op);
             assert_eq!(Request::decode(&c.encode()), Ok(c));
             assert_eq!(c.payload(), 0);
         }
+        let commit = Request::commit(u64::MAX - 7);
+        assert_eq!(Request::decode(&commit.encode()), Ok(commit));
         let s = Response {
             status: Status::OutOfRange,
             len: 12,

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 struct Source {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Its stderr, line by line (each also passed on to the test's).
+    errors: mpsc::Receiver<String>,
     addr: String,
     token: String,
 }
@@ -44,10 +46,18 @@ impl Source {
             .arg("source")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("faultline source starts");
         let lines = read_lines(child.stdout.take().expect("stdout"));
+        let (tx, errors) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("source: {line}");
+                let _ = tx.send(line);
+            }
+        });
         let first = lines
             .recv_timeout(Duration::from_secs(30))
             .expect("the source says what it serves");
@@ -66,6 +76,7 @@ impl Source {
             token: after("--token"),
             child,
             lines,
+            errors,
         }
     }
 
@@ -549,5 +560,138 @@ fn a_handover_cut_at_any_step_leaves_the_guest_in_exactly_one_place() {
             "{step:?}: as promised; the destination said {:?}, the source {said:?}",
             stderr(&first).trim()
         );
+    }
+}
+
+/// Moments in `[0, within)`, from a seed printed for a replay.
+fn moments(seed: u64, n: usize, within: Duration) -> Vec<Duration> {
+    eprintln!("kill moments: seed {seed:#x}");
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Duration::from_millis(x % within.as_millis() as u64)
+        })
+        .collect()
+}
+
+fn wait_for(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_source_killed_at_any_moment_ends_its_destination_in_one_line() {
+    // From the offer through the boot copy, the switchover and post-copy.
+    for (i, at) in moments(0x5011_CE5E, 4, Duration::from_millis(2500))
+        .into_iter()
+        .enumerate()
+    {
+        let mut source = Source::start(&["--vcpus", "2", "--mem", "64M"]);
+        let mut dest = faultline()
+            .args(["run", "--headless", "--source", &source.addr])
+            .args(["--token", &source.token])
+            .args(["--duration", "60s", "--fetch-rate", "1MiB/s"])
+            .args(["--link-timeout", "1s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let notes = read_lines_of(dest.stderr.take().unwrap());
+        std::thread::sleep(at);
+        source.child.kill().unwrap();
+        // A commit in flight waits out the source's 5 s before it gives up.
+        let status = wait_for(&mut dest, Duration::from_secs(20));
+        let _ = dest.kill();
+        let status = status.unwrap_or_else(|| panic!("kill {i} at {at:?}: the destination hangs"));
+        std::thread::sleep(Duration::from_millis(100));
+        let said: Vec<String> = notes.try_iter().collect();
+        assert_eq!(status.code(), Some(1), "kill {i} at {at:?}: {said:?}");
+        let last = said.last().expect("a line");
+        assert!(
+            last.starts_with("faultline: ") && last.contains(&source.addr),
+            "kill {i} at {at:?}: {said:?}"
+        );
+        eprintln!("kill {i} at {at:?}: {last}");
+    }
+}
+
+#[test]
+fn a_destination_killed_at_any_moment_leaves_the_source_keeping_or_giving_up_the_guest() {
+    // The handover comes within a few hundred ms of the start: most moments fall before.
+    let mut at = moments(0xDE57_C1A0, 4, Duration::from_millis(700));
+    at.push(Duration::from_secs(2));
+    for (i, at) in at.into_iter().enumerate() {
+        let mut source = Source::start(&[
+            "--vcpus",
+            "2",
+            "--mem",
+            "64M",
+            "--workload",
+            "verify",
+            "--abandon-after",
+            "2s",
+        ]);
+        let mut dest = faultline()
+            .args(["run", "--headless", "--source", &source.addr])
+            .args(["--token", &source.token])
+            .args(["--duration", "60s", "--fetch-rate", "1MiB/s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        dest.kill().unwrap();
+        let _ = dest.wait();
+        // An unconfirmed handover is taken back within 5 s; a guest handed over is given
+        // up 2 s after its destination is gone.
+        let ended = wait_for(&mut source.child, Duration::from_secs(9));
+        let said: Vec<String> = source.lines.try_iter().collect();
+        match ended {
+            Some(status) => {
+                let errors: Vec<String> = source.errors.try_iter().collect();
+                assert_eq!(
+                    status.code(),
+                    Some(1),
+                    "kill {i} at {at:?}: {said:?} {errors:?}"
+                );
+                assert!(
+                    said.iter().any(|l| l.contains("switched over")),
+                    "kill {i} at {at:?}: gave up a guest it never handed over: {said:?}"
+                );
+                assert!(
+                    errors
+                        .last()
+                        .is_some_and(|l| l.contains("went away without finishing")),
+                    "kill {i} at {at:?}: {errors:?}"
+                );
+                eprintln!("kill {i} at {at:?}: the source gave up: {errors:?}");
+            }
+            None => {
+                // It kept the guest: a destination takes it over, every page verified.
+                assert!(
+                    !said.iter().any(|l| l.contains("switched over")),
+                    "kill {i} at {at:?}: handed over, yet still running: {said:?}"
+                );
+                let out = take_over(
+                    &source,
+                    &["--duration", "300ms", "--fetch-rate", "unlimited"],
+                );
+                assert!(out.status.success(), "kill {i} at {at:?}: {}", stderr(&out));
+                let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(s["verified"], true, "kill {i} at {at:?}: {s}");
+                eprintln!("kill {i} at {at:?}: the source kept the guest: {said:?}");
+            }
+        }
     }
 }

@@ -16,10 +16,6 @@ use faultline::vmm::{Vm, VmConfig, layout};
 
 use super::args::{GuestArgs, UsageError};
 
-/// How long a source whose guest was taken over waits for a destination that went away
-/// without finishing (it may reconnect) before it gives up.
-const ABANDON_AFTER: Duration = Duration::from_secs(60);
-
 #[derive(Args)]
 pub struct SourceArgs {
     /// A scenario file or built-in whose guest (vCPUs, memory, workload) is served; the
@@ -31,6 +27,10 @@ pub struct SourceArgs {
     /// The token a destination must present (16 hex digits). Default: a random one.
     #[arg(long, value_parser = parse_token)]
     token: Option<u64>,
+    /// After the switchover, how long to wait for a destination that went away without
+    /// finishing (it may reconnect) before giving up on it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    abandon_after: Duration,
     #[command(flatten)]
     guest: GuestArgs,
 }
@@ -118,11 +118,11 @@ pub fn run(args: SourceArgs) -> anyhow::Result<bool> {
         if switched_at.is_some() {
             if server.open_connections() > 0 {
                 alone_since = None;
-            } else if alone_since.get_or_insert_with(Instant::now).elapsed() >= ABANDON_AFTER {
+            } else if alone_since.get_or_insert_with(Instant::now).elapsed() >= args.abandon_after {
                 anyhow::bail!(
                     "the destination went away without finishing and did not come back \
-                     within {} s; the pages it had not fetched are lost",
-                    ABANDON_AFTER.as_secs()
+                     within {}; the pages it had not fetched are lost",
+                    humantime::format_duration(args.abandon_after)
                 );
             }
         }

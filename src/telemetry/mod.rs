@@ -99,6 +99,13 @@ pub struct Stall {
     start_ns: u64,
 }
 
+impl Stall {
+    /// The vCPU that waits, where known.
+    pub fn vcpu(&self) -> Option<usize> {
+        self.vcpu
+    }
+}
+
 impl Telemetry {
     pub fn new(vcpus: usize) -> Telemetry {
         let per_channel = (EVENT_CAPACITY / (vcpus + 1)).max(MIN_CHANNEL_CAPACITY);

@@ -25,6 +25,7 @@ use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
 const PAGE: usize = PAGE_SIZE as usize;
 
+mod deferred;
 mod inject;
 mod push;
 mod setup;
@@ -63,7 +64,16 @@ pub struct Destination {
     fill_gate: StripedGate,
     /// First page the push should visit next (a recent fault's neighbour), plus one.
     push_hint: AtomicU64,
+    /// Tells shared readers holding stalls on pages in flight that pages landed.
+    landings: deferred::Landings,
     stop: AtomicBool,
+}
+
+/// What a demand fill found.
+enum Demand {
+    Done(FillOutcome),
+    /// Another thread is filling the page; the caller did not wait for it.
+    InFlight,
 }
 
 impl Destination {
@@ -130,6 +140,7 @@ impl Destination {
             push_enabled: AtomicBool::new(true),
             fill_gate: StripedGate::default(),
             push_hint: AtomicU64::new(0),
+            landings: deferred::Landings::new(),
             stop: AtomicBool::new(false),
         })
     }
@@ -262,6 +273,7 @@ impl Destination {
             self.pages.set_filled(p, state);
             refetched += u64::from(self.pages.was_injected(p));
         }
+        self.landings.landed();
         let run = &self.telemetry.run;
         match cause {
             FillCause::Demand => run.pages_demand.add(count),
@@ -340,6 +352,13 @@ impl Destination {
     /// completing the access); without, a page in flight is left to its copier, whose copy
     /// wakes the sleeping vCPU (uffd mode).
     pub fn fill_demand(&self, gpa: u64, wait: bool) -> Result<FillOutcome, PostcopyError> {
+        Ok(match self.demand(gpa, wait)? {
+            Demand::Done(outcome) => outcome,
+            Demand::InFlight => FillOutcome::Filled,
+        })
+    }
+
+    fn demand(&self, gpa: u64, wait: bool) -> Result<Demand, PostcopyError> {
         let page = gpa >> PAGE_SHIFT;
         let mut first = true;
         loop {
@@ -353,11 +372,11 @@ impl Destination {
                 } else {
                     false
                 };
-                return Ok(if first && !remapped {
+                return Ok(Demand::Done(if first && !remapped {
                     FillOutcome::AlreadyPresent
                 } else {
                     FillOutcome::Filled
-                });
+                }));
             }
             first = false;
             if state == PageState::Missing {
@@ -376,12 +395,12 @@ impl Destination {
                         self.abandon(page, 1, &e);
                         return Err(e);
                     }
-                    return Ok(FillOutcome::Filled);
+                    return Ok(Demand::Done(FillOutcome::Filled));
                 }
                 continue;
             }
             if !wait {
-                return Ok(FillOutcome::Filled);
+                return Ok(Demand::InFlight);
             }
             std::hint::spin_loop();
             std::thread::yield_now();
@@ -403,21 +422,46 @@ impl Destination {
         let spin = Duration::from_nanos(self.reader_spin_ns.load(Ordering::Relaxed));
         // A page in flight (claimed by the push) wakes its vCPU only when it lands: a
         // reader of one vCPU's faults waits for it, so the stall is timed whole; a reader
-        // shared by vCPUs goes on to the next fault, and that stall ends early (a lower
-        // bound, as QEMU's blocktime is).
+        // shared by vCPUs goes on to the next fault and holds that stall open until the
+        // page lands (deferred.rs).
         let wait = self.readers_wait.load(Ordering::Relaxed);
+        let listener = match wait || !self.telemetry.enabled() {
+            true => None,
+            false => self.landings.join(),
+        };
+        let mut held = listener.map(|l| (l, deferred::HeldStalls::new(l, &self.telemetry)));
         let mut last_fault = std::time::Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            // A page may have landed while its stall was being held: end it before sleeping.
+            if let Some((_, h)) = &mut held
+                && !h.is_empty()
+            {
+                h.end_landed(&self.pages);
+            }
             // No clock read per loop when there is no spinning to time.
             if spin.is_zero() || last_fault.elapsed() >= spin {
-                let mut pfd = libc::pollfd {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&**uffd),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; a timeout lets the loop notice `stop`.
-                let ready = unsafe { libc::poll(&mut pfd, 1, 20) };
-                if ready <= 0 {
+                let mut pfds = [
+                    libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(&**uffd),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: listener.map_or(-1, |l| l.fd()),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds (a negative fd is skipped); a timeout lets the
+                // loop notice `stop`.
+                let ready = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
+                if let Some((l, h)) = &mut held
+                    && pfds[1].revents & libc::POLLIN != 0
+                {
+                    l.consume();
+                    h.end_landed(&self.pages);
+                }
+                if ready <= 0 || pfds[0].revents & libc::POLLIN == 0 {
                     continue;
                 }
             }
@@ -432,9 +476,14 @@ impl Destination {
                 } else {
                     None
                 };
+                if let Some((_, h)) = &mut held {
+                    h.new_fault_of(vcpu);
+                }
                 let stall = self.telemetry.stall_begin(vcpu, gpa);
-                self.fill_demand(gpa, wait)?;
-                self.telemetry.stall_end(stall);
+                match (self.demand(gpa, wait)?, &mut held) {
+                    (Demand::InFlight, Some((_, h))) => h.hold(stall, gpa),
+                    _ => self.telemetry.stall_end(stall),
+                }
             }
         }
         Ok(())

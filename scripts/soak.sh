@@ -13,13 +13,18 @@ SOAK_SECONDS=${SOAK_SECONDS:-600}
 SAMPLE=${SAMPLE:-10}
 MODE=${MODE:-exit}
 OUT=${OUT:-./soak-out}
-# Allowed growth from the first half of the samples (after the first minute) to the
-# second, of the floor and of the peaks: anonymous resident KiB, descriptors.
-RSS_SLACK_KIB=${RSS_SLACK_KIB:-32768}
-FD_SLACK=${FD_SLACK:-8}
+# Allowed growth from the first half of the samples (after the first WARM seconds, while
+# the allocator finds its size) to the second, of the floor and of the peaks: anonymous
+# resident KiB, descriptors. VERDICT_ONLY=1 judges the samples already in $OUT again.
+WARM=${WARM:-120}
+RSS_SLACK_KIB=${RSS_SLACK_KIB:-8192}
+FD_SLACK=${FD_SLACK:-4}
+VERDICT_ONLY=${VERDICT_ONLY:-0}
 mkdir -p "$OUT"
 
 cycles=$((SOAK_SECONDS / 20))
+status=0
+if [ "$VERDICT_ONLY" != 1 ]; then
 {
     echo "description = \"soak: ${SOAK_SECONDS}s of injections, throttles, outages, migrations\""
     echo 'vcpus = 2'
@@ -65,12 +70,12 @@ while kill -0 "$pid" 2>/dev/null; do
     fi
     sleep "$SAMPLE"
 done
-status=0
 wait "$pid" || status=$?
+fi
 
-python3 - "$OUT" "$status" "$RSS_SLACK_KIB" "$FD_SLACK" <<'EOF'
+python3 - "$OUT" "$status" "$RSS_SLACK_KIB" "$FD_SLACK" "$WARM" <<'EOF'
 import csv, sys
-out, status, rss_slack, fd_slack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, status, rss_slack, fd_slack, warm_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rows = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(open(f"{out}/samples.csv"))]
 bad = []
 if status != 0:
@@ -85,7 +90,7 @@ print(verified or "no verification line")
 if verified is None or " 0 mismatches, 0 guest errors" not in verified or not any(
         "finished: verified" in n for n in notes):
     bad.append("not verified")
-warm = [r for r in rows if r["seconds"] >= 60] or rows
+warm = [r for r in rows if r["seconds"] >= warm_s] or rows
 if warm:
     first, last = warm[0], warm[-1]
     rss = [r["rss_kib"] for r in warm]

@@ -85,7 +85,8 @@ impl Source {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                let said = self.lines.try_iter().collect();
+                // To the end of its output: the reader thread may still be passing it on.
+                let said = drain(&self.lines, Duration::from_secs(5));
                 return (status.success(), said);
             }
             assert!(Instant::now() < deadline, "the source did not end");
@@ -508,13 +509,12 @@ fn a_handover_cut_at_any_step_leaves_the_guest_in_exactly_one_place() {
         let source = Source::start(&["--vcpus", "2", "--mem", "64M", "--workload", "verify"]);
         let upstream = source.addr.to_socket_addrs().unwrap().next().unwrap();
         let cutter = HandoverCutter::start(upstream, step);
-        let first = faultline()
-            .args(["run", "--headless", "--json", "--source"])
+        let mut cmd = faultline();
+        cmd.args(["run", "--headless", "--json", "--source"])
             .arg(cutter.addr.to_string())
             .args(["--token", &source.token])
-            .args(["--duration", "500ms", "--fetch-rate", "unlimited"])
-            .output()
-            .unwrap();
+            .args(["--duration", "500ms", "--fetch-rate", "unlimited"]);
+        let first = output_within(cmd, Duration::from_secs(60));
         assert!(cutter.cut(), "{step:?}: the handover was never cut");
         let mut said: Vec<String> = Vec::new();
         if migrates {
@@ -560,6 +560,46 @@ fn a_handover_cut_at_any_step_leaves_the_guest_in_exactly_one_place() {
             "{step:?}: as promised; the destination said {:?}, the source {said:?}",
             stderr(&first).trim()
         );
+    }
+}
+
+/// Every line `rx` gets until its sender is gone (the stream's end), for up to `within`.
+fn drain(rx: &mpsc::Receiver<String>, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+/// Runs `cmd` to its end, output captured; fails the test if it takes over `within`.
+fn output_within(mut cmd: std::process::Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).map(|_| v)
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut v).map(|_| v)
+    });
+    let Some(status) = wait_for(&mut child, within) else {
+        let _ = child.kill();
+        panic!("{cmd:?} still runs after {within:?}");
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().unwrap(),
+        stderr: err.join().unwrap().unwrap(),
     }
 }
 
@@ -614,8 +654,7 @@ fn a_source_killed_at_any_moment_ends_its_destination_in_one_line() {
         let status = wait_for(&mut dest, Duration::from_secs(20));
         let _ = dest.kill();
         let status = status.unwrap_or_else(|| panic!("kill {i} at {at:?}: the destination hangs"));
-        std::thread::sleep(Duration::from_millis(100));
-        let said: Vec<String> = notes.try_iter().collect();
+        let said = drain(&notes, Duration::from_secs(5));
         assert_eq!(status.code(), Some(1), "kill {i} at {at:?}: {said:?}");
         let last = said.last().expect("a line");
         assert!(
@@ -656,10 +695,10 @@ fn a_destination_killed_at_any_moment_leaves_the_source_keeping_or_giving_up_the
         // An unconfirmed handover is taken back within 5 s; a guest handed over is given
         // up 2 s after its destination is gone.
         let ended = wait_for(&mut source.child, Duration::from_secs(9));
-        let said: Vec<String> = source.lines.try_iter().collect();
         match ended {
             Some(status) => {
-                let errors: Vec<String> = source.errors.try_iter().collect();
+                let said = drain(&source.lines, Duration::from_secs(5));
+                let errors = drain(&source.errors, Duration::from_secs(5));
                 assert_eq!(
                     status.code(),
                     Some(1),
@@ -678,6 +717,7 @@ fn a_destination_killed_at_any_moment_leaves_the_source_keeping_or_giving_up_the
                 eprintln!("kill {i} at {at:?}: the source gave up: {errors:?}");
             }
             None => {
+                let said: Vec<String> = source.lines.try_iter().collect();
                 // It kept the guest: a destination takes it over, every page verified.
                 assert!(
                     !said.iter().any(|l| l.contains("switched over")),

@@ -75,7 +75,7 @@ pub struct RunConfig {
     pub remote: Option<Remote>,
     /// Over `Transport::Tcp` with a page server of this process: where fetches connect to
     /// reach it, given its address (a relay in between, such as a test's cutting proxy).
-    /// None: straight to it.
+    /// None: straight to it. Unused with local copies or a source in another process.
     pub relay: Option<Relay>,
 }
 

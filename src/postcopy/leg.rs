@@ -249,26 +249,34 @@ pub(super) fn switch_over(
     };
     status.set_phase(Phase::Switchover);
     let t0 = Instant::now();
-    let (states, baseline) = match pause {
+    let (states, baseline, uncommitted) = match pause {
         Pause::Local(source_vm) => {
             let states = source_vm.pause_and_capture_all()?;
             for (gpa, len) in layout::live_boot_ranges(config.mem_bytes, config.vcpus) {
                 dest_ram.copy_from(source_vm.ram(), gpa, len)?;
             }
-            (states, baseline.to_vec())
+            (states, baseline.to_vec(), None)
         }
         Pause::Remote(prepared) => {
-            let handover = prepared.switch_over(config.vcpus)?;
+            let (handover, uncommitted) = prepared.fetch(config.vcpus)?;
             // The boot pages a running guest changes come with the handover.
             for (gpa, bytes) in &handover.boot {
                 dest_ram.write(*gpa, bytes)?;
             }
-            (handover.states, handover.baseline_per_sec)
+            (
+                handover.states,
+                handover.baseline_per_sec,
+                Some(uncommitted),
+            )
         }
     };
     // Every restore lands before any vCPU runs: a running vCPU would take the CPU that
     // the others need to finish theirs.
     vm.restore_all(states)?;
+    // Only a guest restored here is taken from the source; a failure above leaves it there.
+    if let Some(u) = uncommitted {
+        u.commit(config.link_timeout)?;
+    }
     vm.resume_all()?;
     let downtime = t0.elapsed();
     dest.set_push(push);

@@ -28,10 +28,16 @@ pub enum RemoteError {
     Offer { addr: SocketAddr, why: String },
     #[error("the source at {addr} sent a switchover this build cannot read: {why}")]
     Handover { addr: SocketAddr, why: String },
-    /// The guest stays at the source: the handover did not reach here whole, or was not
-    /// confirmed in time.
+    /// The guest stays at the source: the handover did not reach here whole.
     #[error("the source at {addr} keeps the guest: {why}")]
     KeptBySource { addr: SocketAddr, why: String },
+    /// The source answered no; `why` says where the guest is.
+    #[error("the source at {addr} refused {what}: {why}")]
+    Refused {
+        addr: SocketAddr,
+        what: &'static str,
+        why: String,
+    },
     #[error(
         "the handover from {addr} could not be confirmed within {:.1} s ({last}); the \
          source runs the guest on unless a confirmation reached it, and says which",
@@ -216,36 +222,59 @@ pub struct PreparedSwitchover {
 }
 
 impl PreparedSwitchover {
-    /// Has the source pause its guest and hand it over, and commits the handover: once
-    /// this returns, the guest is this destination's to run, and the source's no more. An
-    /// error leaves it at the source, which says so (or, if the source could not be
-    /// reached to learn which, says that).
-    pub fn switch_over(mut self, vcpus: usize) -> Result<Handover, RemoteError> {
+    /// Has the source pause its guest and send the handover. The guest is not yet this
+    /// destination's: it becomes so when [`Uncommitted::commit`] succeeds, which must come
+    /// after the state is restored here and before it runs. An error, or an uncommitted
+    /// handover dropped, leaves the guest at the source (it takes it back within
+    /// [`COMMIT_WAIT`]).
+    pub fn fetch(mut self, vcpus: usize) -> Result<(Handover, Uncommitted), RemoteError> {
         let addr = self.remote.addr;
-        let kept = |why: String| RemoteError::KeptBySource { addr, why };
         let bytes = self
             .conn
             .ask(Request::control(Op::Switchover))
-            .map_err(|e| {
-                kept(format!(
-                    "the switchover did not complete ({e}); it runs the guest on (within {} s \
-                 if it had paused it)",
-                    COMMIT_WAIT.as_secs()
-                ))
+            .map_err(|e| match e {
+                NetError::Refused { why, .. } => RemoteError::Refused {
+                    addr,
+                    what: "the switchover",
+                    why,
+                },
+                e => RemoteError::KeptBySource {
+                    addr,
+                    why: format!(
+                        "the switchover did not complete ({e}); it runs the guest on (within \
+                         {} s if it had paused it)",
+                        COMMIT_WAIT.as_secs()
+                    ),
+                },
             })?;
         let handover = Handover::decode(&bytes, vcpus).map_err(|why| RemoteError::Handover {
             addr,
             why: format!("{why}; the source takes the guest back, unconfirmed"),
         })?;
-        self.commit(handover.id)?;
-        Ok(handover)
+        let uncommitted = Uncommitted {
+            remote: self.remote,
+            conn: self.conn,
+            id: handover.id,
+        };
+        Ok((handover, uncommitted))
     }
+}
 
-    /// Commits handover `id`: on this connection, then, if an answer is lost, again on new
-    /// ones until the source has decided (it takes an unconfirmed guest back after
-    /// [`COMMIT_WAIT`]), so a lost answer never leaves the guest running nowhere.
-    fn commit(self, id: u64) -> Result<(), RemoteError> {
+/// A handover received whole and not yet committed: the guest is still the source's.
+pub struct Uncommitted {
+    remote: Remote,
+    conn: ControlConnection,
+    id: u64,
+}
+
+impl Uncommitted {
+    /// Commits the handover: on the switchover's connection, then, if an answer is lost,
+    /// again on new ones until the source answers (its verdict stands: the guest handed
+    /// over, or taken back after [`COMMIT_WAIT`]), for up to `within` while it cannot be
+    /// reached. Once this returns Ok the guest is this destination's to run.
+    pub fn commit(self, within: Duration) -> Result<(), RemoteError> {
         let Remote { addr, token } = self.remote;
+        let within = within.max(COMMIT_WAIT + 2 * COMMIT_ANSWER_WAIT);
         let started = Instant::now();
         let mut conn = Some(self.conn);
         let mut wait = Duration::from_millis(5);
@@ -256,18 +285,21 @@ impl PreparedSwitchover {
             }
             .and_then(|mut c| {
                 c.set_timeout(COMMIT_ANSWER_WAIT)?;
-                c.ask(Request::commit(id))
+                c.ask(Request::commit(self.id))
             });
             let last = match attempt {
                 Ok(_) => return Ok(()),
                 // The source answered: it took the guest back, or gave it to another.
                 Err(NetError::Refused { why, .. }) => {
-                    return Err(RemoteError::KeptBySource { addr, why });
+                    return Err(RemoteError::Refused {
+                        addr,
+                        what: "the commit of its handover",
+                        why,
+                    });
                 }
                 Err(e) => e,
             };
-            // Past the source's own wait, plus a margin for an answer in flight.
-            if started.elapsed() >= COMMIT_WAIT + 2 * COMMIT_ANSWER_WAIT {
+            if started.elapsed() >= within {
                 return Err(RemoteError::Unconfirmed {
                     addr,
                     waited: started.elapsed(),
@@ -310,15 +342,34 @@ enum Slot {
     HandedOver {
         id: u64,
     },
+    /// Only while a transition moves the VM out under the lock.
+    Vacant,
 }
 
 impl Slot {
     fn vm(&self) -> Option<&Vm> {
         match self {
             Slot::Running(vm) | Slot::Handing { vm, .. } => Some(vm),
-            Slot::HandedOver { .. } => None,
+            Slot::HandedOver { .. } | Slot::Vacant => None,
         }
     }
+}
+
+/// Resumes `vm`, paused for a handover nobody took, and says how that went.
+fn run_on(vm: Vm, why: &str) -> (Slot, String) {
+    let said = match vm.resume_all() {
+        Ok(()) => format!("{why}; the guest runs on here"),
+        Err(e) => format!("{why}, and the guest cannot resume here: {e}"),
+    };
+    (Slot::Running(vm), said)
+}
+
+/// Why an unconfirmed handover is taken back.
+fn unconfirmed() -> String {
+    format!(
+        "no destination confirmed the handover within {} s",
+        COMMIT_WAIT.as_secs()
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -351,7 +402,8 @@ impl SourceGuest {
     }
 
     /// Takes back a guest whose handover no destination committed within [`COMMIT_WAIT`]
-    /// and runs it on here; says what happened when it did.
+    /// and runs it on here; says what happened when it did. (A late commit takes it back
+    /// too, and is refused: this is for the source that hears nothing.)
     pub fn take_back_unconfirmed(&self) -> Option<String> {
         let mut slot = lock(&self.guest);
         let Slot::Handing { since, .. } = &*slot else {
@@ -360,20 +412,11 @@ impl SourceGuest {
         if since.elapsed() < COMMIT_WAIT {
             return None;
         }
-        let Slot::Handing { vm, .. } = std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 })
-        else {
+        let Slot::Handing { vm, .. } = std::mem::replace(&mut *slot, Slot::Vacant) else {
             return None;
         };
-        let said = match vm.resume_all() {
-            Ok(()) => format!(
-                "no destination confirmed the handover within {} s; the guest runs on here",
-                COMMIT_WAIT.as_secs()
-            ),
-            Err(e) => format!(
-                "no destination confirmed the handover, and the guest cannot resume here: {e}"
-            ),
-        };
-        *slot = Slot::Running(vm);
+        let (running, said) = run_on(vm, &unconfirmed());
+        *slot = running;
         Some(said)
     }
 
@@ -396,7 +439,7 @@ impl SourceGuest {
             Slot::Handing { .. } => {
                 return Err("another destination is taking the guest over".into());
             }
-            Slot::HandedOver { .. } => {
+            Slot::HandedOver { .. } | Slot::Vacant => {
                 return Err(
                     "the guest has been handed over already: it runs at another destination".into(),
                 );
@@ -409,8 +452,7 @@ impl SourceGuest {
             .and_then(|states| self.handover(vm, id, states));
         match handover {
             Ok(bytes) => {
-                if let Slot::Running(vm) = std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 })
-                {
+                if let Slot::Running(vm) = std::mem::replace(&mut *slot, Slot::Vacant) {
                     *slot = Slot::Handing {
                         vm,
                         id,
@@ -426,48 +468,67 @@ impl SourceGuest {
         }
     }
 
-    /// Settles a handover whose answer was written (the commit is awaited from now) or
-    /// was not (the guest runs on here at once).
-    fn settle(&self, written: bool) {
+    /// Settles handover `id` once its answer was written (the commit is awaited from now)
+    /// or was not (the guest runs on here at once). Another handover's slot is left be.
+    fn settle(&self, id: u64, written: bool) {
         let mut slot = lock(&self.guest);
-        match std::mem::replace(&mut *slot, Slot::HandedOver { id: 0 }) {
-            Slot::Handing { vm, id, .. } if written => {
+        match std::mem::replace(&mut *slot, Slot::Vacant) {
+            Slot::Handing { vm, id: sent, .. } if sent == id && written => {
                 *slot = Slot::Handing {
                     vm,
                     id,
                     since: Instant::now(),
                 };
             }
-            Slot::Handing { vm, .. } => {
-                if let Err(e) = vm.resume_all() {
-                    tracing::warn!("the handover did not go out and the guest cannot resume: {e}");
-                }
-                *slot = Slot::Running(vm);
+            Slot::Handing { vm, id: sent, .. } if sent == id => {
+                let (running, said) = run_on(vm, "the handover could not be sent");
+                tracing::warn!("{said}");
+                *slot = running;
             }
             other => *slot = other,
         }
     }
 
-    /// A destination has handover `id` and runs the guest: give it up, once.
+    /// A destination has handover `id` and runs the guest: give it up, once. A commit
+    /// later than [`COMMIT_WAIT`] takes the guest back instead, whoever else would.
     fn commit_handover(&self, id: u64) -> Result<(), String> {
         let mut slot = lock(&self.guest);
-        match &*slot {
-            Slot::Handing { id: sent, .. } if *sent == id => {
-                // The vCPU threads end here; the RAM lives on in the page server's image.
+        match std::mem::replace(&mut *slot, Slot::Vacant) {
+            Slot::Handing {
+                vm,
+                id: sent,
+                since,
+            } if sent == id => {
+                if since.elapsed() >= COMMIT_WAIT {
+                    let (running, said) = run_on(vm, &unconfirmed());
+                    *slot = running;
+                    return Err(said);
+                }
                 *slot = Slot::HandedOver { id };
+                // Its vCPU threads end away from the lock and the answer the destination
+                // waits for (its downtime); the RAM lives on in the page server's image.
+                let _ = std::thread::Builder::new()
+                    .name("retire-guest".into())
+                    .spawn(move || drop(vm));
                 Ok(())
             }
             // A repeat whose first answer was lost.
-            Slot::HandedOver { id: given } if *given == id => Ok(()),
-            Slot::Running(_) => Err(format!(
-                "the handover was not confirmed within {} s: the guest runs on at the source",
-                COMMIT_WAIT.as_secs()
-            )),
-            Slot::Handing { .. } | Slot::HandedOver { .. } => Err(
-                "that handover is not the one the source made: another destination \
-                     has the guest"
-                    .into(),
-            ),
+            Slot::HandedOver { id: given } if given == id => {
+                *slot = Slot::HandedOver { id };
+                Ok(())
+            }
+            other => {
+                let why = match &other {
+                    Slot::Running(_) => {
+                        format!("{}; the guest runs on at the source", unconfirmed())
+                    }
+                    _ => "that handover is not the source's last: another destination has the \
+                          guest"
+                        .into(),
+                };
+                *slot = other;
+                Err(why)
+            }
         }
     }
 
@@ -536,9 +597,14 @@ impl MigrationControl for SourceGuest {
         }
     }
 
-    fn answered(&self, op: Op, written: bool) {
+    fn answered(&self, op: Op, answer: &[u8], written: bool) {
         match op {
-            Op::Switchover => self.settle(written),
+            // The handover's id leads its encoding.
+            Op::Switchover => {
+                if let Some(id) = answer.first_chunk::<8>() {
+                    self.settle(u64::from_le_bytes(*id), written);
+                }
+            }
             Op::Finish if written => self.finished.store(true, Ordering::Release),
             _ => {}
         }

@@ -15,7 +15,7 @@ use crate::telemetry::{Stall, Telemetry};
 use crate::vmm::layout::PAGE_SHIFT;
 
 /// More open stalls than this in one reader (a vCPU has one fault at a time, so only a
-/// guest of very many vCPUs gets here): the oldest is ended now, a lower bound again.
+/// guest of very many vCPUs gets here): one of them is ended now, a lower bound again.
 const MOST_HELD: usize = 1024;
 
 /// Readers that can hold stalls; any more time theirs to the read (a lower bound).
@@ -112,8 +112,8 @@ impl<'a> HeldStalls<'a> {
     /// (`end_landed`), so a page that landed before this counted is not missed.
     pub(super) fn hold(&mut self, stall: Stall, gpa: u64) {
         if self.open.len() >= MOST_HELD {
-            let (oldest, _) = self.open.remove(0);
-            self.end(oldest);
+            let (early, _) = self.open.swap_remove(0);
+            self.end(early);
         }
         self.listener.held.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);

@@ -193,7 +193,7 @@ fn lost(addr: SocketAddr, waited: Duration, source: std::io::Error) -> NetError 
         ErrorKind::UnexpectedEof => std::io::Error::new(source.kind(), "the source closed it"),
         ErrorKind::WouldBlock | ErrorKind::TimedOut => std::io::Error::new(
             ErrorKind::TimedOut,
-            format!("no answer within {} s", waited.as_secs()),
+            format!("no answer for {:.1} s (stalled)", waited.as_secs_f64()),
         ),
         _ => source,
     };

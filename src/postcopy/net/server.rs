@@ -57,9 +57,9 @@ pub trait MigrationControl: Send + Sync {
     /// The destination has every page and needs the source no more: refused before the
     /// guest has been handed over.
     fn finish(&self) -> Result<(), String>;
-    /// Whether the answer to an accepted `op` was written: an unwritten switchover resumes
+    /// Whether `answer`, to an accepted `op`, was written: an unwritten switchover resumes
     /// the guest here at once; a written finish releases the source.
-    fn answered(&self, op: Op, written: bool);
+    fn answered(&self, op: Op, answer: &[u8], written: bool);
 }
 
 /// Serves one image until dropped; dropping it closes every connection.
@@ -452,11 +452,11 @@ fn serve(
                 match answer {
                     Ok(bytes) if bytes.len() as u64 <= MAX_CONTROL_ANSWER => {
                         let sent = send_answer(&mut writer, &mut frame, &bytes);
-                        control.answered(request.op, sent.is_ok());
+                        control.answered(request.op, &bytes, sent.is_ok());
                         sent?;
                     }
                     Ok(bytes) => {
-                        control.answered(request.op, false);
+                        control.answered(request.op, &bytes, false);
                         let why = format!(
                             "an answer of {} bytes is over the {MAX_CONTROL_ANSWER} a control \
                              answer may take",

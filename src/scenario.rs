@@ -71,6 +71,7 @@ struct File {
     warmup: Option<Spanned<String>>,
     duration: Option<Spanned<String>>,
     push: Option<bool>,
+    prefetch: Option<Spanned<String>>,
     backing: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
     link_timeout: Option<Spanned<String>>,
@@ -85,6 +86,7 @@ struct Entry {
     inject: Option<Spanned<String>>,
     throttle: Option<Spanned<String>>,
     push: Option<bool>,
+    prefetch: Option<Spanned<String>>,
     link: Option<bool>,
     /// Migrate the guest again, from the current destination to a new one.
     migrate: Option<Spanned<bool>>,
@@ -193,6 +195,9 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
     if let Some(p) = f.push {
         c.push = p;
     }
+    if let Some(p) = &f.prefetch {
+        c.prefetch = loc.value(p, str::parse::<crate::contract::Prefetch>)?;
+    }
     for entry in &f.timeline {
         let e = entry.get_ref();
         let at = loc.duration(&e.at)?;
@@ -205,6 +210,9 @@ pub fn parse(file: &str, text: &str) -> Result<RunConfig, ScenarioError> {
         }
         if let Some(p) = e.push {
             actions.push(Action::Push(p));
+        }
+        if let Some(p) = &e.prefetch {
+            actions.push(Action::Prefetch(loc.value(p, str::parse)?));
         }
         if let Some(l) = e.link {
             actions.push(Action::Link(l));
@@ -344,6 +352,30 @@ mod tests {
                 (Duration::from_secs(1), Action::Link(false)),
                 (Duration::from_secs(3), Action::Link(true)),
             ]
+        );
+    }
+
+    #[test]
+    fn prefetch_is_a_key_and_a_timeline_action_and_a_bad_one_says_where() {
+        use crate::contract::Prefetch;
+        let text = "prefetch = \"adaptive\"\n[[timeline]]\nat = \"1s\"\nprefetch = \"32\"\n\
+                    [[timeline]]\nat = \"2s\"\nprefetch = \"off\"\n";
+        let c = parse("p.toml", text).unwrap();
+        assert_eq!(c.prefetch, Prefetch::Adaptive);
+        let actions: Vec<_> = c.timeline.iter().map(|t| t.action).collect();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Prefetch(Prefetch::Fixed(32)),
+                Action::Prefetch(Prefetch::Off)
+            ]
+        );
+        let err = parse("p.toml", "prefetch = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:1:12: unknown prefetch 'lots'"),
+            "{err}"
         );
     }
 

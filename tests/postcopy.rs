@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use faultline::contract::Backing;
 use faultline::contract::Workload;
-use faultline::contract::{Action, FaultMode, RunConfig, Summary, TimedAction, Transport};
+use faultline::contract::{
+    Action, FaultMode, Prefetch, RunConfig, Summary, TimedAction, Transport,
+};
 use faultline::postcopy::{self, RunStatus};
 use faultline::units::{GpaRange, Rate};
 
@@ -54,7 +56,7 @@ fn check(c: &RunConfig) {
     assert_eq!(s.verify.mismatches, 0);
     assert_eq!(s.verify.guest_errors, 0);
     assert_eq!(
-        s.pages_demand + s.pages_pushed,
+        s.pages_demand + s.pages_pushed + s.pages_prefetched,
         s.pages_total - s.pages_boot,
         "{s:#?}"
     );
@@ -681,5 +683,80 @@ fn a_claimable_page_found_mapped_is_an_error_and_never_filled_again() {
     assert_eq!(
         dest.pages().get(gpa / 4096),
         faultline::postcopy::page_state::PageState::Requested
+    );
+}
+
+/// Prefetch in `mode` over `transport` with `backing`: every page arrives once (demand,
+/// prefetched and pushed add up to the data pages), all verify, and a sequential guest's
+/// windows are used.
+fn check_prefetch(mode: FaultMode, prefetch: Prefetch, backing: Backing, transport: Transport) {
+    let mut c = config("sequential-write", mode, 2);
+    c.backing = Some(backing);
+    c.transport = transport;
+    c.prefetch = prefetch;
+    // No push and no limit: the vCPUs' own faults bring every page they touch.
+    c.push = false;
+    c.fetch_rate = Rate::Unlimited;
+    let what = format!("{mode} {prefetch} {backing} {transport}");
+    let s = run(&c);
+    assert!(s.verified, "{what}: {s:#?}");
+    assert_eq!(
+        s.pages_demand + s.pages_pushed + s.pages_prefetched,
+        s.pages_total - s.pages_boot,
+        "{what}: {s:#?}"
+    );
+    assert_eq!(s.prefetch, prefetch.to_string(), "{what}");
+    assert!(s.pages_prefetched > 0, "{what}: nothing prefetched: {s:#?}");
+    // A sequential stream goes on past each window it was given.
+    assert!(
+        s.prefetch_used * 2 >= s.pages_prefetched,
+        "{what}: {} of {} prefetched pages used",
+        s.prefetch_used,
+        s.pages_prefetched
+    );
+    // Fewer faults than pages the vCPUs brought in: each fault brought a window.
+    let faults: u64 = s.per_vcpu.iter().map(|v| v.fault_exits).sum();
+    assert!(
+        faults * 2 < s.pages_demand + s.pages_prefetched,
+        "{what}: {faults} faults for {} pages",
+        s.pages_demand + s.pages_prefetched
+    );
+}
+
+#[test]
+fn prefetch_windows_arrive_once_and_verify_in_every_mode_backing_and_transport() {
+    for mode in [FaultMode::Exit, FaultMode::Uffd] {
+        for prefetch in [Prefetch::Fixed(16), Prefetch::Adaptive] {
+            check_prefetch(mode, prefetch, Backing::Shared, Transport::Local);
+        }
+        check_prefetch(
+            mode,
+            Prefetch::Adaptive,
+            Backing::Anonymous,
+            Transport::Local,
+        );
+        check_prefetch(mode, Prefetch::Adaptive, Backing::Shared, Transport::Tcp);
+    }
+}
+
+#[test]
+fn adaptive_prefetch_follows_a_strided_guest_and_a_timeline_changes_the_strategy() {
+    let mut c = config("stride-read", FaultMode::Exit, 2);
+    c.prefetch = Prefetch::Adaptive;
+    c.push = false;
+    c.fetch_rate = Rate::Unlimited;
+    // Off half-way: the strategy in force at the end is the timeline's.
+    c.timeline = vec![TimedAction {
+        at: Duration::from_millis(200),
+        action: Action::Prefetch(Prefetch::Off),
+    }];
+    let s = run(&c);
+    assert!(s.verified, "{s:#?}");
+    assert!(s.pages_prefetched > 0, "{s:#?}");
+    assert_eq!(s.prefetch, "off");
+    assert_eq!(
+        s.pages_demand + s.pages_pushed + s.pages_prefetched,
+        s.pages_total - s.pages_boot,
+        "{s:#?}"
     );
 }

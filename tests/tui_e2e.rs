@@ -323,6 +323,41 @@ fn a_link_taken_down_stalls_the_vcpus_until_it_comes_back() {
 }
 
 #[test]
+fn the_prefetch_key_turns_on_windows_and_the_view_counts_what_they_bring() {
+    let mut s = Session::start(&[
+        "run",
+        "--vcpus",
+        "2",
+        "--mem",
+        "512M",
+        "--workload",
+        "sequential-write",
+        "--push",
+        "off",
+        "--fetch-rate",
+        "16MiB/s",
+        "--warmup",
+        "300ms",
+    ]);
+    s.wait_for("the post-copy screen", |t| {
+        t.contains("post-copy") && t.contains("v1")
+    });
+    // Off by default, so the header says nothing of it; two presses: 16 pages, adaptive.
+    let before = s.text();
+    assert!(!before.contains("prefetch "), "{before}");
+    s.keys("f");
+    s.wait_for("a fixed window in force", |t| t.contains("prefetch 16"));
+    s.keys("f");
+    s.wait_for("adaptive prefetch bringing pages in", |t| {
+        t.contains("prefetch adaptive") && number_after(t, "prefetched").is_some_and(|n| n > 1000)
+    });
+    s.keys("q");
+    assert!(s.wait_exit().success());
+    let end = s.text();
+    assert!(end.contains("verified"), "{end}");
+}
+
+#[test]
 fn an_injected_range_turns_missing_and_faults_follow() {
     let mut s = Session::start(&[
         "run",

@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Background push of pages nobody asked for yet: on or off.
     #[arg(long, value_parser = parse_on_off)]
     push: Option<bool>,
+    /// What a demand fault brings in besides its page: off, N (the N pages after it, up
+    /// to 255) or adaptive (each vCPU's detected stream, in a window that grows while
+    /// used).
+    #[arg(long)]
+    prefetch: Option<faultline::contract::Prefetch>,
     /// The destination's memory: shmem (allocated up front; minor faults, UFFDIO_CONTINUE)
     /// or anon (allocated on fill; missing faults, UFFDIO_COPY). Default: shmem where the
     /// kernel supports it.
@@ -107,6 +112,9 @@ fn config_from(args: &RunArgs) -> anyhow::Result<RunConfig> {
     }
     if let Some(d) = args.duration {
         c.duration = d;
+    }
+    if let Some(p) = args.prefetch {
+        c.prefetch = p;
     }
     if let Some(p) = args.push {
         c.push = p;

@@ -60,6 +60,17 @@ pub fn write_summary(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         s.pages_injected,
         s.pages_refetched
     )?;
+    if s.pages_prefetched > 0 || !matches!(s.prefetch.as_str(), "" | "off") {
+        writeln!(
+            out,
+            "prefetch {}: {} pages brought in beside faults, {} of them used ({:.0}%, as far \
+             as the faults show)",
+            s.prefetch,
+            s.pages_prefetched,
+            s.prefetch_used,
+            100.0 * s.prefetch_used as f64 / s.pages_prefetched.max(1) as f64
+        )?;
+    }
     writeln!(
         out,
         "all vCPUs blocked {:.1} ms; fault latency p50 {} us, p99 {} us, max {} us",

@@ -7,6 +7,7 @@
 
 mod feed;
 mod names;
+mod prefetch;
 mod qemu;
 mod run;
 mod snapshot;
@@ -14,6 +15,7 @@ mod summary;
 mod workload;
 
 pub use feed::{Feed, Notice};
+pub use prefetch::{MAX_PREFETCH_PAGES, Prefetch, PrefetchStatus};
 pub use qemu::{QemuVcpu, QemuView};
 pub use run::{
     Action, Backing, FaultMode, LINK_TIMEOUT, Relay, Remote, RunConfig, TimedAction, Transport,

@@ -31,6 +31,8 @@ names!(FaultMode, "fault mode", { Uffd => "uffd", Exit => "exit" });
 pub enum Action {
     /// Make a range missing again on the destination.
     Inject(GpaRange),
+    /// Change what a demand fault brings in besides its page.
+    Prefetch(super::Prefetch),
     /// Set the fetch-rate limit.
     Throttle(Rate),
     /// Pause (false) or resume (true) the background push.
@@ -62,6 +64,8 @@ pub struct RunConfig {
     pub warmup: Duration,
     pub duration: Duration,
     pub push: bool,
+    /// What a demand fault brings in besides its page.
+    pub prefetch: super::Prefetch,
     /// What backs the destination's RAM; None: the kernel's best (see `postcopy::destination`).
     pub backing: Option<Backing>,
     /// How pages travel from the source to the destination.
@@ -121,6 +125,7 @@ impl Default for RunConfig {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(10),
             push: true,
+            prefetch: super::Prefetch::Off,
             backing: None,
             transport: Transport::Local,
             link_timeout: LINK_TIMEOUT,

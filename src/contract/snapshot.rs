@@ -97,6 +97,9 @@ pub struct PageCounts {
     pub injected: u64,
     pub missing: u64,
     pub in_flight: u64,
+    /// Present, brought in by prefetch beside a fault's page (absent in older recordings).
+    #[serde(default)]
+    pub prefetched: u64,
 }
 
 /// Page counts of one memory-map cell, by state. Cells merge by adding.
@@ -109,11 +112,13 @@ pub struct MapCell {
     pub boot: u32,
     /// Pages made missing again at least once (any state now).
     pub injected: u32,
+    #[serde(default)]
+    pub prefetched: u32,
 }
 
 impl MapCell {
     pub fn total(&self) -> u32 {
-        self.missing + self.in_flight + self.demand + self.pushed + self.boot
+        self.missing + self.in_flight + self.demand + self.pushed + self.boot + self.prefetched
     }
 
     pub fn merge(&mut self, o: &MapCell) {
@@ -123,6 +128,7 @@ impl MapCell {
         self.pushed += o.pushed;
         self.boot += o.boot;
         self.injected += o.injected;
+        self.prefetched += o.prefetched;
     }
 }
 
@@ -257,6 +263,10 @@ pub struct Snapshot {
     pub transfer_bytes_per_sec: u64,
     pub downtime_us: Option<u64>,
     pub push_enabled: bool,
+    /// What prefetch does, where faultline resolves the faults (absent for QEMU feeds and
+    /// in older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<super::PrefetchStatus>,
     /// Whether the link to the source is up, when pages travel over TCP (the operator can
     /// take it down); absent for local copies and in older recordings.
     #[serde(default)]

@@ -62,6 +62,15 @@ pub struct Summary {
     pub pages_pushed: u64,
     pub pages_injected: u64,
     pub pages_refetched: u64,
+    /// Pages brought in by prefetch beside faults' pages, and of those the ones the
+    /// vCPUs' streams went on past (used, as far as the faults show); the strategy in
+    /// force at the end. Absent in older recordings.
+    #[serde(default)]
+    pub pages_prefetched: u64,
+    #[serde(default)]
+    pub prefetch_used: u64,
+    #[serde(default)]
+    pub prefetch: String,
     /// Migrations in this run (the operator can start more); the figures are the last
     /// one's, and [`Summary::legs`] has each one's.
     pub migrations: u32,
@@ -119,6 +128,10 @@ pub struct LegSummary {
     pub pages_demand: u64,
     pub pages_pushed: u64,
     pub pages_injected: u64,
+    #[serde(default)]
+    pub pages_prefetched: u64,
+    #[serde(default)]
+    pub prefetch_used: u64,
     pub bytes_transferred: u64,
     /// The fetch-rate limit in force when it ended.
     pub throttle: String,

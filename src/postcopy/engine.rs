@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 
 use super::PostcopyError;
 use super::destination::{self, Destination};
-use super::leg::{Leg, LegSource, shared, switch_over};
+use super::leg::{Leg, LegSource, Settings, shared, switch_over};
 use super::monitor::Monitor;
 use super::net::LinkSwitch;
 use super::outcome::{LegFigures, Outcome, run_info, summarize};
@@ -224,7 +224,11 @@ fn migrate(
                     leg.number
                 ));
                 // The operator's throttle and push carry over; filling the rest changes both.
-                let settings = (leg.dest.throttle.rate(), leg.dest.push_enabled());
+                let settings = Settings {
+                    rate: leg.dest.throttle.rate(),
+                    push: leg.dest.push_enabled(),
+                    prefetch: leg.dest.prefetch(),
+                };
                 // The source is done with either way: a failed check ends the run.
                 let postcopy = complete_at.unwrap_or_else(|| leg.switched_at.elapsed());
                 let complete = complete_at.is_some();
@@ -241,7 +245,7 @@ fn migrate(
                         downtime: leg.downtime,
                         postcopy,
                         postcopy_complete: complete,
-                        throttle: settings.0,
+                        throttle: settings.rate,
                         pages_checked: n,
                         mismatches: m,
                     }
@@ -357,6 +361,7 @@ fn describe(action: Action) -> String {
                                 faults wait for it"
             .into(),
         Action::Link(true) => "link up: fetches resume".into(),
+        Action::Prefetch(p) => format!("prefetch set to {p}"),
     }
 }
 
@@ -370,6 +375,7 @@ fn apply(
     match action {
         Action::Throttle(rate) => dest.throttle.set_rate(rate),
         Action::Push(on) => dest.set_push(on),
+        Action::Prefetch(p) => dest.set_prefetch(p),
         // Handled by the run loop, which owns the VMs.
         Action::Remigrate => {}
         Action::Link(up) => match link {

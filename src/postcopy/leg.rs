@@ -129,6 +129,14 @@ pub(super) enum Pause<'a> {
     Remote(super::remote::PreparedSwitchover),
 }
 
+/// What the operator has set that a new migration carries over.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    pub rate: Rate,
+    pub push: bool,
+    pub prefetch: crate::contract::Prefetch,
+}
+
 /// Where a leg's guest comes from.
 pub(super) enum LegSource {
     /// A VM of this process, running; paused at switchover.
@@ -144,7 +152,7 @@ pub(super) fn switch_over(
     from: LegSource,
     number: u32,
     baseline: &[f64],
-    settings: Option<(Rate, bool)>,
+    settings: Option<Settings>,
     status: &RunStatus,
 ) -> Result<Leg, PostcopyError> {
     let vm_config = VmConfig {
@@ -220,7 +228,15 @@ pub(super) fn switch_over(
         }
     };
     let link = LinkControl(server.as_ref().map(PageServer::link));
-    let (rate, push) = settings.unwrap_or((config.fetch_rate, config.push));
+    let Settings {
+        rate,
+        push,
+        prefetch,
+    } = settings.unwrap_or(Settings {
+        rate: config.fetch_rate,
+        push: config.push,
+        prefetch: config.prefetch,
+    });
     let dest = Arc::new(Destination::with_uffds(
         dest_ram.clone(),
         uffds,
@@ -231,6 +247,7 @@ pub(super) fn switch_over(
     )?);
     // The push waits for the switchover: before it, it would only take CPU from the pause.
     dest.set_push(false);
+    dest.set_prefetch(prefetch);
     let handler = plan.handler(&dest);
     // The boot region goes ahead while the source runs; the switchover moves only the
     // parts a running guest can change.

@@ -73,6 +73,8 @@ impl LegFigures<'_> {
             pages_demand: t.run.pages_demand.get(),
             pages_pushed: t.run.pages_pushed.get(),
             pages_injected: t.run.pages_injected.get(),
+            pages_prefetched: t.run.pages_prefetched.get(),
+            prefetch_used: t.run.prefetch_used.get(),
             bytes_transferred: t.run.bytes_transferred.get(),
             throttle: self.throttle.to_string(),
             stall_ms: t
@@ -164,6 +166,9 @@ pub(super) fn summarize(
         pages_pushed: run.pages_pushed.get(),
         pages_injected: run.pages_injected.get(),
         pages_refetched: run.pages_refetched.get(),
+        pages_prefetched: run.pages_prefetched.get(),
+        prefetch_used: run.prefetch_used.get(),
+        prefetch: leg.dest.prefetch().to_string(),
         migrations: leg.number,
         downtime_us: leg.downtime.as_micros() as u64,
         postcopy_ms: o.postcopy.as_millis() as u64,

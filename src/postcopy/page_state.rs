@@ -15,6 +15,8 @@ pub enum PageState {
     FilledByPush = 3,
     /// Part of the boot region: moved with the vCPU state, never missing.
     Boot = 4,
+    /// Brought in by prefetch with a fault's page.
+    FilledByPrefetch = 5,
 }
 
 /// Set once a page has been injected; kept through later transitions.
@@ -28,6 +30,7 @@ impl PageState {
             1 => PageState::Requested,
             2 => PageState::FilledByDemand,
             3 => PageState::FilledByPush,
+            5 => PageState::FilledByPrefetch,
             _ => PageState::Boot,
         }
     }
@@ -35,7 +38,10 @@ impl PageState {
     pub fn is_present(self) -> bool {
         matches!(
             self,
-            PageState::FilledByDemand | PageState::FilledByPush | PageState::Boot
+            PageState::FilledByDemand
+                | PageState::FilledByPush
+                | PageState::FilledByPrefetch
+                | PageState::Boot
         )
     }
 }
@@ -165,8 +171,8 @@ impl PageStateMap {
 /// Page counts by state over a range, from [`PageStateMap::tally`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Indexed by `PageState as usize`: missing, requested, demand, push, boot.
-    pub by_state: [u64; 5],
+    /// Indexed by `PageState as usize`: missing, requested, demand, push, boot, prefetch.
+    pub by_state: [u64; 6],
     pub injected: u64,
 }
 
@@ -198,13 +204,18 @@ mod tests {
         assert!(m.was_injected(5), "the injected mark survives a refetch");
         assert_eq!(m.get(5), PageState::FilledByPush);
         let all = m.tally(0..8);
-        assert_eq!(all.by_state, [5, 0, 0, 1, 2]);
+        assert_eq!(all.by_state, [5, 0, 0, 1, 2, 0]);
         assert_eq!(all.injected, 1);
         assert_eq!(
             m.tally(4..100).get(PageState::FilledByPush),
             1,
             "clipped to the map"
         );
-        assert_eq!(m.tally(6..8).by_state, [2, 0, 0, 0, 0]);
+        assert_eq!(m.tally(6..8).by_state, [2, 0, 0, 0, 0, 0]);
+        // A prefetched page is present, and counted as such.
+        assert!(m.claim(6));
+        m.set_filled(6, PageState::FilledByPrefetch);
+        assert!(m.get(6).is_present());
+        assert_eq!(m.tally(6..8).get(PageState::FilledByPrefetch), 1);
     }
 }

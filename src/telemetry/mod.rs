@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use crossbeam_utils::CachePadded;
-use serde::Serialize;
 
 use crate::striped::StripedCounter;
 
@@ -24,14 +23,6 @@ use crate::striped::StripedCounter;
 const EVENT_CAPACITY: usize = 1 << 20;
 /// The least room a channel gets, however many vCPUs share [`EVENT_CAPACITY`].
 const MIN_CHANNEL_CAPACITY: usize = 4096;
-
-/// Why a page arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FillCause {
-    Demand,
-    Push,
-}
 
 /// One thing that happened, with times in nanoseconds since the telemetry epoch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +58,10 @@ pub struct VcpuCounters {
 pub struct RunCounters {
     pub pages_demand: StripedCounter,
     pub pages_pushed: StripedCounter,
+    /// Pages brought in by prefetch beside the faulting pages, and how many of them the
+    /// vCPUs' streams went on past (used).
+    pub pages_prefetched: StripedCounter,
+    pub prefetch_used: StripedCounter,
     pub pages_injected: StripedCounter,
     pub pages_refetched: StripedCounter,
     pub bytes_transferred: StripedCounter,

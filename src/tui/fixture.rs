@@ -319,6 +319,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
         transfer_bytes_per_sec: (fill_pps * PAGE as f64) as u64,
         downtime_us: postcopy_steps(step).map(|_| 3_180),
         push_enabled: true,
+        prefetch: None,
         link_up: None,
         pages,
         fill_pages_per_sec: fill_pps,

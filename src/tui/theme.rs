@@ -15,6 +15,8 @@ pub enum MapState {
     Injected,
     InFlight,
     Demand,
+    /// Brought in by prefetch with a fault's page.
+    Prefetched,
     Pushed,
     Boot,
 }
@@ -158,6 +160,7 @@ impl Theme {
             MapState::Injected => ('×', self.fg(Color::LightRed).add_modifier(Modifier::BOLD)),
             MapState::InFlight => ('▒', self.fg(Color::Yellow)),
             MapState::Demand => ('█', self.fg(Color::Cyan)),
+            MapState::Prefetched => ('▆', self.fg(Color::LightBlue)),
             MapState::Pushed => ('▓', self.fg(Color::Green)),
             MapState::Boot => ('#', self.fg(Color::Magenta)),
         }

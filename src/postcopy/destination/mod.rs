@@ -16,8 +16,9 @@ use super::page_state::{PageState, PageStateMap};
 use super::source::{PageSource, SourceError};
 use super::throttle::Throttle;
 use crate::contract::Backing;
+use crate::contract::Prefetch;
 use crate::striped::{StripedCounter, StripedGate};
-use crate::telemetry::{FillCause, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
 
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
@@ -27,6 +28,7 @@ const PAGE: usize = PAGE_SIZE as usize;
 
 mod deferred;
 mod inject;
+mod prefetch;
 mod push;
 mod setup;
 
@@ -66,7 +68,21 @@ pub struct Destination {
     push_hint: AtomicU64,
     /// Tells shared readers holding stalls on pages in flight that pages landed.
     landings: deferred::Landings,
+    /// What a demand fault brings in besides its page.
+    prefetch: prefetch::Prefetcher,
     stop: AtomicBool,
+}
+
+/// Why pages are fetched, which decides how they are counted and marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A fault's page, with the window prefetched around it in the same fetch.
+    Demand {
+        fault: u64,
+    },
+    /// A prefetched page in a fetch of its own (a strided window).
+    Prefetch,
+    Push,
 }
 
 /// What a demand fill found.
@@ -123,6 +139,7 @@ impl Destination {
             }
             register(uffd, backing, start, len)?;
         }
+        let prefetch = prefetch::Prefetcher::new(telemetry.vcpus.len(), Prefetch::Off);
         Ok(Destination {
             pages: PageStateMap::new(total, BOOT_PAGES),
             missing: StripedCounter::new(data),
@@ -141,6 +158,7 @@ impl Destination {
             fill_gate: StripedGate::default(),
             push_hint: AtomicU64::new(0),
             landings: deferred::Landings::new(),
+            prefetch,
             stop: AtomicBool::new(false),
         })
     }
@@ -204,6 +222,12 @@ impl Destination {
             .ok_or(PostcopyError::NoUserfaultfd(i))
     }
 
+    /// First page of the uffd part that holds `page`.
+    fn part_start(&self, page: u64) -> u64 {
+        let i = page.saturating_sub(BOOT_PAGES) / self.part_pages;
+        BOOT_PAGES + i * self.part_pages
+    }
+
     /// First page after the uffd part that holds `page`: one copy never spans two.
     fn part_end(&self, page: u64) -> u64 {
         let i = page.saturating_sub(BOOT_PAGES) / self.part_pages;
@@ -225,14 +249,14 @@ impl Destination {
         &self,
         page: u64,
         count: u64,
-        cause: FillCause,
+        cause: Cause,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
         let gpa = page << PAGE_SHIFT;
         let len = count * PAGE_SIZE;
         self.throttle.acquire(len);
-        if cause == FillCause::Demand {
+        if matches!(cause, Cause::Demand { .. }) {
             let rtt = self.rtt_ns.load(Ordering::Relaxed);
             if rtt > 0 {
                 std::thread::sleep(Duration::from_nanos(rtt));
@@ -264,20 +288,27 @@ impl Destination {
                 unsafe { self.place(page, buf.as_ptr(), len) }?;
             }
         }
-        let state = match cause {
-            FillCause::Demand => PageState::FilledByDemand,
-            FillCause::Push => PageState::FilledByPush,
-        };
         let mut refetched = 0;
         for p in page..page + count {
+            let state = match cause {
+                Cause::Demand { fault } if fault == p => PageState::FilledByDemand,
+                Cause::Demand { .. } | Cause::Prefetch => PageState::FilledByPrefetch,
+                Cause::Push => PageState::FilledByPush,
+            };
             self.pages.set_filled(p, state);
             refetched += u64::from(self.pages.was_injected(p));
         }
         self.landings.landed();
         let run = &self.telemetry.run;
         match cause {
-            FillCause::Demand => run.pages_demand.add(count),
-            FillCause::Push => run.pages_pushed.add(count),
+            Cause::Demand { .. } => {
+                run.pages_demand.add(1);
+                if count > 1 {
+                    run.pages_prefetched.add(count - 1);
+                }
+            }
+            Cause::Prefetch => run.pages_prefetched.add(count),
+            Cause::Push => run.pages_pushed.add(count),
         }
         if refetched > 0 {
             run.pages_refetched.add(refetched);
@@ -352,13 +383,13 @@ impl Destination {
     /// completing the access); without, a page in flight is left to its copier, whose copy
     /// wakes the sleeping vCPU (uffd mode).
     pub fn fill_demand(&self, gpa: u64, wait: bool) -> Result<FillOutcome, PostcopyError> {
-        Ok(match self.demand(gpa, wait)? {
+        Ok(match self.demand(None, gpa, wait)? {
             Demand::Done(outcome) => outcome,
             Demand::InFlight => FillOutcome::Filled,
         })
     }
 
-    fn demand(&self, gpa: u64, wait: bool) -> Result<Demand, PostcopyError> {
+    fn demand(&self, vcpu: Option<usize>, gpa: u64, wait: bool) -> Result<Demand, PostcopyError> {
         let page = gpa >> PAGE_SHIFT;
         let mut first = true;
         loop {
@@ -388,7 +419,7 @@ impl Destination {
                         self.push_hint.store(page + 2, Ordering::Relaxed);
                     }
                     let r = DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| {
-                        self.fetch_and_copy(page, 1, FillCause::Demand, buf, sums)
+                        self.fetch_with_window(vcpu, page, buf, sums)
                     });
                     self.demand_waiting.sub(1);
                     if let Err(e) = r {
@@ -405,6 +436,78 @@ impl Destination {
             std::hint::spin_loop();
             std::thread::yield_now();
         }
+    }
+
+    /// Fetches claimed `page`, a fault of `vcpu`'s, with the window prefetch asks for: a
+    /// contiguous one in the same fetch and copy (and, over TCP, one request), a strided one
+    /// after the faulting page is in. Pages someone else has are skipped.
+    fn fetch_with_window(
+        &self,
+        vcpu: Option<usize>,
+        page: u64,
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<(), PostcopyError> {
+        let seen = self.prefetch.on_fault(vcpu, page);
+        if seen.used > 0 {
+            self.telemetry.run.prefetch_used.add(seen.used);
+        }
+        let w = seen.window;
+        let (lo, hi) = (self.part_start(page), self.part_end(page));
+        let at = |k: u32| {
+            let p = page as i64 + w.stride * i64::from(k);
+            u64::try_from(p).ok().filter(|p| (lo..hi).contains(p))
+        };
+        if w.is_contiguous() {
+            let mut n = 0;
+            while n < w.count && at(n + 1).is_some_and(|p| self.pages.claim(p)) {
+                n += 1;
+            }
+            let first = if w.stride > 0 {
+                page
+            } else {
+                page - u64::from(n)
+            };
+            let r = self.fetch_and_copy(
+                first,
+                u64::from(n) + 1,
+                Cause::Demand { fault: page },
+                buf,
+                sums,
+            );
+            if let Err(e) = &r {
+                // The caller gives the faulting page back; the window's are ours to.
+                let rest = if w.stride > 0 { first + 1 } else { first };
+                self.abandon(rest, u64::from(n), e);
+            }
+            self.prefetch
+                .brought(vcpu, page, w.stride, w.count, u64::from(n));
+            return r;
+        }
+        self.fetch_and_copy(page, 1, Cause::Demand { fault: page }, buf, sums)?;
+        let mut n = 0;
+        for k in 1..=w.count {
+            let Some(p) = at(k).filter(|&p| self.pages.claim(p)) else {
+                continue;
+            };
+            if let Err(e) = self.fetch_and_copy(p, 1, Cause::Prefetch, buf, sums) {
+                self.abandon(p, 1, &e);
+                return Err(e);
+            }
+            n += 1;
+        }
+        self.prefetch.brought(vcpu, page, w.stride, w.count, n);
+        Ok(())
+    }
+
+    /// The prefetch strategy in force.
+    pub fn prefetch(&self) -> Prefetch {
+        self.prefetch.strategy()
+    }
+
+    /// Changes the prefetch strategy; the next fault follows it.
+    pub fn set_prefetch(&self, p: Prefetch) {
+        self.prefetch.set_strategy(p);
     }
 
     /// Handles faults read from userfaultfd `index` until stopped (the `uffd` mode).
@@ -480,7 +583,7 @@ impl Destination {
                     h.new_fault_of(vcpu);
                 }
                 let stall = self.telemetry.stall_begin(vcpu, gpa);
-                match (self.demand(gpa, wait)?, &mut held) {
+                match (self.demand(vcpu, gpa, wait)?, &mut held) {
                     (Demand::InFlight, Some((_, h))) => h.hold(stall, gpa),
                     _ => self.telemetry.stall_end(stall),
                 }
@@ -526,7 +629,13 @@ impl Destination {
 impl MissingPageHandler for Destination {
     fn fill(&self, vcpu: usize, gpa: u64, _path: ExitPath) -> Result<FillOutcome, String> {
         let stall = self.telemetry.stall_begin(Some(vcpu), gpa);
-        let r = self.fill_demand(gpa, true).map_err(|e| e.to_string());
+        let r = self
+            .demand(Some(vcpu), gpa, true)
+            .map(|d| match d {
+                Demand::Done(outcome) => outcome,
+                Demand::InFlight => FillOutcome::Filled,
+            })
+            .map_err(|e| e.to_string());
         self.telemetry.stall_end(stall);
         r
     }

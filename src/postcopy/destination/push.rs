@@ -4,9 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Destination, PAGE};
+use super::{Cause, Destination, PAGE};
 use crate::postcopy::PostcopyError;
-use crate::telemetry::FillCause;
 use crate::units::Rate;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SIZE};
 
@@ -82,7 +81,7 @@ impl Destination {
             if near.is_none() {
                 cursor = page + count;
             }
-            if let Err(e) = self.fetch_and_copy(page, count, FillCause::Push, &mut buf, &mut sums) {
+            if let Err(e) = self.fetch_and_copy(page, count, Cause::Push, &mut buf, &mut sums) {
                 self.abandon(page, count, &e);
                 return Err(e);
             }

@@ -22,7 +22,7 @@ use crate::contract::Summary;
 use crate::contract::{
     Activity, FAULT_HEATMAP_ROWS, FaultMode, HEATMAP_COLUMN_MS, HEATMAP_COLUMNS, Heatmap,
     InjectionRecord, Latency, LatencyBuckets, MAP_CELLS, MapCell, MemoryMap, PageCounts, Phase,
-    RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
+    PrefetchStatus, RunInfo, SPARKLINE_POINTS, Snapshot, TOP_REGIONS, VcpuSnapshot,
 };
 use crate::telemetry::{Aggregate, Event};
 use crate::vmm::RunState;
@@ -198,7 +198,7 @@ impl Monitor {
         let (pages, memory_map) = self.sample_pages(leg.as_deref());
         let dest = leg.as_ref().and_then(|l| l.dest.as_ref());
         let bytes = dest.map_or(0, |d| d.telemetry().run.bytes_transferred.get());
-        let filled = pages.demand + pages.pushed;
+        let filled = pages.demand + pages.pushed + pages.prefetched;
         push_window(
             &mut self.window,
             RunSample {
@@ -240,6 +240,11 @@ impl Monitor {
                 .and_then(|l| l.downtime)
                 .map(|d| d.as_micros() as u64),
             push_enabled: dest.is_some_and(|d| d.push_enabled()),
+            prefetch: dest.map(|d| PrefetchStatus {
+                strategy: d.prefetch().to_string(),
+                pages: d.telemetry().run.pages_prefetched.get(),
+                used: d.telemetry().run.prefetch_used.get(),
+            }),
             link_up: leg
                 .as_ref()
                 .and_then(|l| l.link.as_ref())
@@ -497,6 +502,7 @@ impl Monitor {
                     pushed: t.get(PageState::FilledByPush) as u32,
                     boot: t.get(PageState::Boot) as u32,
                     injected: t.injected as u32,
+                    prefetched: t.get(PageState::FilledByPrefetch) as u32,
                 };
             }
             // Pages as they are now (a refetched page counts once), from the map.
@@ -504,6 +510,7 @@ impl Monitor {
                 counts.demand += u64::from(cell.demand);
                 counts.pushed += u64::from(cell.pushed);
                 counts.in_flight += u64::from(cell.in_flight);
+                counts.prefetched += u64::from(cell.prefetched);
             }
             counts.injected = dest.telemetry().run.pages_injected.get();
             counts.missing = dest.missing();

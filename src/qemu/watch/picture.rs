@@ -63,6 +63,7 @@ impl Watcher {
                     injected: 0,
                     missing,
                     in_flight: 0,
+                    prefetched: 0,
                 }
             }
             None => PageCounts {
@@ -143,6 +144,7 @@ impl Watcher {
             transfer_bytes_per_sec: self.source.as_ref().map_or(0, |s| s.bytes_per_sec),
             downtime_us: self.source.as_ref().and_then(|s| s.downtime_us),
             push_enabled: true,
+            prefetch: None,
             link_up: match self.state.as_str() {
                 "postcopy-active" => Some(true),
                 "postcopy-paused" | "postcopy-recover" | "postcopy-recover-setup" => Some(false),

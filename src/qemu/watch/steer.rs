@@ -24,6 +24,9 @@ impl Watcher {
             Action::Remigrate => Err(
                 "a new migration of a QEMU guest is started from QEMU, not from this view".into(),
             ),
+            Action::Prefetch(_) => Err("QEMU's post-copy has no prefetch setting: its \
+                                        background stream restarts at each faulted page"
+                .into()),
         }
     }
 

@@ -5,7 +5,10 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent};
 
 use super::{App, Prompt, PromptKind, Sent, THROTTLE_LADDER};
-use crate::contract::Action;
+use crate::contract::{Action, Prefetch};
+
+/// The fixed window the prefetch key offers between off and adaptive.
+const PREFETCH_STEP: u32 = 16;
 use crate::tui::widgets::memmap::cell_bytes;
 use crate::units::{self, Bytes, GpaRange, Rate};
 use crate::vmm::layout::BOOT_SIZE;
@@ -110,6 +113,34 @@ impl App {
         Some(Action::Push(on))
     }
 
+    /// The next prefetch strategy: off, a fixed window, adaptive, and round again.
+    pub(super) fn cycle_prefetch(&mut self) -> Option<Action> {
+        let Some(latest) = self.latest() else {
+            self.set_error("no snapshot yet: the prefetch strategy is unknown");
+            return None;
+        };
+        let Some(shown) = latest.prefetch.as_ref() else {
+            self.set_error(if latest.qemu.is_some() {
+                "QEMU's post-copy has no prefetch setting"
+            } else {
+                "this feed does not say its prefetch strategy"
+            });
+            return None;
+        };
+        let now = match self.pending().and_then(|s| s.prefetch) {
+            Some(p) => p,
+            None => shown.strategy.parse().unwrap_or_default(),
+        };
+        let next = match now {
+            Prefetch::Off => Prefetch::Fixed(PREFETCH_STEP),
+            Prefetch::Fixed(_) => Prefetch::Adaptive,
+            Prefetch::Adaptive => Prefetch::Off,
+        };
+        self.remember(|s| s.prefetch = Some(next));
+        self.set_info(format!("prefetch → {next}"));
+        Some(Action::Prefetch(next))
+    }
+
     pub(super) fn toggle_link(&mut self) -> Option<Action> {
         let Some(latest) = self.latest() else {
             self.set_error("no snapshot yet: the link state is unknown");
@@ -142,6 +173,7 @@ impl App {
             throttle: None,
             push: None,
             link: None,
+            prefetch: None,
         });
         f(&mut s);
         self.sent = Some(s);

@@ -110,6 +110,7 @@ struct Sent {
     throttle: Option<Rate>,
     push: Option<bool>,
     link: Option<bool>,
+    prefetch: Option<crate::contract::Prefetch>,
 }
 
 pub struct App {
@@ -344,6 +345,7 @@ impl App {
             KeyCode::Char('t') => self.open_prompt(PromptKind::Throttle),
             KeyCode::Char('i') => self.open_prompt(PromptKind::Inject),
             KeyCode::Char('p') => return self.toggle_push(),
+            KeyCode::Char('f') => return self.cycle_prefetch(),
             KeyCode::Char('n') => return self.toggle_link(),
             KeyCode::Char('r') => {
                 self.set_info("remigrate: migrating the guest again");

@@ -258,6 +258,36 @@ fn push_remigrate_and_quit() {
 }
 
 #[test]
+fn the_prefetch_key_steps_through_the_strategies_and_is_refused_where_unknown() {
+    use crate::contract::{Prefetch, PrefetchStatus};
+    let mut app = app_with(None);
+    // The fixture's feed says no strategy (a QEMU feed or an old recording would not).
+    assert_eq!(press(&mut app, KeyCode::Char('f')), None);
+    assert!(status(&app).1, "an error is shown");
+    let mut s = fixture::snapshot(4, 1 << 30, 30);
+    s.prefetch = Some(PrefetchStatus {
+        strategy: "off".into(),
+        pages: 0,
+        used: 0,
+    });
+    app.on_snapshot(s);
+    assert_eq!(
+        press(&mut app, KeyCode::Char('f')),
+        Some(Action::Prefetch(Prefetch::Fixed(16)))
+    );
+    assert_eq!(status(&app), ("prefetch → 16", false));
+    // Before the next snapshot, the key goes on from what it sent.
+    assert_eq!(
+        press(&mut app, KeyCode::Char('f')),
+        Some(Action::Prefetch(Prefetch::Adaptive))
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('f')),
+        Some(Action::Prefetch(Prefetch::Off))
+    );
+}
+
+#[test]
 fn freeze_keeps_the_old_snapshot() {
     let mut app = App::with_theme(Theme::plain());
     app.on_snapshot(fixture::snapshot(4, 1 << 30, 10));

@@ -1,5 +1,5 @@
-//! Page-fill progress: a gauge split into boot, demand-filled and pushed pages, and a line of
-//! counts, rate and ETA.
+//! Page-fill progress: a gauge split into boot, demand-filled, prefetched and pushed pages,
+//! and a line of counts, rate and ETA.
 
 use std::fmt::Write;
 
@@ -34,7 +34,7 @@ impl FillView<'_> {
             return;
         }
         let p = self.pages;
-        let filled = p.boot + p.demand + p.pushed;
+        let filled = p.boot + p.demand + p.prefetched + p.pushed;
         let pct = if p.total == 0 {
             0.0
         } else {
@@ -47,6 +47,7 @@ impl FillView<'_> {
         let parts = [
             (p.boot, MapState::Boot),
             (p.demand, MapState::Demand),
+            (p.prefetched, MapState::Prefetched),
             (p.pushed, MapState::Pushed),
         ];
         let total = p.total.max(1);
@@ -80,13 +81,18 @@ impl FillView<'_> {
         }
         let _ = write!(
             s,
-            " · {:.0} pages/s ({}) · demand {} · pushed {} · missing {} · in flight {}",
+            " · {:.0} pages/s ({}) · demand {}",
             self.pages_per_sec,
             Rate::BytesPerSec((self.pages_per_sec.max(0.0) * self.page_size as f64) as u64),
             p.demand,
-            p.pushed,
-            p.missing,
-            p.in_flight,
+        );
+        if p.prefetched > 0 {
+            let _ = write!(s, " · prefetched {}", p.prefetched);
+        }
+        let _ = write!(
+            s,
+            " · pushed {} · missing {} · in flight {}",
+            p.pushed, p.missing, p.in_flight,
         );
         text(buf, area, area.x, area.y + 1, &s, self.theme.text());
     }
@@ -108,6 +114,7 @@ mod tests {
             missing: 38,
             in_flight: 2,
             injected: 0,
+            prefetched: 0,
         };
         let theme = Theme::colored();
         let mut buf = Buffer::empty(Rect::new(0, 0, 27, 2));

@@ -70,6 +70,12 @@ pub fn render(
     } else {
         Span::styled("off", theme.warn())
     });
+    // Off is the default and `f` in the help says how to change it: said only when on.
+    if let Some(p) = s.prefetch.as_ref().filter(|p| p.strategy != "off") {
+        l1.push(sep());
+        l1.push(Span::styled("prefetch ", theme.label()));
+        l1.push(Span::styled(p.strategy.clone(), theme.good()));
+    }
     if let Some(up) = s.link_up {
         l1.push(sep());
         l1.push(Span::styled("link ", theme.label()));
@@ -94,7 +100,7 @@ pub fn render(
     if area.height < 2 {
         return;
     }
-    let filled = s.pages.boot + s.pages.demand + s.pages.pushed;
+    let filled = s.pages.boot + s.pages.demand + s.pages.pushed + s.pages.prefetched;
     let pages_known = s.qemu.as_ref().is_none_or(|q| q.pages_known);
     let downtime = s
         .downtime_us
@@ -120,6 +126,11 @@ pub fn render(
     };
     l2.extend(kv("pages ", pages));
     l2.push(sep());
+    if let Some(p) = s.prefetch.as_ref().filter(|p| p.pages > 0) {
+        let used = 100 * p.used / p.pages.max(1);
+        l2.extend(kv("prefetched ", format!("{} ({used}% used)", p.pages)));
+        l2.push(sep());
+    }
     let ram = match &s.run.backing {
         Some(b) => format!("{} {b}", Bytes(s.run.mem_bytes)),
         None => Bytes(s.run.mem_bytes).to_string(),

@@ -20,6 +20,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("t", "type a throttle (40MiB/s, unlimited)"),
     ("i", "type a range to inject (0x10000000+64M)"),
     ("p", "pause / resume the background push"),
+    ("f", "prefetch: off, 16 pages, adaptive"),
     ("n", "take the link to the source down / up"),
     ("r", "migrate the guest again"),
     ("?", "this help"),

@@ -85,6 +85,7 @@ pub fn state_of(c: &MapCell) -> MapState {
         (c.in_flight, MapState::InFlight),
         (c.missing, MapState::Missing),
         (c.demand, MapState::Demand),
+        (c.prefetched, MapState::Prefetched),
         (c.pushed, MapState::Pushed),
         (c.boot, MapState::Boot),
     ];
@@ -226,6 +227,9 @@ impl MemoryMapView<'_> {
         if c.boot > 0 {
             let _ = write!(s, " boot {}", c.boot);
         }
+        if c.prefetched > 0 {
+            let _ = write!(s, " pre {}", c.prefetched);
+        }
         if c.injected > 0 {
             let _ = write!(s, " inj {}", c.injected);
         }
@@ -233,13 +237,20 @@ impl MemoryMapView<'_> {
     }
 
     fn legend(&self, buf: &mut Buffer, area: Rect, y: u16) {
-        let long: usize = LEGEND_LONG.iter().map(|(_, n)| n.chars().count() + 3).sum();
+        // Prefetched pages get a key only once there are any.
+        let prefetched = self.map.cells.iter().any(|c| c.prefetched > 0);
+        let entries = LEGEND_LONG
+            .iter()
+            .zip(LEGEND_SHORT)
+            .map(|(&(state, long), short)| (state, long, short))
+            .chain(prefetched.then_some((MapState::Prefetched, "prefetched", "pre")));
+        let long: usize = entries.clone().map(|(_, n, _)| n.chars().count() + 3).sum();
         let use_long = usize::from(area.width) >= long;
         let mut x = area.x;
-        for (k, (state, name)) in LEGEND_LONG.iter().enumerate() {
-            let (ch, style) = self.theme.map(*state);
+        for (state, long, short) in entries {
+            let (ch, style) = self.theme.map(state);
             put(buf, x, y, ch, style);
-            let name = if use_long { name } else { LEGEND_SHORT[k] };
+            let name = if use_long { long } else { short };
             x = text(buf, area, x + 1, y, name, self.theme.dim()) + 1;
             if x >= area.right() {
                 break;
@@ -262,6 +273,7 @@ mod tests {
             boot,
             injected,
             in_flight: 0,
+            prefetched: 0,
         }
     }
 

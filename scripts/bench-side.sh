@@ -2,6 +2,7 @@
 # faultline bench and the C reference side by side, round by round, on one machine:
 #   cc -O2 -pthread -o demand_paging bench/reference/demand_paging.c
 #   BIN=target/release/faultline REF=./demand_paging VCPUS="1 2" ROUNDS=7 sh scripts/bench-side.sh
+#   (PREFETCH="off adaptive" measures faultline with each strategy against the same C runs)
 # Each round runs every configuration once in both; faultline's results go to
 # $OUT/faultline-ROUND.json, the C reference's lines to $OUT/c-ROUND.txt.
 set -eu
@@ -10,6 +11,8 @@ REF=${REF:-./demand_paging}
 VCPUS=${VCPUS:-1 2}
 MODES=${MODES:-prefill uffd exit}
 BACKINGS=${BACKINGS:-shmem anon}
+# faultline's prefetch strategies (the C reference fetches one page a fault).
+PREFETCH=${PREFETCH:-off}
 ROUNDS=${ROUNDS:-7}
 OUT=${OUT:-./side-out}
 mkdir -p "$OUT"
@@ -19,7 +22,7 @@ status=0
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
     "$BIN" bench --vcpus "$(list "$VCPUS")" --mode "$(list "$MODES")" \
-        --backing "$(list "$BACKINGS")" --repeat 1 --push-mem 0 --downtime-vcpus 0 \
+        --backing "$(list "$BACKINGS")" --prefetch "$(list "$PREFETCH")" --repeat 1 --push-mem 0 --downtime-vcpus 0 \
         --frame-vcpus 0 --json >"$OUT/faultline-$round.json" || {
         echo "bench-side: round $round: faultline bench failed" >&2
         status=1

@@ -4,16 +4,18 @@
 //! itself (`exit`), or never missing at all (`prefill`, the ceiling).
 
 mod extras;
+mod stall;
 mod trial;
 
 pub use extras::*;
+pub use stall::*;
 pub use trial::run_trial;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::contract::{Backing, Transport};
+use crate::contract::{Backing, Prefetch, Transport};
 use crate::postcopy::PostcopyError;
 use crate::vmm::VmmError;
 use crate::vmm::layout::{self, BOOT_SIZE};
@@ -101,6 +103,8 @@ pub struct TrialConfig {
     pub transport: Transport,
     /// Over TCP: how long each end of a connection waits awake for the other.
     pub net_spin: Duration,
+    /// What a fault brings in besides its page.
+    pub prefetch: Prefetch,
 }
 
 impl TrialConfig {
@@ -171,6 +175,8 @@ pub struct BenchResult {
     pub backing: &'static str,
     /// `local` or `tcp`.
     pub transport: &'static str,
+    /// What each fault brought in besides its page.
+    pub prefetch: String,
     pub readers: usize,
     pub uffd_per_vcpu: bool,
     /// vCPU i (and its uffd reader) bound to the i-th CPU.
@@ -246,6 +252,7 @@ fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {
         vcpus: c.vcpus,
         backing: c.backing.as_str(),
         transport: c.transport.as_str(),
+        prefetch: c.prefetch.to_string(),
         readers: match c.mode {
             BenchMode::Uffd if c.uffd_per_vcpu => c.vcpus,
             BenchMode::Uffd => c.readers,

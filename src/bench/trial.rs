@@ -61,83 +61,136 @@ impl TrialConfig {
     }
 }
 
-/// Runs one trial: a fresh VM, every data page missing (unless prefill), the touch guest.
-pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
-    c.validate()?;
-    let mem = c.mem_bytes().max(layout::MIN_MEM_BYTES);
-    let vm_config = VmConfig {
-        vcpus: c.vcpus,
-        mem_bytes: mem,
-    };
-    let workload: Workload = "touch".parse()?;
-    // The VM may be larger than asked (its minimum size); the guest touches only its slices.
-    let mut placement = layout::placement(mem);
-    placement.data_pages = c.vcpus as u64 * c.mem_per_vcpu / PAGE_SIZE;
-    let data_pages = placement.data_pages;
-    let program = guest::assemble(&workload, c.vcpus, &placement)?;
-    let ram = Arc::new(GuestRam::with_backing(mem, c.backing)?);
-    // Room for every event of a vCPU (a fault per page of its slice): the aggregator reads
-    // them after the trial, not during.
-    let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
-    let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
-    // The same assembly as a migration's destination, without push threads.
-    let plan = c.plan();
-    let mut dest = None;
-    // Serves the image for the whole trial when pages travel over TCP.
-    let _server: Option<PageServer>;
-    let handler: Option<Arc<dyn MissingPageHandler>> = match (c.mode, plan) {
-        (BenchMode::Prefill, _) | (_, None) => {
-            prefill(&ram)?;
-            None
+/// A fresh VM whose every data page is missing (unless prefill), running `workload`, with
+/// the destination assembled as a migration's is (no push), its threads placed; the
+/// vCPUs are paused until [`Rig::start`].
+pub(super) struct Rig {
+    pub vm: Vm,
+    pub dest: Option<Arc<Destination>>,
+    pub telemetry: Arc<Telemetry>,
+    /// Each vCPU's slice, as (first gpa, pages).
+    pub slices: Vec<(u64, u64)>,
+    pub data_pages: u64,
+    workers: Option<crate::postcopy::assembly::Workers>,
+    /// Serves the image when pages travel over TCP; dropped after the workers.
+    _server: Option<PageServer>,
+}
+
+impl Rig {
+    pub fn new(c: &TrialConfig, workload: &Workload) -> Result<Rig, BenchError> {
+        c.validate()?;
+        let mem = c.mem_bytes().max(layout::MIN_MEM_BYTES);
+        let vm_config = VmConfig {
+            vcpus: c.vcpus,
+            mem_bytes: mem,
+        };
+        // The VM may be larger than asked (its minimum size); the guest works only on its
+        // slices.
+        let mut placement = layout::placement(mem);
+        placement.data_pages = c.vcpus as u64 * c.mem_per_vcpu / PAGE_SIZE;
+        let data_pages = placement.data_pages;
+        let program = guest::assemble(workload, c.vcpus, &placement)?;
+        let ram = Arc::new(GuestRam::with_backing(mem, c.backing)?);
+        // Room for every event of a vCPU (a fault per page of its slice): the aggregator
+        // reads them after the trial, not during.
+        let capacity = (data_pages / c.vcpus as u64) as usize + 1024;
+        let telemetry = Arc::new(Telemetry::with_capacity(c.vcpus, capacity, c.telemetry));
+        // The same assembly as a migration's destination, without push threads.
+        let plan = c.plan();
+        let mut dest = None;
+        let mut server = None;
+        let handler: Option<Arc<dyn MissingPageHandler>> = match (c.mode, plan) {
+            (BenchMode::Prefill, _) | (_, None) => {
+                prefill(&ram)?;
+                None
+            }
+            (_, Some(plan)) => {
+                let uffds = plan.userfaultfds()?;
+                // A source image in real memory, as a migration's would be.
+                let image = GuestRam::new(mem)?;
+                prefill(&image)?;
+                let image = Arc::new(InProcessSource::new(Arc::new(image)));
+                let (source, s) =
+                    net::page_source(c.transport, image, options(c.net_spin), None)
+                        .map_err(source_error)?;
+                server = s;
+                let d = Arc::new(Destination::with_uffds(
+                    ram.clone(),
+                    uffds,
+                    source,
+                    Throttle::new(Rate::Unlimited),
+                    c.rtt,
+                    telemetry.clone(),
+                )?);
+                d.set_push(false);
+                d.set_prefetch(c.prefetch);
+                d.set_reader_spin(c.reader_spin);
+                let h = plan.handler(&d);
+                dest = Some((d, plan));
+                h
+            }
+        };
+        let vm = Vm::with_ram(vm_config, ram, handler)?;
+        vm.load(&program)?;
+        let cpus = Arc::new(allowed_cpus());
+        // Stopped and joined however the trial ends.
+        let workers = match &dest {
+            Some((d, plan)) => {
+                d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
+                let (pin, cpus) = (c.pin, cpus.clone());
+                // Reader i shares vCPU i's CPU, so a fault's wake-ups stay on one CPU.
+                Some(plan.start(
+                    d,
+                    move |i| if pin { pin_thread(0, &cpus, i) } else { Ok(()) },
+                )?)
+            }
+            None => None,
+        };
+        if c.pin {
+            for (i, v) in vm.vcpus().iter().enumerate() {
+                pin_thread(v.shared().thread_id() as i32, &cpus, i)?;
+            }
         }
-        (_, Some(plan)) => {
-            let uffds = plan.userfaultfds()?;
-            // A source image in real memory, as a migration's would be.
-            let image = GuestRam::new(mem)?;
-            prefill(&image)?;
-            let image = Arc::new(InProcessSource::new(Arc::new(image)));
-            let (source, server) = net::page_source(c.transport, image, options(c.net_spin), None)
-                .map_err(source_error)?;
-            _server = server;
-            let d = Arc::new(Destination::with_uffds(
-                ram.clone(),
-                uffds,
-                source,
-                Throttle::new(Rate::Unlimited),
-                c.rtt,
-                telemetry.clone(),
-            )?);
-            d.set_push(false);
-            d.set_reader_spin(c.reader_spin);
-            let h = plan.handler(&d);
-            dest = Some((d, plan));
-            h
-        }
-    };
-    let vm = Vm::with_ram(vm_config, ram, handler)?;
-    vm.load(&program)?;
-    let cpus = Arc::new(allowed_cpus());
-    // Stopped and joined however the trial ends.
-    let workers = match &dest {
-        Some((d, plan)) => {
-            d.set_vcpu_tids(vm.vcpus().iter().map(|v| v.shared().thread_id()).collect());
-            let (pin, cpus) = (c.pin, cpus.clone());
-            // Reader i shares vCPU i's CPU, so a fault's wake-ups stay on one CPU.
-            Some(plan.start(
-                d,
-                move |i| if pin { pin_thread(0, &cpus, i) } else { Ok(()) },
-            )?)
-        }
-        None => None,
-    };
-    if c.pin {
-        for (i, v) in vm.vcpus().iter().enumerate() {
-            pin_thread(v.shared().thread_id() as i32, &cpus, i)?;
-        }
+        Ok(Rig {
+            vm,
+            dest: dest.map(|(d, _)| d),
+            telemetry,
+            slices: program.slices,
+            data_pages,
+            workers,
+            _server: server,
+        })
     }
 
+    pub fn start(&self) -> Result<(), BenchError> {
+        Ok(self.vm.resume_all()?)
+    }
+
+    /// Stops and joins the destination's threads (the vCPUs go with the VM).
+    pub fn finish(&mut self) -> Result<(), BenchError> {
+        if let Some(w) = self.workers.take() {
+            w.finish()?;
+        }
+        Ok(())
+    }
+
+    /// The latency figures of every fault the trial saw.
+    pub fn aggregate(&self, vcpus: usize) -> Result<Aggregate, BenchError> {
+        let mut aggregate =
+            Aggregate::new(vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;
+        for e in self.telemetry.drain() {
+            aggregate.fold(&e);
+        }
+        Ok(aggregate)
+    }
+}
+
+/// Runs one trial: a fresh VM, every data page missing (unless prefill), the touch guest.
+pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
+    let mut rig = Rig::new(c, &"touch".parse()?)?;
     let start = Instant::now();
-    vm.resume_all()?;
+    rig.start()?;
+    let vm = &rig.vm;
     let mut done = vec![false; c.vcpus];
     while done.iter().any(|d| !d) {
         if let Some(f) = vm.failure() {
@@ -173,27 +226,20 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let secs = last.saturating_sub(first) as f64 / 1e9;
-    if let Some(w) = workers {
-        w.finish()?;
-    }
-    let pages_per_vcpu = data_pages / c.vcpus as u64;
+    rig.finish()?;
+    let pages_per_vcpu = rig.data_pages / c.vcpus as u64;
     let per_vcpu_pages_per_sec = spans
         .iter()
         .map(|(from, to)| pages_per_vcpu as f64 / (to.saturating_sub(*from) as f64 / 1e9).max(1e-9))
         .collect();
-    let mut aggregate =
-        Aggregate::new(c.vcpus).map_err(|e| BenchError::Telemetry(e.to_string()))?;
-    for e in telemetry.drain() {
-        aggregate.fold(&e);
-    }
-    let latency = aggregate.latency();
+    let latency = rig.aggregate(c.vcpus)?.latency();
     Ok(Trial {
         pages: pages_per_vcpu * c.vcpus as u64,
         secs,
         per_vcpu_pages_per_sec,
         p50_us: latency.p50,
         p99_us: latency.p99,
-        telemetry_dropped: telemetry.dropped(),
+        telemetry_dropped: rig.telemetry.dropped(),
     })
 }
 

@@ -8,7 +8,7 @@ use faultline::bench::{
 };
 use faultline::contract::Backing;
 use faultline::contract::FaultMode;
-use faultline::contract::Transport;
+use faultline::contract::{Prefetch, Transport, Workload};
 use faultline::postcopy::assembly::Plan;
 use faultline::postcopy::destination::preferred_backing;
 use faultline::units::Bytes;
@@ -87,6 +87,24 @@ pub struct BenchArgs {
     frame_vcpus: usize,
     #[arg(long, value_parser = super::args::parse_size, default_value = "16G")]
     frame_mem: u64,
+    /// What each fault brings in besides its page: off, N pages, adaptive; a list
+    /// measures each, interleaved.
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    prefetch: Vec<Prefetch>,
+    /// Run the stall benchmark instead: each vCPU runs a workload until its working set
+    /// has arrived (no push); total stall and time to the working set per prefetch
+    /// strategy (--stall-prefetch), workload (--stall-workloads), mode (--mode, prefill
+    /// left out), transport (--transport, with --rtt) and vCPU count (--vcpus).
+    #[arg(long)]
+    stall: bool,
+    #[arg(long, value_delimiter = ',', default_value = "touch,sequential,stride,random,hotspot")]
+    stall_workloads: Vec<Workload>,
+    #[arg(long, value_delimiter = ',', default_value = "off,16,adaptive")]
+    stall_prefetch: Vec<Prefetch>,
+    /// Memory each vCPU works on in the stall benchmark (a random guest touches it all
+    /// only after about n ln n accesses).
+    #[arg(long, value_parser = super::args::parse_size, default_value = "32M")]
+    stall_mem_per_vcpu: u64,
     /// Print one JSON object with a `results` list.
     #[arg(long)]
     json: bool,
@@ -138,10 +156,11 @@ fn k(v: f64) -> String {
 
 fn print_row(r: &BenchResult) {
     println!(
-        "{:<8} {:<7} {:<5} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
+        "{:<8} {:<7} {:<5} {:<8} {:>5} {:>7} {:>9} {:>9} {:>7.3} {:>10} {:>19} {:>10} {:>7} {:>7}",
         r.mode.as_str(),
         r.backing,
         r.transport,
+        r.prefetch,
         r.vcpus,
         if r.mode == BenchMode::Uffd {
             r.readers.to_string()
@@ -217,7 +236,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 Spin::Fixed(d) => d,
                 Spin::Auto => plan.socket_spin(),
             };
-            for &t in telem {
+            // Prefetch matters only where pages are missing.
+            let prefetches: &[Prefetch] = if mode == BenchMode::Prefill {
+                &[Prefetch::Off]
+            } else {
+                &args.prefetch
+            };
+            for (&t, &prefetch) in telem
+                .iter()
+                .flat_map(|t| prefetches.iter().map(move |p| (t, p)))
+            {
                 configs.push(TrialConfig {
                     mode,
                     vcpus,
@@ -231,6 +259,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     telemetry: t,
                     backing,
                     transport,
+                    prefetch,
                 });
             }
         }
@@ -256,6 +285,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         return Err(usage("--push-mem: at least 64M (or 0 to skip)".into()).into());
     }
     drop(faultline::vmm::open_kvm()?);
+    if args.stall {
+        return stall(&args, &configs);
+    }
     if !args.json {
         println!(
             "demand paging: each vCPU writes {} once; median of {} trials; {}",
@@ -268,10 +300,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             }
         );
         println!(
-            "{:<8} {:<7} {:<5} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
+            "{:<8} {:<7} {:<5} {:<8} {:>5} {:>7} {:>9} {:>9} {:>7} {:>10} {:>19} {:>10} {:>7} {:>7}",
             "mode",
             "memory",
             "via",
+            "prefetch",
             "vcpus",
             "readers",
             "telemetry",
@@ -309,6 +342,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     && o.vcpus == on.vcpus
                     && o.backing == on.backing
                     && o.transport == on.transport
+                    && o.prefetch == on.prefetch
             })?;
             Some(Ratio {
                 mode: on.mode,
@@ -397,4 +431,119 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(true)
+}
+
+#[derive(Serialize)]
+struct StallReport {
+    mem_per_vcpu: u64,
+    repeat: usize,
+    results: Vec<bench::StallResult>,
+}
+
+/// The stall benchmark over the demand-paging configurations (telemetry on, pages
+/// missing), each with every workload and prefetch strategy asked for.
+fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
+    let mut stall_configs = Vec::new();
+    for c in configs
+        .iter()
+        .filter(|c| c.mode != BenchMode::Prefill && c.telemetry)
+        .filter(|c| c.prefetch == args.prefetch[0])
+    {
+        for w in &args.stall_workloads {
+            for &prefetch in &args.stall_prefetch {
+                stall_configs.push(bench::StallConfig {
+                    trial: TrialConfig {
+                        prefetch,
+                        mem_per_vcpu: args.stall_mem_per_vcpu,
+                        ..*c
+                    },
+                    workload: w.clone(),
+                });
+            }
+        }
+    }
+    if stall_configs.is_empty() {
+        return Err(super::args::UsageError(
+            "--stall needs a mode with missing pages (uffd or exit) and telemetry on".into(),
+        )
+        .into());
+    }
+    for c in &stall_configs {
+        c.trial
+            .validate()
+            .map_err(|e| super::args::UsageError(e.to_string()))?;
+    }
+    if !args.json {
+        println!(
+            "stall until the working set arrives: no push, {} a vCPU; median of {} trials",
+            Bytes(args.stall_mem_per_vcpu),
+            args.repeat.max(1)
+        );
+        println!(
+            "{:<6} {:<5} {:>5} {:>6} {:<16} {:<8} {:>10} {:>19} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "mode",
+            "via",
+            "vcpus",
+            "rtt",
+            "workload",
+            "prefetch",
+            "stall ms",
+            "(min - max)",
+            "gain",
+            "to WS ms",
+            "faults",
+            "prefetch",
+            "used"
+        );
+    }
+    let results = bench::measure_stall(&stall_configs, args.repeat)?;
+    if args.json {
+        let report = StallReport {
+            mem_per_vcpu: args.stall_mem_per_vcpu,
+            repeat: args.repeat.max(1),
+            results,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(true);
+    }
+    for r in &results {
+        // The demand path alone's stall over this one's, round by round: 3.00x is a third.
+        let off = results.iter().find(|o| {
+            o.prefetch == "off"
+                && o.workload == r.workload
+                && o.transport == r.transport
+                && o.mode == r.mode
+                && o.vcpus == r.vcpus
+        });
+        let vs_off = off.map_or_else(|| "-".into(), |o| format!("{:.2}x", stall_ratio(r, o)));
+        println!(
+            "{:<6} {:<5} {:>5} {:>6} {:<16} {:<8} {:>10.1} {:>19} {:>8} {:>8.1} {:>8} {:>8} {:>6.0}%",
+            r.mode,
+            r.transport,
+            r.vcpus,
+            format!("{}us", r.rtt_us),
+            r.workload,
+            r.prefetch,
+            r.stall_ms,
+            format!("({:.1} - {:.1})", r.stall_ms_min, r.stall_ms_max),
+            vs_off,
+            r.to_working_set_ms,
+            r.faults,
+            r.pages_prefetched,
+            100.0 * r.prefetch_used as f64 / r.pages_prefetched.max(1) as f64
+        );
+    }
+    Ok(true)
+}
+
+/// The median over rounds of `off`'s stall over `r`'s in the same round.
+fn stall_ratio(r: &bench::StallResult, off: &bench::StallResult) -> f64 {
+    let mut v: Vec<f64> = off
+        .rounds_stall_ms
+        .iter()
+        .zip(&r.rounds_stall_ms)
+        .map(|(o, a)| o / a.max(1e-9))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

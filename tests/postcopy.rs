@@ -161,9 +161,45 @@ fn check_injection_over(mode: FaultMode, backing: Backing, transport: Transport)
     // Dropped pages come back, and the guest's own stamps prove none came back stale.
     assert_eq!(s.pages_refetched, s.pages_injected, "{s:#?}");
     assert_eq!(
-        s.pages_demand + s.pages_pushed,
+        s.pages_demand + s.pages_pushed + s.pages_prefetched,
         s.pages_total - s.pages_boot + s.pages_injected
     );
+    // Shared memory keeps the guest running: only anonymous memory pauses it.
+    let inj = &s.injections[0];
+    match backing {
+        Backing::Shared => assert_eq!(inj.pause_us, 0, "{inj:?}"),
+        Backing::Anonymous => assert!(inj.pause_us > 0, "{inj:?}"),
+    }
+    assert!(inj.unavailable_us > 0, "{inj:?}");
+}
+
+#[test]
+fn injection_over_prefetched_pages_puts_them_back_and_still_verifies() {
+    for backing in [Backing::Shared, Backing::Anonymous] {
+        let mut c = config("verify", FaultMode::Exit, 2);
+        c.backing = Some(backing);
+        c.prefetch = Prefetch::Adaptive;
+        c.push = false;
+        c.fetch_rate = Rate::Unlimited;
+        c.duration = Duration::from_millis(1200);
+        let range = GpaRange {
+            start: 8 << 20,
+            len: 16 << 20,
+        };
+        c.timeline = vec![TimedAction {
+            at: Duration::from_millis(600),
+            action: Action::Inject(range),
+        }];
+        let s = run(&c);
+        assert!(s.verified, "{backing}: {s:#?}");
+        assert!(s.pages_prefetched > 0, "{backing}: {s:#?}");
+        assert!(s.pages_injected > 0, "{backing}: {s:#?}");
+        assert_eq!(
+            s.pages_demand + s.pages_pushed + s.pages_prefetched,
+            s.pages_total - s.pages_boot + s.pages_injected,
+            "{backing}: {s:#?}"
+        );
+    }
 }
 
 #[test]

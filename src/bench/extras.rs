@@ -149,6 +149,89 @@ pub fn measure_downtime(vcpus: usize, runs: usize) -> Result<DowntimeResult, Ben
     })
 }
 
+/// How long the guest is paused to make a range missing again, in the real engine: its
+/// content goes back to the source and the pages leave the guest's view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InjectionResult {
+    pub vcpus: usize,
+    pub bytes: u64,
+    pub backing: &'static str,
+    pub transport: &'static str,
+    pub runs: usize,
+    pub pages: u64,
+    /// How long every vCPU was paused (0 where the memory needs no pause).
+    pub median_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+    /// How long the range was out of the guest's reach.
+    pub unavailable_median_us: u64,
+    pub unavailable_max_us: u64,
+}
+
+/// Injects `bytes` into a guest of `vcpus` whose every page has arrived (the range is all
+/// present, the worst case), once a run, `runs` runs.
+pub fn measure_injection(
+    vcpus: usize,
+    bytes: u64,
+    backing: Backing,
+    transport: crate::contract::Transport,
+    runs: usize,
+) -> Result<InjectionResult, BenchError> {
+    use crate::contract::{Action, TimedAction};
+    let range = crate::units::GpaRange {
+        start: 64 << 20,
+        len: bytes,
+    };
+    let config = crate::contract::RunConfig {
+        scenario: "bench-injection".into(),
+        vcpus,
+        mem_bytes: (range.start + bytes).next_power_of_two().max(256 << 20),
+        workload: "hotspot-mixed".parse()?,
+        backing: Some(backing),
+        transport,
+        warmup: Duration::from_millis(200),
+        // Unlimited, the push has brought every page well before the injection.
+        duration: Duration::from_millis(1500),
+        timeline: vec![TimedAction {
+            at: Duration::from_millis(1200),
+            action: Action::Inject(range),
+        }],
+        ..Default::default()
+    };
+    let mut pauses = Vec::new();
+    let mut unavailable = Vec::new();
+    let mut pages = 0;
+    for _ in 0..runs.max(1) {
+        let s = crate::postcopy::run(&config, &crate::postcopy::RunStatus::default(), None)?;
+        let inj = s.injections.first().ok_or_else(|| {
+            BenchError::Config("the injection did not happen in the benchmark's run".into())
+        })?;
+        if !s.verified {
+            return Err(BenchError::Config(
+                "the benchmark's run with an injection did not verify".into(),
+            ));
+        }
+        pages = inj.pages;
+        pauses.push(inj.pause_us);
+        unavailable.push(inj.unavailable_us);
+    }
+    pauses.sort_unstable();
+    unavailable.sort_unstable();
+    Ok(InjectionResult {
+        vcpus,
+        bytes,
+        backing: backing.as_str(),
+        transport: transport.as_str(),
+        runs: pauses.len(),
+        pages,
+        median_us: pauses[pauses.len() / 2],
+        min_us: pauses[0],
+        max_us: pauses[pauses.len() - 1],
+        unavailable_median_us: unavailable[unavailable.len() / 2],
+        unavailable_max_us: unavailable[unavailable.len() - 1],
+    })
+}
+
 /// What a frame of the live view costs: building the snapshot from the engine's state
 /// (counters, events, the page-state map) and drawing it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -110,9 +110,8 @@ impl Rig {
                 let image = GuestRam::new(mem)?;
                 prefill(&image)?;
                 let image = Arc::new(InProcessSource::new(Arc::new(image)));
-                let (source, s) =
-                    net::page_source(c.transport, image, options(c.net_spin), None)
-                        .map_err(source_error)?;
+                let (source, s) = net::page_source(c.transport, image, options(c.net_spin), None)
+                    .map_err(source_error)?;
                 server = s;
                 let d = Arc::new(Destination::with_uffds(
                     ram.clone(),

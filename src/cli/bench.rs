@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Also measure switchover downtime with this many vCPUs (0 to skip).
     #[arg(long, default_value_t = 4)]
     downtime_vcpus: usize,
+    /// Also time an injection of this much memory, all present, in the real engine with
+    /// --downtime-vcpus vCPUs (0 to skip), e.g. 64M.
+    #[arg(long, value_parser = super::args::parse_size, default_value = "64M")]
+    inject_mem: u64,
     /// Also time the live view's frames: this many vCPUs over --frame-mem (0 to skip).
     #[arg(long, default_value_t = 64)]
     frame_vcpus: usize,
@@ -97,7 +101,11 @@ pub struct BenchArgs {
     /// left out), transport (--transport, with --rtt) and vCPU count (--vcpus).
     #[arg(long)]
     stall: bool,
-    #[arg(long, value_delimiter = ',', default_value = "touch,sequential,stride,random,hotspot")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "touch,sequential,stride,random,hotspot"
+    )]
     stall_workloads: Vec<Workload>,
     #[arg(long, value_delimiter = ',', default_value = "off,16,adaptive")]
     stall_prefetch: Vec<Prefetch>,
@@ -143,6 +151,7 @@ struct Report {
     telemetry_ratios: Vec<Ratio>,
     push: Option<PushResult>,
     downtime: Option<DowntimeResult>,
+    injection: Option<bench::InjectionResult>,
     frames: Vec<FrameResult>,
 }
 
@@ -281,6 +290,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     {
         return Err(usage("--frame-vcpus at most 64, --frame-mem at least 64M".into()).into());
     }
+    if !args.inject_mem.is_multiple_of(4096) || args.inject_mem > 4 << 30 {
+        return Err(usage("--inject-mem: whole pages, at most 4G (or 0 to skip)".into()).into());
+    }
     if args.push_mem > 0 && args.push_mem < faultline::vmm::layout::MIN_MEM_BYTES {
         return Err(usage("--push-mem: at least 64M (or 0 to skip)".into()).into());
     }
@@ -367,6 +379,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let downtime = (args.downtime_vcpus > 0)
         .then(|| bench::measure_downtime(args.downtime_vcpus, args.repeat.max(5)))
         .transpose()?;
+    let injection = (args.inject_mem > 0 && args.downtime_vcpus > 0)
+        .then(|| {
+            bench::measure_injection(
+                args.downtime_vcpus,
+                args.inject_mem,
+                backings[0],
+                args.transport.first().copied().unwrap_or_default(),
+                args.repeat.max(5),
+            )
+        })
+        .transpose()?;
     let frames = if args.frame_vcpus > 0 {
         [(80, 24), (160, 48)]
             .into_iter()
@@ -380,6 +403,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
             frames,
             push,
             downtime,
+            injection,
             mem_per_vcpu: args.mem_per_vcpu,
             repeat: args.repeat.max(1),
             results,
@@ -429,6 +453,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 d.vcpus, d.median_us, d.min_us, d.max_us, d.runs
             );
         }
+        if let Some(i) = injection {
+            println!(
+                "injection of {} ({} pages, {}, {}), {} vCPUs: guest paused median {} us (min {}, \
+                 max {}), range unavailable median {} us (max {}) over {} runs",
+                Bytes(i.bytes),
+                i.pages,
+                i.backing,
+                i.transport,
+                i.vcpus,
+                i.median_us,
+                i.min_us,
+                i.max_us,
+                i.unavailable_median_us,
+                i.unavailable_max_us,
+                i.runs
+            );
+        }
     }
     Ok(true)
 }
@@ -457,7 +498,7 @@ fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
                         mem_per_vcpu: args.stall_mem_per_vcpu,
                         ..*c
                     },
-                    workload: w.clone(),
+                    workload: *w,
                 });
             }
         }

@@ -39,7 +39,12 @@ pub struct VcpuSummary {
 pub struct InjectionSummary {
     pub gpa: u64,
     pub pages: u64,
+    /// How long every vCPU was paused for it (0 with shared memory, which needs no pause).
     pub pause_us: u64,
+    /// How long the range was out of the guest's reach before its pages were missing
+    /// (absent in older recordings).
+    #[serde(default)]
+    pub unavailable_us: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

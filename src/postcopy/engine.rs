@@ -275,8 +275,9 @@ fn migrate(
             match apply(&leg.dest, &leg.vm, leg.link(), action) {
                 Ok(Some(inj)) => {
                     status.note(format!(
-                        "injected {} pages at {:#x}; guest paused {} us",
-                        inj.pages, inj.gpa, inj.pause_us
+                        "injected {} pages at {:#x}; guest paused {} us, the range \
+                         unavailable {} us",
+                        inj.pages, inj.gpa, inj.pause_us, inj.unavailable_us
                     ));
                     complete_at = None;
                     injections.push(inj);
@@ -391,22 +392,29 @@ fn apply(
             ));
         }
         Action::Inject(range) => {
+            // Only anonymous RAM needs the guest paused (inject.rs).
+            let paused = dest.inject_needs_pause();
             let t = Instant::now();
-            vm.pause_all()?;
+            if paused {
+                vm.pause_all()?;
+            }
             let r = dest.inject(range);
-            vm.resume_all()?;
-            let pause = t.elapsed();
-            let pages = r?;
+            if paused {
+                vm.resume_all()?;
+            }
+            let pause = if paused { t.elapsed() } else { Duration::ZERO };
+            let done = r?;
             dest.telemetry().emit(Event::Inject {
                 gpa: range.start,
-                pages,
+                pages: done.pages,
                 at_ns: dest.telemetry().now_ns(),
                 pause_ns: pause.as_nanos() as u64,
             });
             return Ok(Some(InjectionSummary {
                 gpa: range.start,
-                pages,
+                pages: done.pages,
                 pause_us: pause.as_micros() as u64,
+                unavailable_us: done.unavailable.as_micros() as u64,
             }));
         }
     }

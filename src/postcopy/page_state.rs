@@ -19,6 +19,13 @@ pub enum PageState {
     FilledByPrefetch = 5,
 }
 
+/// Every state of a page that arrived after the switchover.
+const FILLED: [PageState; 3] = [
+    PageState::FilledByDemand,
+    PageState::FilledByPush,
+    PageState::FilledByPrefetch,
+];
+
 /// Set once a page has been injected; kept through later transitions.
 const INJECTED: u8 = 0x80;
 const STATE: u8 = 0x07;
@@ -129,9 +136,32 @@ impl PageStateMap {
 
     /// Makes a filled page missing again and marks it injected; returns whether it was filled.
     pub fn drop_page(&self, page: u64) -> bool {
-        [PageState::FilledByDemand, PageState::FilledByPush]
+        FILLED
             .into_iter()
             .any(|from| self.transition(page, from, INJECTED | PageState::Missing as u8))
+    }
+
+    /// Takes a filled page back for an injection: claimed (in flight) until
+    /// [`Self::release_taken`], so faults on it wait and no one fills it. Returns whether
+    /// it was filled.
+    pub fn take_page(&self, page: u64) -> bool {
+        FILLED
+            .into_iter()
+            .any(|from| self.transition(page, from, PageState::Requested as u8))
+    }
+
+    /// A page taken for an injection is missing now, and marked injected.
+    pub fn release_taken(&self, page: u64) {
+        self.transition(
+            page,
+            PageState::Requested,
+            INJECTED | PageState::Missing as u8,
+        );
+    }
+
+    /// Gives a taken page back as it was, filled (its injection failed).
+    pub fn restore_taken(&self, page: u64) {
+        self.transition(page, PageState::Requested, PageState::FilledByDemand as u8);
     }
 
     /// Pages of `pages` (clipped to the map) in each state, and how many were ever injected.

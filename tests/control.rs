@@ -303,3 +303,43 @@ fn a_recording_made_before_the_contract_module_still_reads_and_replays() {
     assert_eq!(j["backing"], "shmem");
     assert_eq!(j["transport"], "local");
 }
+
+#[test]
+fn replay_prints_one_frame_at_a_moment_as_text_and_says_when_the_moment_is_past_the_end() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/recorded-before-the-contract.rec");
+    let rec = faultline::control::record::read(&path).unwrap();
+    let mid = rec.snapshots[rec.snapshots.len() / 2].elapsed_ms;
+    let out = faultline()
+        .arg("replay")
+        .arg(&path)
+        .args(["--screen", "--size", "100x30", "--at"])
+        .arg(format!("{mid}ms"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 30, "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+    // The frame of that moment: the header's elapsed time is the snapshot's.
+    let header = text.lines().next().unwrap();
+    assert!(header.starts_with("faultline"), "{text}");
+    assert!(
+        header.contains(&format!("elapsed {}s", mid / 1000)),
+        "{header} at {mid} ms"
+    );
+    let out = faultline()
+        .arg("replay")
+        .arg(&path)
+        .args(["--screen", "--at", "999s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("the recording ends at"), "{err}");
+}

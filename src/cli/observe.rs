@@ -37,6 +37,16 @@ pub struct ReplayArgs {
     /// Playback speed, 1 to 64.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     speed: u32,
+    /// Start at this time into the recording, e.g. 12.5s (with --screen: the moment shown).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    at: Option<std::time::Duration>,
+    /// Print one frame of the view as plain text (the one at --at, else the last) and exit;
+    /// needs no terminal.
+    #[arg(long)]
+    screen: bool,
+    /// With --screen: the frame's size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "160x48", value_parser = tui::screen::parse_size)]
+    size: (u16, u16),
     /// Where the log goes. Default: as for `faultline run`.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -108,10 +118,48 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(summary.verified);
     }
-    need_terminal("replay")?;
     if recording.snapshots.is_empty() {
         anyhow::bail!("{}: the recording holds no snapshot", args.file.display());
     }
+    // The snapshots up to the moment asked for (all of them without --at).
+    let upto = match args.at {
+        None => recording.snapshots.len(),
+        Some(at) => {
+            let at_ms = at.as_millis() as u64;
+            let last_ms = recording.snapshots.last().map_or(0, |s| s.elapsed_ms);
+            if at_ms > last_ms {
+                return Err(UsageError(format!(
+                    "{}: --at {}: the recording ends at {:.1} s",
+                    args.file.display(),
+                    humantime::format_duration(at),
+                    last_ms as f64 / 1000.0
+                ))
+                .into());
+            }
+            recording
+                .snapshots
+                .partition_point(|s| s.elapsed_ms <= at_ms)
+                .max(1)
+        }
+    };
+    if args.screen {
+        // Fed as the view would have been, so its histories are the run's.
+        let mut app = tui::App::new();
+        for s in &recording.snapshots[..upto] {
+            app.on_snapshot((**s).clone());
+        }
+        let (w, h) = args.size;
+        print!("{}", tui::screen::text(&app, w, h));
+        return Ok(true);
+    }
+    need_terminal("replay")?;
+    let mut snapshots = recording.snapshots;
+    // Playback from --at: the snapshot in force then, and what follows.
+    snapshots.drain(..upto - 1);
+    let recording = control::record::Recording {
+        snapshots,
+        ..recording
+    };
     let log_path = args.log.clone().unwrap_or_else(logging::default_path);
     let _log = logging::init(&log_path)?;
     tracing::info!(file = %args.file.display(), "replay");

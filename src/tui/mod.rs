@@ -4,6 +4,7 @@
 pub mod app;
 #[doc(hidden)]
 pub mod fixture;
+pub mod screen;
 pub mod terminal;
 pub mod theme;
 pub mod view;

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod postcopy;
 pub mod probe;
 pub mod qemu;
+pub mod report;
 pub mod scenario;
 pub mod striped;
 pub mod telemetry;

@@ -39,6 +39,8 @@ enum Command {
     Qemu(cli::qemu::QemuArgs),
     /// Play a recording back in the live view, or print its summary.
     Replay(cli::observe::ReplayArgs),
+    /// Make a recording into one self-contained HTML page (and SVG figures) to share.
+    Report(cli::report::ReportArgs),
     /// Report what this host offers: KVM, userfaultfd, and which fault modes really work.
     Probe {
         /// Print one JSON object instead of text.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Some(Command::Source(args)) => cli::source::run(args),
         Some(Command::Attach(args)) => cli::observe::attach(args),
         Some(Command::Replay(args)) => cli::observe::replay(args),
+        Some(Command::Report(args)) => cli::report::run(args),
         Some(Command::Qemu(args)) => cli::qemu::run(args),
         Some(Command::Run(args)) => cli::run::run(args),
         None => cli::run::run(cli::run::RunArgs::default()),

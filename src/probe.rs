@@ -113,6 +113,14 @@ impl ModeResult {
     }
 }
 
+/// This host in a few words for a report: the kernel release and the KVM flavour.
+pub fn host_line() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("Linux {kernel}, KVM {}", flavour())
+}
+
 /// The hypervisor flavour behind /dev/kvm, from loaded modules, then CPU flags.
 pub fn flavour() -> &'static str {
     let module = |m: &str| Path::new("/sys/module").join(m).exists();

@@ -299,6 +299,7 @@ pub fn measure_frame(
         transport: Some(crate::contract::Transport::Local),
         source: None,
         page_size: PAGE_SIZE,
+        host: None,
     })?;
     let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
         .map_err(|e| BenchError::Config(format!("test terminal: {e}")))?;

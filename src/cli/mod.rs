@@ -6,6 +6,7 @@ pub mod logging;
 pub mod observe;
 pub mod probe;
 pub mod qemu;
+pub mod report;
 pub mod run;
 pub mod shared;
 pub mod source;

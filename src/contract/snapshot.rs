@@ -84,6 +84,9 @@ pub struct RunInfo {
     #[serde(default)]
     pub source: Option<String>,
     pub page_size: u64,
+    /// The host that ran it: kernel release and KVM flavour (absent in older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Pages of the current migration by where they are now (demand and pushed count pages

@@ -46,6 +46,7 @@ pub(super) fn run_info(config: &RunConfig) -> RunInfo {
         transport: Some(config.transport()),
         source: config.remote.map(|r| r.addr.to_string()),
         page_size: PAGE_SIZE,
+        host: Some(crate::probe::host_line()),
     }
 }
 

@@ -307,6 +307,7 @@ pub fn snapshot(vcpus: usize, mem_bytes: u64, step: u64) -> Snapshot {
             transport: Some(crate::contract::Transport::Local),
             source: None,
             page_size: PAGE,
+            host: None,
         },
         phase,
         migration: 1,

@@ -212,6 +212,7 @@ impl Watcher {
             transport: None,
             source: Some(format!("QEMU {}", dst.version())),
             page_size: 4096,
+            host: Some(crate::probe::host_line()),
         };
         let mut w = Watcher {
             book: StallBook::new(vcpus, mem_bytes, epoch_us)?,

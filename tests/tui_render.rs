@@ -30,7 +30,7 @@ fn text(buf: &Buffer) -> String {
 }
 
 fn screen(w: u16, h: u16, app: &App) -> String {
-    text(terminal(w, h, app).backend().buffer())
+    faultline::tui::screen::text(app, w, h)
 }
 
 /// An app fed the fixture stream up to `step`, as the terminal loop would.

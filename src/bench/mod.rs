@@ -201,17 +201,17 @@ pub struct BenchResult {
 /// The median over rounds of `a`'s pages/s over `b`'s in the same round: a paired ratio,
 /// steadier than the ratio of medians when the machine drifts from round to round.
 pub fn paired_ratio(a: &BenchResult, b: &BenchResult) -> f64 {
-    let mut r: Vec<f64> = a
-        .rounds_pages_per_sec
-        .iter()
-        .zip(&b.rounds_pages_per_sec)
-        .map(|(x, y)| x / y.max(1e-9))
-        .collect();
-    if r.is_empty() {
+    if a.rounds_pages_per_sec.is_empty() || b.rounds_pages_per_sec.is_empty() {
         return a.pages_per_sec / b.pages_per_sec.max(1e-9);
     }
+    paired_median(&a.rounds_pages_per_sec, &b.rounds_pages_per_sec)
+}
+
+/// The median over rounds of `a[i] / b[i]` (0 when there are none).
+pub fn paired_median(a: &[f64], b: &[f64]) -> f64 {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect();
     r.sort_by(f64::total_cmp);
-    r[r.len() / 2]
+    r.get(r.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Runs every configuration once per round, `repeat` rounds, every other round in reverse
@@ -222,21 +222,32 @@ pub fn measure_interleaved(
     configs: &[TrialConfig],
     repeat: usize,
 ) -> Result<Vec<BenchResult>, BenchError> {
-    let mut trials: Vec<Vec<Trial>> = configs.iter().map(|_| Vec::new()).collect();
+    let trials = interleaved(configs, repeat, run_trial)?;
+    Ok(configs
+        .iter()
+        .zip(trials)
+        .map(|(c, t)| summarize(c, t))
+        .collect())
+}
+
+/// Each configuration's trials, `repeat` rounds of one trial each, every other round in
+/// reverse order.
+pub(crate) fn interleaved<C, T>(
+    configs: &[C],
+    repeat: usize,
+    run: impl Fn(&C) -> Result<T, BenchError>,
+) -> Result<Vec<Vec<T>>, BenchError> {
+    let mut trials: Vec<Vec<T>> = configs.iter().map(|_| Vec::new()).collect();
     for round in 0..repeat.max(1) {
         let mut order: Vec<usize> = (0..configs.len()).collect();
         if round % 2 == 1 {
             order.reverse();
         }
         for i in order {
-            trials[i].push(run_trial(&configs[i])?);
+            trials[i].push(run(&configs[i])?);
         }
     }
-    Ok(configs
-        .iter()
-        .zip(trials)
-        .map(|(c, t)| summarize(c, t))
-        .collect())
+    Ok(trials)
 }
 
 fn summarize(c: &TrialConfig, mut trials: Vec<Trial>) -> BenchResult {

@@ -86,6 +86,9 @@ pub fn run_stall_trial(c: &StallConfig) -> Result<StallTrial, BenchError> {
         if start.elapsed() > STALL_TRIAL_TIMEOUT {
             return Err(BenchError::Timeout(STALL_TRIAL_TIMEOUT));
         }
+        if let Some(e) = rig.worker_failed() {
+            return Err(e);
+        }
         let mut all = true;
         for (n, &(first, pages)) in next.iter_mut().zip(&sets) {
             while *n < first + pages && dest.pages().get(*n).is_present() {
@@ -128,16 +131,7 @@ pub fn measure_stall(
     configs: &[StallConfig],
     repeat: usize,
 ) -> Result<Vec<StallResult>, BenchError> {
-    let mut trials: Vec<Vec<StallTrial>> = configs.iter().map(|_| Vec::new()).collect();
-    for round in 0..repeat.max(1) {
-        let mut order: Vec<usize> = (0..configs.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
-            trials[i].push(run_stall_trial(&configs[i])?);
-        }
-    }
+    let trials = super::interleaved(configs, repeat, run_stall_trial)?;
     Ok(configs
         .iter()
         .zip(trials)

@@ -165,6 +165,15 @@ impl Rig {
         Ok(self.vm.resume_all()?)
     }
 
+    /// Why a reader (or the push) stopped early, if one did: the vCPUs it served would
+    /// wait for ever. Its faults are released, so the VM can be stopped.
+    pub fn worker_failed(&mut self) -> Option<BenchError> {
+        if !self.workers.as_ref().is_some_and(|w| w.any_finished()) {
+            return None;
+        }
+        self.workers.take().map(|w| w.failure().into())
+    }
+
     /// Stops and joins the destination's threads (the vCPUs go with the VM).
     pub fn finish(&mut self) -> Result<(), BenchError> {
         if let Some(w) = self.workers.take() {
@@ -189,15 +198,18 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let mut rig = Rig::new(c, &"touch".parse()?)?;
     let start = Instant::now();
     rig.start()?;
-    let vm = &rig.vm;
     let mut done = vec![false; c.vcpus];
     while done.iter().any(|d| !d) {
-        if let Some(f) = vm.failure() {
+        if let Some(f) = rig.vm.failure() {
             return Err(BenchError::GuestFailed(f));
         }
         if start.elapsed() > TRIAL_TIMEOUT {
             return Err(BenchError::Timeout(TRIAL_TIMEOUT));
         }
+        if let Some(e) = rig.worker_failed() {
+            return Err(e);
+        }
+        let vm = &rig.vm;
         for (d, v) in done.iter_mut().zip(vm.vcpus()) {
             *d = *d || v.state() == RunState::Done;
         }
@@ -205,7 +217,8 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Timed on the vCPU threads, as a C program would, not by this coarse poll.
-    let spans: Vec<(u64, u64)> = vm
+    let spans: Vec<(u64, u64)> = rig
+        .vm
         .vcpus()
         .iter()
         .map(|v| {

@@ -513,6 +513,18 @@ fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
         c.trial
             .validate()
             .map_err(|e| super::args::UsageError(e.to_string()))?;
+        // A stride that shares a factor with the slice never visits all of it.
+        let slice = args.stall_mem_per_vcpu / 4096;
+        let stride = c.workload.stride_pages % slice.max(1);
+        if c.workload.pattern == faultline::contract::Pattern::Stride && gcd(stride, slice) != 1 {
+            return Err(super::args::UsageError(format!(
+                "--stall-mem-per-vcpu {}: a stride of {} pages never visits all {slice} \
+                 pages of a slice; take a size whose page count shares no factor with it",
+                Bytes(args.stall_mem_per_vcpu),
+                c.workload.stride_pages
+            ))
+            .into());
+        }
     }
     if !args.json {
         println!(
@@ -556,7 +568,15 @@ fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
                 && o.mode == r.mode
                 && o.vcpus == r.vcpus
         });
-        let vs_off = off.map_or_else(|| "-".into(), |o| format!("{:.2}x", stall_ratio(r, o)));
+        let vs_off = off.map_or_else(
+            || "-".into(),
+            |o| {
+                format!(
+                    "{:.2}x",
+                    bench::paired_median(&o.rounds_stall_ms, &r.rounds_stall_ms)
+                )
+            },
+        );
         println!(
             "{:<6} {:<5} {:>5} {:>6} {:<16} {:<8} {:>10.1} {:>19} {:>8} {:>8.1} {:>8} {:>8} {:>6.0}%",
             r.mode,
@@ -577,14 +597,6 @@ fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The median over rounds of `off`'s stall over `r`'s in the same round.
-fn stall_ratio(r: &bench::StallResult, off: &bench::StallResult) -> f64 {
-    let mut v: Vec<f64> = off
-        .rounds_stall_ms
-        .iter()
-        .zip(&r.rounds_stall_ms)
-        .map(|(o, a)| o / a.max(1e-9))
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }

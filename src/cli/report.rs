@@ -24,6 +24,10 @@ pub struct ReportArgs {
 pub fn run(args: ReportArgs) -> anyhow::Result<bool> {
     let recording = control::record::read(&args.file).map_err(|e| UsageError(e.to_string()))?;
     let name = args.file.display().to_string();
+    // Cut before its first snapshot: nothing to show, and the cut is the reason.
+    if let (true, Some(cut)) = (recording.snapshots.is_empty(), &recording.cut) {
+        anyhow::bail!("{name}: the recording is cut short before any snapshot ({cut})");
+    }
     let report =
         faultline::report::build(&recording, &name).map_err(|e| UsageError(e.to_string()))?;
     let output = args

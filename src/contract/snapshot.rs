@@ -236,7 +236,8 @@ pub struct VcpuSnapshot {
     pub top_regions: Vec<RegionStall>,
 }
 
-/// A region made missing again, and how long the guest was paused for it.
+/// A region made missing again, and how long the guest was paused for it; `at_ms` counts
+/// from the current migration's switchover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectionRecord {
     pub gpa: u64,

@@ -129,10 +129,10 @@ fn fault_rows(last: &Snapshot, end_ms: u64) -> Vec<(String, Vec<f64>)> {
             let newest = last.elapsed_ms / h.column_ms.max(1);
             let n = row.len() as u64;
             for (c, &count) in row.iter().enumerate() {
-                let Some(k) = (newest + 1 + c as u64).checked_sub(n) else {
+                let Some(k) = newest.saturating_add(1 + c as u64).checked_sub(n) else {
                     continue;
                 };
-                let at = k * h.column_ms;
+                let at = k.saturating_mul(h.column_ms);
                 series::spread(&mut cells, at, at + h.column_ms, end_ms, count as f64);
             }
             // As shares of the busiest cell.
@@ -140,7 +140,7 @@ fn fault_rows(last: &Snapshot, end_ms: u64) -> Vec<(String, Vec<f64>)> {
             for cell in &mut cells {
                 *cell = (*cell / col_ms * h.column_ms as f64 / most).min(1.0);
             }
-            let gpa = r as u64 * last.fault_region_bytes;
+            let gpa = (r as u64).saturating_mul(last.fault_region_bytes);
             (format!("{gpa:#x}"), cells)
         })
         .collect()

@@ -16,7 +16,8 @@ pub struct Mark {
 pub fn marks(snapshots: &[&Snapshot]) -> Vec<Mark> {
     let mut out = Vec::new();
     let mut prev: Option<&Snapshot> = None;
-    let mut injections_seen = 0;
+    // Each snapshot lists its migration's latest injections: each is drawn once.
+    let mut injections_seen = std::collections::HashSet::new();
     for s in snapshots {
         let at_ms = s.elapsed_ms;
         let mut mark = |kind, label: String| out.push(Mark { at_ms, kind, label });
@@ -49,18 +50,17 @@ pub fn marks(snapshots: &[&Snapshot]) -> Vec<Mark> {
                 }
             }
         }
-        // Injections are listed whole in each snapshot (the newest last), per migration.
-        if prev.is_some_and(|p| p.migration != s.migration) {
-            injections_seen = 0;
+        // Their times count from the migration's switchover.
+        let switched_ms = s.elapsed_ms.saturating_sub(s.postcopy_ms);
+        for i in &s.injections {
+            if injections_seen.insert((s.migration, i.at_ms, i.gpa, i.pages)) {
+                out.push(Mark {
+                    at_ms: switched_ms.saturating_add(i.at_ms),
+                    kind: "inject",
+                    label: format!("inject {} pages at {:#x}", i.pages, i.gpa),
+                });
+            }
         }
-        for i in s.injections.iter().skip(injections_seen) {
-            out.push(Mark {
-                at_ms: i.at_ms,
-                kind: "inject",
-                label: format!("inject {} pages at {:#x}", i.pages, i.gpa),
-            });
-        }
-        injections_seen = s.injections.len();
         prev = Some(s);
     }
     out.sort_by_key(|m| m.at_ms);

@@ -47,14 +47,17 @@ impl Destination {
         let first = range.start >> PAGE_SHIFT;
         let end = range.end().div_ceil(PAGE_SIZE);
         let started = Instant::now();
-        let pages = match self.ram.backing() {
-            Backing::Shared => self.inject_shared(first, end)?,
-            Backing::Anonymous => self.inject_paused(first, end)?,
+        // Pages made missing are counted as such even when a later run fails.
+        let mut made_missing = 0;
+        let r = match self.ram.backing() {
+            Backing::Shared => self.inject_shared(first, end, &mut made_missing),
+            Backing::Anonymous => self.inject_paused(first, end, &mut made_missing),
         };
-        self.missing.add(pages);
-        self.telemetry.run.pages_injected.add(pages);
+        self.missing.add(made_missing);
+        self.telemetry.run.pages_injected.add(made_missing);
+        r?;
         Ok(Injected {
-            pages,
+            pages: made_missing,
             unavailable: started.elapsed(),
         })
     }
@@ -75,7 +78,7 @@ impl Destination {
         runs
     }
 
-    fn inject_shared(&self, first: u64, end: u64) -> Result<u64, PostcopyError> {
+    fn inject_shared(&self, first: u64, end: u64, missing: &mut u64) -> Result<(), PostcopyError> {
         // Taken and out of the guest's view together, with no fill in between.
         let runs = {
             let _gate = self.fill_gate.write();
@@ -113,23 +116,22 @@ impl Destination {
                 }
                 for &(p, k) in &runs[..i] {
                     self.release(p, k);
+                    *missing += k;
                 }
                 return Err(e.into());
             }
         }
-        let mut pages = 0;
         for &(page, n) in &runs {
             self.release(page, n);
-            pages += n;
+            *missing += n;
         }
-        Ok(pages)
+        Ok(())
     }
 
     /// The vCPUs are paused: the content goes back straight from guest memory.
-    fn inject_paused(&self, first: u64, end: u64) -> Result<u64, PostcopyError> {
+    fn inject_paused(&self, first: u64, end: u64, missing: &mut u64) -> Result<(), PostcopyError> {
         let _gate = self.fill_gate.write();
         let runs = self.present_runs(first, end, |p| self.pages.get(p).is_present());
-        let mut pages = 0;
         for (page, n) in runs {
             let (gpa, len) = (page << PAGE_SHIFT, n * PAGE_SIZE);
             let host = self.ram.host_base() + gpa;
@@ -139,10 +141,10 @@ impl Destination {
             self.source.put_back(gpa, content)?;
             self.unmap(page, n)?;
             for q in page..page + n {
-                pages += u64::from(self.pages.drop_page(q));
+                *missing += u64::from(self.pages.drop_page(q));
             }
         }
-        Ok(pages)
+        Ok(())
     }
 
     /// Takes `n` pages from `page` out of the guest's view (shared RAM keeps them in the

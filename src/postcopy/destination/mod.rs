@@ -256,7 +256,9 @@ impl Destination {
         let gpa = page << PAGE_SHIFT;
         let len = count * PAGE_SIZE;
         self.throttle.acquire(len);
-        if matches!(cause, Cause::Demand { .. }) {
+        // Every request of a vCPU's own pays the round trip: a strided window's pages are
+        // fetched one after another, not pipelined.
+        if matches!(cause, Cause::Demand { .. } | Cause::Prefetch) {
             let rtt = self.rtt_ns.load(Ordering::Relaxed);
             if rtt > 0 {
                 std::thread::sleep(Duration::from_nanos(rtt));
@@ -490,9 +492,12 @@ impl Destination {
             let Some(p) = at(k).filter(|&p| self.pages.claim(p)) else {
                 continue;
             };
+            // The fault is served: a window page that fails is given back and the window
+            // ends there, with the fault's own fill standing.
             if let Err(e) = self.fetch_and_copy(p, 1, Cause::Prefetch, buf, sums) {
                 self.abandon(p, 1, &e);
-                return Err(e);
+                tracing::warn!("a prefetch after the fault at {page:#x} failed: {e}");
+                break;
             }
             n += 1;
         }
@@ -574,7 +579,8 @@ impl Destination {
             }
             for f in &faults[..n] {
                 let gpa = f.address.wrapping_sub(base);
-                let vcpu = if self.telemetry.enabled() {
+                // Whose fault: for the figures, and for the stream detector of each vCPU.
+                let vcpu = if self.telemetry.enabled() || self.prefetch() == Prefetch::Adaptive {
                     self.vcpu_of_tid(f.thread_id)
                 } else {
                     None

@@ -139,6 +139,8 @@ impl Prefetcher {
                 if window == 0 {
                     window = first(stride);
                 }
+                // A window grown on another stride is held to this one's most.
+                window = window.min(most(stride));
                 Window {
                     stride,
                     count: window,
@@ -287,6 +289,22 @@ mod tests {
         assert_eq!((w[0].count, used), (0, 0));
         let (w, _) = feed(&p, [90_001]);
         assert_eq!(w[0].count, 16);
+    }
+
+    #[test]
+    fn a_window_grown_on_a_sequential_stream_is_held_to_the_strided_most() {
+        let p = Prefetcher::new(1, Prefetch::Adaptive);
+        // Sequential until the window is the most a fetch takes.
+        let mut q = 0;
+        for _ in 0..8 {
+            let seen = p.on_fault(Some(0), q);
+            p.brought(Some(0), q, 1, seen.window.count, u64::from(seen.window.count));
+            q += u64::from(seen.window.count) + 1;
+        }
+        // Then a jump, and a stride of 17.
+        let (w, _) = feed(&p, [1_000_000, 1_000_017, 1_000_034]);
+        assert_eq!(w[2].stride, 17);
+        assert!(w[2].count <= MOST_STRIDED, "{w:?}");
     }
 
     #[test]

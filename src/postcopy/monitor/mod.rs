@@ -311,6 +311,10 @@ impl Monitor {
             t.window.clear();
         }
         self.window.clear();
+        // A migration's injections are its own (their times count from its switchover).
+        if live.dest.is_some() {
+            self.injections.clear();
+        }
         self.cells = self.empty_map();
         self.scan_cursor = 0;
         self.leg = Some(live);
@@ -339,6 +343,12 @@ impl Monitor {
         // only then the events, which include every stall that ended before the read.
         let until = telemetry.now_ns();
         let stalled_since = telemetry.stalls_in_progress();
+        // Event times are the leg's telemetry clock; injections are told since switchover.
+        let postcopy_now_ms = self
+            .leg
+            .as_ref()
+            .and_then(|l| l.switched_at)
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
         for e in telemetry.drain() {
             self.aggregate.fold(&e);
             match e {
@@ -381,7 +391,8 @@ impl Monitor {
                             gpa,
                             pages,
                             pause_us: pause_ns / 1000,
-                            at_ms: at_ns / 1_000_000,
+                            at_ms: postcopy_now_ms
+                                .saturating_sub(until.saturating_sub(at_ns) / 1_000_000),
                         },
                         MAX_INJECTIONS,
                     );

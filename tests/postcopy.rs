@@ -777,22 +777,26 @@ fn prefetch_windows_arrive_once_and_verify_in_every_mode_backing_and_transport()
 
 #[test]
 fn adaptive_prefetch_follows_a_strided_guest_and_a_timeline_changes_the_strategy() {
-    let mut c = config("stride-read", FaultMode::Exit, 2);
-    c.prefetch = Prefetch::Adaptive;
-    c.push = false;
-    c.fetch_rate = Rate::Unlimited;
-    // Off half-way: the strategy in force at the end is the timeline's.
-    c.timeline = vec![TimedAction {
-        at: Duration::from_millis(200),
-        action: Action::Prefetch(Prefetch::Off),
-    }];
-    let s = run(&c);
-    assert!(s.verified, "{s:#?}");
-    assert!(s.pages_prefetched > 0, "{s:#?}");
-    assert_eq!(s.prefetch, "off");
-    assert_eq!(
-        s.pages_demand + s.pages_pushed + s.pages_prefetched,
-        s.pages_total - s.pages_boot,
-        "{s:#?}"
-    );
+    // Over TCP a strided window's pages travel as requests sent together (fetch_pages).
+    for transport in [Transport::Local, Transport::Tcp] {
+        let mut c = config("stride-read", FaultMode::Exit, 2);
+        c.transport = transport;
+        c.prefetch = Prefetch::Adaptive;
+        c.push = false;
+        c.fetch_rate = Rate::Unlimited;
+        // Off half-way: the strategy in force at the end is the timeline's.
+        c.timeline = vec![TimedAction {
+            at: Duration::from_millis(200),
+            action: Action::Prefetch(Prefetch::Off),
+        }];
+        let s = run(&c);
+        assert!(s.verified, "{transport}: {s:#?}");
+        assert!(s.pages_prefetched > 0, "{transport}: {s:#?}");
+        assert_eq!(s.prefetch, "off");
+        assert_eq!(
+            s.pages_demand + s.pages_pushed + s.pages_prefetched,
+            s.pages_total - s.pages_boot,
+            "{transport}: {s:#?}"
+        );
+    }
 }

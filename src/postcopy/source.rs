@@ -36,6 +36,21 @@ pub trait PageSource: Send + Sync {
     /// computed at the source, to `checksums`.
     fn fetch(&self, gpa: u64, buf: &mut [u8], checksums: &mut Vec<u32>) -> Result<(), SourceError>;
 
+    /// Reads one page at each of `gpas` into consecutive pages of `buf`, with one CRC32 each
+    /// appended to `checksums`. A source across a network sends every request before it
+    /// reads an answer: the pages cost one round trip, not one each.
+    fn fetch_pages(
+        &self,
+        gpas: &[u64],
+        buf: &mut [u8],
+        checksums: &mut Vec<u32>,
+    ) -> Result<(), SourceError> {
+        for (&gpa, page) in gpas.iter().zip(buf.chunks_mut(PAGE_SIZE as usize)) {
+            self.fetch(gpa, page, checksums)?;
+        }
+        Ok(())
+    }
+
     /// Takes back the destination's current content of whole pages at `gpa`, so that a
     /// range made missing again loses nothing.
     fn put_back(&self, gpa: u64, data: &[u8]) -> Result<(), SourceError>;

@@ -80,8 +80,6 @@ enum Cause {
     Demand {
         fault: u64,
     },
-    /// A prefetched page in a fetch of its own (a strided window).
-    Prefetch,
     Push,
 }
 
@@ -256,13 +254,8 @@ impl Destination {
         let gpa = page << PAGE_SHIFT;
         let len = count * PAGE_SIZE;
         self.throttle.acquire(len);
-        // Every request of a vCPU's own pays the round trip: a strided window's pages are
-        // fetched one after another, not pipelined.
-        if matches!(cause, Cause::Demand { .. } | Cause::Prefetch) {
-            let rtt = self.rtt_ns.load(Ordering::Relaxed);
-            if rtt > 0 {
-                std::thread::sleep(Duration::from_nanos(rtt));
-            }
+        if matches!(cause, Cause::Demand { .. }) {
+            self.round_trip();
         }
         match self.source.local_image() {
             Some(image) => {
@@ -290,15 +283,83 @@ impl Destination {
                 unsafe { self.place(page, buf.as_ptr(), len) }?;
             }
         }
-        let mut refetched = 0;
-        for p in page..page + count {
+        self.filled(page..page + count, cause);
+        Ok(())
+    }
+
+    /// The simulated network's round trip, paid once by each demand request (with what it
+    /// brings in beside the fault).
+    fn round_trip(&self) {
+        let rtt = self.rtt_ns.load(Ordering::Relaxed);
+        if rtt > 0 {
+            std::thread::sleep(Duration::from_nanos(rtt));
+        }
+    }
+
+    /// Fetches claimed `page`, a fault's, and the claimed pages of a strided `window` in
+    /// one round: every request goes out before any answer is read (one round trip over
+    /// TCP), and each page is copied in and mapped on its own, the fault's first.
+    fn fetch_scattered(
+        &self,
+        page: u64,
+        window: &[u64],
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<(), PostcopyError> {
+        let pages: Vec<u64> = std::iter::once(page)
+            .chain(window.iter().copied())
+            .collect();
+        let len = pages.len() as u64 * PAGE_SIZE;
+        self.throttle.acquire(len);
+        self.round_trip();
+        match self.source.local_image() {
+            Some(image) => {
+                for &p in &pages {
+                    let gpa = p << PAGE_SHIFT;
+                    let from = image
+                        .host_addr(gpa)
+                        .filter(|_| image.contains(gpa, PAGE_SIZE))
+                        .ok_or(SourceError::OutOfRange {
+                            gpa,
+                            len: PAGE_SIZE,
+                            size: image.size(),
+                        })?;
+                    // SAFETY: `from` is a page of the live image.
+                    unsafe { self.place(p, from as *const u8, PAGE_SIZE) }?;
+                }
+            }
+            None => {
+                buf.resize(len as usize, 0);
+                sums.clear();
+                let gpas: Vec<u64> = pages.iter().map(|p| p << PAGE_SHIFT).collect();
+                self.source.fetch_pages(&gpas, buf, sums)?;
+                for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
+                    if crc32fast::hash(chunk) != *sum {
+                        self.telemetry.run.checksum_mismatches.add(1);
+                    }
+                }
+                for (&p, chunk) in pages.iter().zip(buf.chunks(PAGE)) {
+                    // SAFETY: `chunk` is a page of `buf`.
+                    unsafe { self.place(p, chunk.as_ptr(), PAGE_SIZE) }?;
+                }
+            }
+        }
+        self.filled(pages.iter().copied(), Cause::Demand { fault: page });
+        Ok(())
+    }
+
+    /// Marks `pages`, placed, as filled for `cause` and counts them.
+    fn filled(&self, pages: impl Iterator<Item = u64>, cause: Cause) {
+        let (mut count, mut refetched) = (0, 0);
+        for p in pages {
             let state = match cause {
                 Cause::Demand { fault } if fault == p => PageState::FilledByDemand,
-                Cause::Demand { .. } | Cause::Prefetch => PageState::FilledByPrefetch,
+                Cause::Demand { .. } => PageState::FilledByPrefetch,
                 Cause::Push => PageState::FilledByPush,
             };
             self.pages.set_filled(p, state);
             refetched += u64::from(self.pages.was_injected(p));
+            count += 1;
         }
         self.landings.landed();
         let run = &self.telemetry.run;
@@ -309,15 +370,13 @@ impl Destination {
                     run.pages_prefetched.add(count - 1);
                 }
             }
-            Cause::Prefetch => run.pages_prefetched.add(count),
             Cause::Push => run.pages_pushed.add(count),
         }
         if refetched > 0 {
             run.pages_refetched.add(refetched);
         }
-        run.bytes_transferred.add(len);
+        run.bytes_transferred.add(count * PAGE_SIZE);
         self.missing.sub(count);
-        Ok(())
     }
 
     /// Puts `len` bytes from `from` into the claimed pages from `page` on and makes them
@@ -486,23 +545,22 @@ impl Destination {
                 .brought(vcpu, page, w.stride, w.count, u64::from(n));
             return r;
         }
-        self.fetch_and_copy(page, 1, Cause::Demand { fault: page }, buf, sums)?;
-        let mut n = 0;
-        for k in 1..=w.count {
-            let Some(p) = at(k).filter(|&p| self.pages.claim(p)) else {
-                continue;
-            };
-            // The fault is served: a window page that fails is given back and the window
-            // ends there, with the fault's own fill standing.
-            if let Err(e) = self.fetch_and_copy(p, 1, Cause::Prefetch, buf, sums) {
-                self.abandon(p, 1, &e);
-                tracing::warn!("a prefetch after the fault at {page:#x} failed: {e}");
-                break;
+        // A strided window: its pages claimed one by one (those others have are skipped),
+        // fetched with the fault's in one round.
+        let window: Vec<u64> = (1..=w.count)
+            .filter_map(at)
+            .filter(|&p| self.pages.claim(p))
+            .collect();
+        let r = self.fetch_scattered(page, &window, buf, sums);
+        if let Err(e) = &r {
+            // The caller gives the faulting page back; the window's are ours to.
+            for &p in &window {
+                self.abandon(p, 1, e);
             }
-            n += 1;
         }
-        self.prefetch.brought(vcpu, page, w.stride, w.count, n);
-        Ok(())
+        self.prefetch
+            .brought(vcpu, page, w.stride, w.count, window.len() as u64);
+        r
     }
 
     /// The prefetch strategy in force.

@@ -298,7 +298,13 @@ mod tests {
         let mut q = 0;
         for _ in 0..8 {
             let seen = p.on_fault(Some(0), q);
-            p.brought(Some(0), q, 1, seen.window.count, u64::from(seen.window.count));
+            p.brought(
+                Some(0),
+                q,
+                1,
+                seen.window.count,
+                u64::from(seen.window.count),
+            );
             q += u64::from(seen.window.count) + 1;
         }
         // Then a jump, and a stride of 17.

@@ -279,6 +279,14 @@ fn exchange(
         conn.scratch.extend_from_slice(payload);
         conn.writer.write_all(&conn.scratch).map_err(broken)?;
     }
+    receive(addr, conn, request)
+}
+
+/// Reads the response to `request` (sent already) and checks it; an error response is read
+/// whole and turned into the source's error.
+fn receive(addr: SocketAddr, conn: &mut Connection, request: Request) -> Result<Response, Failure> {
+    let waited = conn.timeout;
+    let broken = |e| Failure::Broken(lost(addr, waited, e));
     let mut header = [0u8; HEADER_LEN];
     conn.reader.read_exact(&mut header).map_err(broken)?;
     let response = Response::decode(&header)
@@ -350,6 +358,52 @@ impl PageSource for TcpSource {
                     checksums.push(u32::from_le_bytes(sums));
                 }
                 at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every request goes out before any answer is read: the pages cost one round trip.
+    fn fetch_pages(
+        &self,
+        gpas: &[u64],
+        buf: &mut [u8],
+        checksums: &mut Vec<u32>,
+    ) -> Result<(), SourceError> {
+        let page = PAGE_SIZE as usize;
+        if buf.len() != gpas.len() * page {
+            return Err(SourceError::Io(format!(
+                "{} bytes for {} pages",
+                buf.len(),
+                gpas.len()
+            )));
+        }
+        for &gpa in gpas {
+            self.check(gpa, PAGE_SIZE)?;
+        }
+        let addr = self.addr;
+        let had = checksums.len();
+        let request = |gpa| Request {
+            op: Op::Fetch,
+            gpa,
+            len: PAGE_SIZE as u32,
+        };
+        self.with_connection(|conn| {
+            // A repeat after a lost connection starts over.
+            checksums.truncate(had);
+            let waited = conn.timeout;
+            let broken = |e| Failure::Broken(lost(addr, waited, e));
+            conn.scratch.clear();
+            for &gpa in gpas {
+                conn.scratch.extend_from_slice(&request(gpa).encode());
+            }
+            conn.writer.write_all(&conn.scratch).map_err(broken)?;
+            for (&gpa, chunk) in gpas.iter().zip(buf.chunks_mut(page)) {
+                receive(addr, conn, request(gpa))?;
+                conn.reader.read_exact(chunk).map_err(broken)?;
+                let mut sum = [0u8; 4];
+                conn.reader.read_exact(&mut sum).map_err(broken)?;
+                checksums.push(u32::from_le_bytes(sum));
             }
             Ok(())
         })

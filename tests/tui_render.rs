@@ -133,6 +133,20 @@ fn postcopy_4_vcpus_160x48() {
     insta::assert_snapshot!("postcopy_4v_160x48", screen(160, 48, &app_at(4, GIB, 20)));
 }
 
+/// Each common size gets the panes by what they need: the heatmaps the width that shows
+/// their history, the map the columns left over.
+#[test]
+fn postcopy_16_vcpus_at_120x40_and_240x64() {
+    insta::assert_snapshot!(
+        "postcopy_16v_120x40",
+        screen(120, 40, &app_at(16, 4 * GIB, 20))
+    );
+    insta::assert_snapshot!(
+        "postcopy_16v_240x64",
+        screen(240, 64, &app_at(16, 4 * GIB, 20))
+    );
+}
+
 #[test]
 fn postcopy_64_vcpus_160x48_scrolled_with_map_cursor() {
     let mut app = app_at(64, 16 * GIB, INJECT_STEP + 2);

@@ -31,8 +31,13 @@ pub struct Areas {
     pub histogram: Rect,
 }
 
-/// Wide terminals put the table and histogram left, memory and heatmaps right; narrow ones
-/// stack the table, the fill gauge and a row of the other panes.
+/// Rows of the latency pane in the wide layout, its frame included.
+const HISTOGRAM_ROWS: u16 = 14;
+
+/// Wide terminals give the left column to what grows with time (the vCPU table, the fill,
+/// the heatmaps, which show more history the wider they are) and a right column, sized for
+/// the histogram's bars and the map's power-of-two rows, to the histogram and the memory
+/// map; narrow ones stack the table, the fill gauge and a row of the other panes.
 pub fn layout(area: Rect, vcpus: usize) -> Areas {
     let status_h = u16::from(area.height >= 2);
     let header_h = area.height.saturating_sub(status_h).min(2);
@@ -51,19 +56,26 @@ pub fn layout(area: Rect, vcpus: usize) -> Areas {
     };
     let table_rows = (vcpus as u16).saturating_add(3);
     if area.width >= 120 && body.height >= 30 {
+        // 44 columns hold the histogram and a 32-column map; wider screens give the map 64.
+        let right_w = (area.width * 3 / 10).clamp(44, 76);
         let [left, right] =
-            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
-                .areas(body);
-        let table_h = table_rows.min(left.height * 3 / 5);
-        [a.vcpus, a.histogram] =
-            Layout::vertical([Constraint::Length(table_h), Constraint::Min(0)]).areas(left);
-        [a.fill, a.map, a.stall, a.faults] = Layout::vertical([
+            Layout::horizontal([Constraint::Min(0), Constraint::Length(right_w)]).areas(body);
+        let table_h = table_rows.min(left.height * 2 / 5);
+        let rest = left.height.saturating_sub(table_h + 2);
+        // The stall rows are the vCPUs; the fault rows (memory regions) take what is left.
+        let stall_h = (vcpus as u16 + 2).clamp(4, rest / 2);
+        [a.vcpus, a.fill, a.stall, a.faults] = Layout::vertical([
+            Constraint::Length(table_h),
             Constraint::Length(2),
-            Constraint::Percentage(50),
-            Constraint::Percentage(25),
-            Constraint::Percentage(25),
+            Constraint::Length(stall_h),
+            Constraint::Min(0),
         ])
-        .areas(right);
+        .areas(left);
+        // A dozen buckets, one a row (faults rarely spread over more octaves than that),
+        // and the map below with the rest.
+        let hist_h = HISTOGRAM_ROWS.min(right.height / 2);
+        [a.histogram, a.map] =
+            Layout::vertical([Constraint::Length(hist_h), Constraint::Min(0)]).areas(right);
     } else {
         let table_h = table_rows
             .min((body.height * 2 / 5).max(5))

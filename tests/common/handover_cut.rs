@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use faultline::postcopy::net::wire::{HEADER_LEN, Op, Request};
 
@@ -48,16 +47,9 @@ impl HandoverCutter {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
-        std::thread::spawn(move || {
-            while !s.stop.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let s = s.clone();
-                        std::thread::spawn(move || carry(client, &s));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
+        super::proxy::accept_until(listener, move || s.stop.load(Ordering::Acquire), {
+            let s = shared.clone();
+            move |client| carry(client, &s)
         });
         HandoverCutter { addr, shared }
     }

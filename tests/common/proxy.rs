@@ -62,16 +62,9 @@ impl CuttingProxy {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
-        std::thread::spawn(move || {
-            while !s.stop.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let s = s.clone();
-                        std::thread::spawn(move || carry(client, &s));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
+        accept_until(listener, move || s.stop.load(Ordering::Acquire), {
+            let s = shared.clone();
+            move |client| carry(client, &s)
         });
         CuttingProxy { addr, shared }
     }
@@ -94,6 +87,26 @@ impl CuttingProxy {
     pub fn cuts(&self) -> usize {
         self.shared.made.load(Ordering::Acquire)
     }
+}
+
+/// Accepts connections on `listener` (non-blocking) until `stopped`, each carried by
+/// `carry` on a thread of its own.
+pub fn accept_until(
+    listener: TcpListener,
+    stopped: impl Fn() -> bool + Send + 'static,
+    carry: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
+) {
+    std::thread::spawn(move || {
+        while !stopped() {
+            match listener.accept() {
+                Ok((client, _)) => {
+                    let carry = carry.clone();
+                    std::thread::spawn(move || carry(client));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
 }
 
 impl Drop for CuttingProxy {

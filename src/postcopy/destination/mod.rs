@@ -83,6 +83,18 @@ enum Cause {
     Push,
 }
 
+/// Where `[gpa, gpa + len)` of an in-process image lies in this process.
+fn image_range(image: &GuestRam, gpa: u64, len: u64) -> Result<u64, SourceError> {
+    image
+        .host_addr(gpa)
+        .filter(|_| image.contains(gpa, len))
+        .ok_or(SourceError::OutOfRange {
+            gpa,
+            len,
+            size: image.size(),
+        })
+}
+
 /// What a demand fill found.
 enum Demand {
     Done(FillOutcome),
@@ -259,14 +271,7 @@ impl Destination {
         }
         match self.source.local_image() {
             Some(image) => {
-                let from = image
-                    .host_addr(gpa)
-                    .filter(|_| image.contains(gpa, len))
-                    .ok_or(SourceError::OutOfRange {
-                        gpa,
-                        len,
-                        size: image.size(),
-                    })?;
+                let from = image_range(image, gpa, len)?;
                 // SAFETY: `from` is `len` bytes of the live image.
                 unsafe { self.place(page, from as *const u8, len) }?;
             }
@@ -315,15 +320,7 @@ impl Destination {
         match self.source.local_image() {
             Some(image) => {
                 for &p in &pages {
-                    let gpa = p << PAGE_SHIFT;
-                    let from = image
-                        .host_addr(gpa)
-                        .filter(|_| image.contains(gpa, PAGE_SIZE))
-                        .ok_or(SourceError::OutOfRange {
-                            gpa,
-                            len: PAGE_SIZE,
-                            size: image.size(),
-                        })?;
+                    let from = image_range(image, p << PAGE_SHIFT, PAGE_SIZE)?;
                     // SAFETY: `from` is a page of the live image.
                     unsafe { self.place(p, from as *const u8, PAGE_SIZE) }?;
                 }

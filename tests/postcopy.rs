@@ -164,13 +164,13 @@ fn check_injection_over(mode: FaultMode, backing: Backing, transport: Transport)
         s.pages_demand + s.pages_pushed + s.pages_prefetched,
         s.pages_total - s.pages_boot + s.pages_injected
     );
-    // Shared memory keeps the guest running: only anonymous memory pauses it.
+    // Shared memory pauses the guest only to take the pages; the content goes back while
+    // it runs, so the range is out of reach longer than the guest is paused.
     let inj = &s.injections[0];
-    match backing {
-        Backing::Shared => assert_eq!(inj.pause_us, 0, "{inj:?}"),
-        Backing::Anonymous => assert!(inj.pause_us > 0, "{inj:?}"),
+    assert!(inj.pause_us > 0 && inj.unavailable_us > 0, "{inj:?}");
+    if backing == Backing::Shared {
+        assert!(inj.pause_us <= inj.unavailable_us, "{inj:?}");
     }
-    assert!(inj.unavailable_us > 0, "{inj:?}");
 }
 
 #[test]

@@ -392,18 +392,16 @@ fn apply(
             ));
         }
         Action::Inject(range) => {
-            // Only anonymous RAM needs the guest paused (inject.rs).
-            let paused = dest.inject_needs_pause();
-            let t = Instant::now();
-            if paused {
-                vm.pause_all()?;
-            }
-            let r = dest.inject(range);
-            if paused {
-                vm.resume_all()?;
-            }
-            let pause = if paused { t.elapsed() } else { Duration::ZERO };
-            let done = r?;
+            // The guest is paused only for the part that needs it (inject.rs).
+            let done = dest.inject(range, &mut |pause| {
+                if pause {
+                    vm.pause_all()?;
+                } else {
+                    vm.resume_all()?;
+                }
+                Ok(())
+            })?;
+            let pause = done.paused;
             dest.telemetry().emit(Event::Inject {
                 gpa: range.start,
                 pages: done.pages,

@@ -7,7 +7,7 @@ mod figures;
 mod page;
 pub mod series;
 
-use crate::contract::{HEATMAP_COLUMNS, Snapshot};
+use crate::contract::Snapshot;
 use crate::control::record::Recording;
 
 /// Columns of the run-wide heatmaps.
@@ -69,8 +69,8 @@ pub fn build(rec: &Recording, name: &str) -> Result<Report, ReportError> {
         "fault-heatmap",
         figures::heatmap(
             "fault-heatmap",
-            &fault_title(last),
-            &fault_rows(last, end_ms),
+            "Faults by memory region over the run",
+            &fault_rows(&snaps, end_ms),
             end_ms,
             "% of the busiest cell's faults",
         ),
@@ -102,43 +102,63 @@ pub fn build(rec: &Recording, name: &str) -> Result<Report, ReportError> {
     Ok(Report { html, figures })
 }
 
-fn fault_title(last: &Snapshot) -> String {
-    let window = last.fault_heatmap.column_ms * HEATMAP_COLUMNS as u64;
-    if last.elapsed_ms > window {
-        format!(
-            "Faults by memory region (the last {} s the recording keeps of them)",
-            window / 1000
-        )
-    } else {
-        "Faults by memory region over the run".into()
-    }
-}
+/// Each snapshot keeps the last minute of fault columns; reading one every this often
+/// finds every column of the run while it was still kept.
+const FAULT_STITCH_MS: u64 = 20_000;
 
-/// The last snapshot's fault heatmap placed on the run's time axis (its columns are
-/// `column_ms` spans from the run's start, the newest the one it was taken in), each cell a
-/// share of the busiest.
-fn fault_rows(last: &Snapshot, end_ms: u64) -> Vec<(String, Vec<f64>)> {
-    let h = &last.fault_heatmap;
-    let most = h.rows.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
-    h.rows
-        .iter()
-        .enumerate()
-        .map(|(r, row)| {
+/// The fault heatmap over the whole run: columns are `column_ms` spans counted from the
+/// run's start (the newest of a snapshot is the one it was taken in, still filling), so
+/// each column is taken from the latest snapshot that holds it, read every
+/// [`FAULT_STITCH_MS`] and at the end; placed on the run's time axis, each cell a share of
+/// the busiest.
+fn fault_rows(snaps: &[&Snapshot], end_ms: u64) -> Vec<(String, Vec<f64>)> {
+    let Some(last) = snaps.last() else {
+        return Vec::new();
+    };
+    let rows = last.fault_heatmap.rows.len();
+    let column_ms = last.fault_heatmap.column_ms.max(1);
+    // Absolute column index -> counts per region row.
+    let mut columns: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    let mut read_at: Option<u64> = None;
+    for (i, s) in snaps.iter().enumerate() {
+        let h = &s.fault_heatmap;
+        let due = read_at.is_none_or(|t| s.elapsed_ms >= t.saturating_add(FAULT_STITCH_MS));
+        if !(due || i + 1 == snaps.len()) || h.rows.len() != rows || h.column_ms != column_ms {
+            continue;
+        }
+        read_at = Some(s.elapsed_ms);
+        let newest = s.elapsed_ms / column_ms;
+        let n = h.rows.first().map_or(0, Vec::len) as u64;
+        for c in 0..n {
+            let Some(k) = newest.saturating_add(1 + c).checked_sub(n) else {
+                continue;
+            };
+            let counts = h
+                .rows
+                .iter()
+                .map(|r| r.get(c as usize).copied().unwrap_or(0));
+            columns.insert(k, counts.collect());
+        }
+    }
+    let most = columns
+        .values()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let col_ms = end_ms as f64 / COLUMNS as f64;
+    (0..rows)
+        .map(|r| {
             let mut cells = vec![0.0; COLUMNS];
-            // Columns count from the run's start: the newest is the one `last` fell in.
-            let newest = last.elapsed_ms / h.column_ms.max(1);
-            let n = row.len() as u64;
-            for (c, &count) in row.iter().enumerate() {
-                let Some(k) = newest.saturating_add(1 + c as u64).checked_sub(n) else {
-                    continue;
-                };
-                let at = k.saturating_mul(h.column_ms);
-                series::spread(&mut cells, at, at + h.column_ms, end_ms, count as f64);
+            for (&k, counts) in &columns {
+                let at = k.saturating_mul(column_ms);
+                let count = counts.get(r).copied().unwrap_or(0) as f64;
+                series::spread(&mut cells, at, at.saturating_add(column_ms), end_ms, count);
             }
             // As shares of the busiest cell.
-            let col_ms = end_ms as f64 / COLUMNS as f64;
             for cell in &mut cells {
-                *cell = (*cell / col_ms * h.column_ms as f64 / most).min(1.0);
+                *cell = (*cell / col_ms * column_ms as f64 / most).min(1.0);
             }
             let gpa = (r as u64).saturating_mul(last.fault_region_bytes);
             (format!("{gpa:#x}"), cells)

@@ -1,12 +1,13 @@
 //! Making a range missing again without losing data: its content goes back to the source,
 //! then the pages leave the guest's view and fault on their next access.
 //!
-//! Shared RAM needs no pause: the pages are first taken (claimed, so a fault on one waits)
-//! and unmapped from the guest's view, which stops the guest's writes; their content is
-//! then still in the memfd, and goes back to the source from the fill view while the
-//! guest runs on; then they are missing. Only vCPUs that touch the range wait, as for any
-//! page in flight. Anonymous RAM has no second view: its pages go back, straight from
-//! guest memory, while the caller holds the vCPUs paused, and are then dropped.
+//! Shared RAM pauses the guest only to take the pages (claimed, so a fault on one waits)
+//! and unmap them from its view, which stops its writes; no vCPU is then between a fill
+//! and the access it completes against guest memory (exit mode), which an unmapped page
+//! would fault. Their content is still in the memfd, and goes back to the source from the
+//! fill view while the guest runs on; then they are missing. Only vCPUs that touch the
+//! range wait, as for any page in flight. Anonymous RAM has no second view: its pages go
+//! back, straight from guest memory, while the guest stays paused, and are then dropped.
 
 use std::time::{Duration, Instant};
 
@@ -20,21 +21,22 @@ use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Injected {
     pub pages: u64,
+    /// How long the guest was paused for it.
+    pub paused: Duration,
     /// How long the range's pages were out of the guest's reach before they were missing
     /// (a fault on one waited at most this).
     pub unavailable: Duration,
 }
 
 impl Destination {
-    /// Whether an injection needs every vCPU paused around it (anonymous RAM).
-    pub fn inject_needs_pause(&self) -> bool {
-        self.ram.backing() == Backing::Anonymous
-    }
-
     /// Makes `range` missing again without losing data: the destination's content of every
-    /// present page goes back to the source first. With anonymous RAM the caller must have
-    /// paused the vCPUs ([`Self::inject_needs_pause`]).
-    pub fn inject(&self, range: GpaRange) -> Result<Injected, PostcopyError> {
+    /// present page goes back to the source first. `guest(true)` pauses every vCPU and
+    /// `guest(false)` resumes them; they are paused only for what needs it.
+    pub fn inject(
+        &self,
+        range: GpaRange,
+        guest: &mut dyn FnMut(bool) -> Result<(), PostcopyError>,
+    ) -> Result<Injected, PostcopyError> {
         let first_data = BOOT_PAGES * PAGE_SIZE;
         if range.start < first_data || !self.ram.contains(range.start, range.len) {
             return Err(PostcopyError::BadRange {
@@ -49,15 +51,25 @@ impl Destination {
         let started = Instant::now();
         // Pages made missing are counted as such even when a later run fails.
         let mut made_missing = 0;
-        let r = match self.ram.backing() {
-            Backing::Shared => self.inject_shared(first, end, &mut made_missing),
-            Backing::Anonymous => self.inject_paused(first, end, &mut made_missing),
+        let mut hold = Hold {
+            guest,
+            since: None,
+            paused: Duration::ZERO,
         };
+        let r = match self.ram.backing() {
+            Backing::Shared => self.inject_shared(first, end, &mut made_missing, &mut hold),
+            Backing::Anonymous => hold.pause().and_then(|()| {
+                let r = self.inject_paused(first, end, &mut made_missing);
+                hold.resume().and(r)
+            }),
+        };
+        let paused = hold.paused;
         self.missing.add(made_missing);
         self.telemetry.run.pages_injected.add(made_missing);
         r?;
         Ok(Injected {
             pages: made_missing,
+            paused,
             unavailable: started.elapsed(),
         })
     }
@@ -78,8 +90,16 @@ impl Destination {
         runs
     }
 
-    fn inject_shared(&self, first: u64, end: u64, missing: &mut u64) -> Result<(), PostcopyError> {
-        // Taken and out of the guest's view together, with no fill in between.
+    fn inject_shared(
+        &self,
+        first: u64,
+        end: u64,
+        missing: &mut u64,
+        hold: &mut Hold,
+    ) -> Result<(), PostcopyError> {
+        // Taken and out of the guest's view together, with no fill in between and no vCPU
+        // running.
+        hold.pause()?;
         let runs = {
             let _gate = self.fill_gate.write();
             let runs = self.present_runs(first, end, |p| self.pages.take_page(p));
@@ -89,11 +109,14 @@ impl Destination {
                     for &(p, k) in &runs {
                         self.give_back(p, k);
                     }
+                    drop(_gate);
+                    hold.resume()?;
                     return Err(e);
                 }
             }
             runs
         };
+        hold.resume()?;
         for (i, &(page, n)) in runs.iter().enumerate() {
             let (gpa, len) = (page << PAGE_SHIFT, n * PAGE_SIZE);
             let fill = self
@@ -193,5 +216,27 @@ impl Destination {
         {
             tracing::warn!("cannot wake faults on injected pages: {e}");
         }
+    }
+}
+
+/// The guest's pause around the parts of an injection that need it, timed.
+struct Hold<'a> {
+    guest: &'a mut dyn FnMut(bool) -> Result<(), PostcopyError>,
+    since: Option<Instant>,
+    paused: Duration,
+}
+
+impl Hold<'_> {
+    fn pause(&mut self) -> Result<(), PostcopyError> {
+        self.since = Some(Instant::now());
+        (self.guest)(true)
+    }
+
+    fn resume(&mut self) -> Result<(), PostcopyError> {
+        let r = (self.guest)(false);
+        if let Some(t) = self.since.take() {
+            self.paused += t.elapsed();
+        }
+        r
     }
 }

@@ -101,7 +101,7 @@ impl Destination {
         // running.
         hold.pause()?;
         let runs = {
-            let _gate = self.fill_gate.write();
+            let gate = self.fill_gate.write();
             let runs = self.present_runs(first, end, |p| self.pages.take_page(p));
             for &(page, n) in &runs {
                 if let Err(e) = self.unmap(page, n) {
@@ -109,7 +109,7 @@ impl Destination {
                     for &(p, k) in &runs {
                         self.give_back(p, k);
                     }
-                    drop(_gate);
+                    drop(gate);
                     hold.resume()?;
                     return Err(e);
                 }

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use super::PostcopyError;
 use super::page_state::{PageState, PageStateMap};
-use super::source::{PageSource, SourceError};
+use super::source::PageSource;
 use super::throttle::Throttle;
 use crate::contract::Backing;
 use crate::contract::Prefetch;
 use crate::striped::{StripedCounter, StripedGate};
 use crate::telemetry::Telemetry;
-use crate::uffd::{Features, Fill, PageFault, Userfaultfd};
+use crate::uffd::{Features, Fill, Userfaultfd};
 
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
@@ -27,10 +27,14 @@ use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 const PAGE: usize = PAGE_SIZE as usize;
 
 mod deferred;
+mod fill;
 mod inject;
 mod prefetch;
 mod push;
+mod reader;
 mod setup;
+
+use fill::Cause;
 
 pub use setup::{auto_reader_spin, backing_features, preferred_backing, register, spawn};
 
@@ -71,28 +75,6 @@ pub struct Destination {
     /// What a demand fault brings in besides its page.
     prefetch: prefetch::Prefetcher,
     stop: AtomicBool,
-}
-
-/// Why pages are fetched, which decides how they are counted and marked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
-    /// A fault's page, with the window prefetched around it in the same fetch.
-    Demand {
-        fault: u64,
-    },
-    Push,
-}
-
-/// Where `[gpa, gpa + len)` of an in-process image lies in this process.
-fn image_range(image: &GuestRam, gpa: u64, len: u64) -> Result<u64, SourceError> {
-    image
-        .host_addr(gpa)
-        .filter(|_| image.contains(gpa, len))
-        .ok_or(SourceError::OutOfRange {
-            gpa,
-            len,
-            size: image.size(),
-        })
 }
 
 /// What a demand fill found.
@@ -254,163 +236,6 @@ impl Destination {
             .and_then(|t| t.iter().position(|&x| x == tid))
     }
 
-    /// Fetches `count` claimed pages from `page`, checks them and copies them in.
-    fn fetch_and_copy(
-        &self,
-        page: u64,
-        count: u64,
-        cause: Cause,
-        buf: &mut Vec<u8>,
-        sums: &mut Vec<u32>,
-    ) -> Result<(), PostcopyError> {
-        let gpa = page << PAGE_SHIFT;
-        let len = count * PAGE_SIZE;
-        self.throttle.acquire(len);
-        if matches!(cause, Cause::Demand { .. }) {
-            self.round_trip();
-        }
-        match self.source.local_image() {
-            Some(image) => {
-                let from = image_range(image, gpa, len)?;
-                // SAFETY: `from` is `len` bytes of the live image.
-                unsafe { self.place(page, from as *const u8, len) }?;
-            }
-            None => {
-                buf.resize(len as usize, 0);
-                sums.clear();
-                self.source.fetch(gpa, buf, sums)?;
-                for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
-                    if crc32fast::hash(chunk) != *sum {
-                        self.telemetry.run.checksum_mismatches.add(1);
-                    }
-                }
-                // SAFETY: `buf` holds `len` bytes.
-                unsafe { self.place(page, buf.as_ptr(), len) }?;
-            }
-        }
-        self.filled(page..page + count, cause);
-        Ok(())
-    }
-
-    /// The simulated network's round trip, paid once by each demand request (with what it
-    /// brings in beside the fault).
-    fn round_trip(&self) {
-        let rtt = self.rtt_ns.load(Ordering::Relaxed);
-        if rtt > 0 {
-            std::thread::sleep(Duration::from_nanos(rtt));
-        }
-    }
-
-    /// Fetches claimed `page`, a fault's, and the claimed pages of a strided `window` in
-    /// one round: every request goes out before any answer is read (one round trip over
-    /// TCP), and each page is copied in and mapped on its own, the fault's first.
-    fn fetch_scattered(
-        &self,
-        page: u64,
-        window: &[u64],
-        buf: &mut Vec<u8>,
-        sums: &mut Vec<u32>,
-    ) -> Result<(), PostcopyError> {
-        let pages: Vec<u64> = std::iter::once(page)
-            .chain(window.iter().copied())
-            .collect();
-        let len = pages.len() as u64 * PAGE_SIZE;
-        self.throttle.acquire(len);
-        self.round_trip();
-        match self.source.local_image() {
-            Some(image) => {
-                for &p in &pages {
-                    let from = image_range(image, p << PAGE_SHIFT, PAGE_SIZE)?;
-                    // SAFETY: `from` is a page of the live image.
-                    unsafe { self.place(p, from as *const u8, PAGE_SIZE) }?;
-                }
-            }
-            None => {
-                buf.resize(len as usize, 0);
-                sums.clear();
-                let gpas: Vec<u64> = pages.iter().map(|p| p << PAGE_SHIFT).collect();
-                self.source.fetch_pages(&gpas, buf, sums)?;
-                for (chunk, sum) in buf.chunks(PAGE).zip(sums.iter()) {
-                    if crc32fast::hash(chunk) != *sum {
-                        self.telemetry.run.checksum_mismatches.add(1);
-                    }
-                }
-                for (&p, chunk) in pages.iter().zip(buf.chunks(PAGE)) {
-                    // SAFETY: `chunk` is a page of `buf`.
-                    unsafe { self.place(p, chunk.as_ptr(), PAGE_SIZE) }?;
-                }
-            }
-        }
-        self.filled(pages.iter().copied(), Cause::Demand { fault: page });
-        Ok(())
-    }
-
-    /// Marks `pages`, placed, as filled for `cause` and counts them.
-    fn filled(&self, pages: impl Iterator<Item = u64>, cause: Cause) {
-        let (mut count, mut refetched) = (0, 0);
-        for p in pages {
-            let state = match cause {
-                Cause::Demand { fault } if fault == p => PageState::FilledByDemand,
-                Cause::Demand { .. } => PageState::FilledByPrefetch,
-                Cause::Push => PageState::FilledByPush,
-            };
-            self.pages.set_filled(p, state);
-            refetched += u64::from(self.pages.was_injected(p));
-            count += 1;
-        }
-        self.landings.landed();
-        let run = &self.telemetry.run;
-        match cause {
-            Cause::Demand { .. } => {
-                run.pages_demand.add(1);
-                if count > 1 {
-                    run.pages_prefetched.add(count - 1);
-                }
-            }
-            Cause::Push => run.pages_pushed.add(count),
-        }
-        if refetched > 0 {
-            run.pages_refetched.add(refetched);
-        }
-        run.bytes_transferred.add(count * PAGE_SIZE);
-        self.missing.sub(count);
-    }
-
-    /// Puts `len` bytes from `from` into the claimed pages from `page` on and makes them
-    /// present, waking whoever waits on them.
-    ///
-    /// # Safety
-    /// `from` must be valid for reading `len` bytes, and the pages claimed by the caller.
-    unsafe fn place(&self, page: u64, from: *const u8, len: u64) -> Result<(), PostcopyError> {
-        let gpa = page << PAGE_SHIFT;
-        let host = self.ram.host_base() + gpa;
-        let uffd = self.uffd_for(page)?;
-        if self.ram.backing() == Backing::Anonymous {
-            // SAFETY: the range is registered and claimed by us; `from` per the caller. The
-            // kernel copies only into pages not yet present (EEXIST otherwise).
-            unsafe { uffd.copy(host, from, len, true) }?;
-            return Ok(());
-        }
-        let map_error = |why: String| PostcopyError::Map { gpa, len, why };
-        let fill = self
-            .ram
-            .fill_addr(gpa)
-            .filter(|_| self.ram.contains(gpa, len))
-            .ok_or_else(|| map_error("outside guest RAM".into()))?;
-        // SAFETY: the fill mapping holds the range (checked). The claim makes us the range's
-        // only writer, and a claimable page is never mapped in the guest's view (a page
-        // found mapped below is an error, and stays claimed), so the guest cannot see these
-        // pages until they are mapped below.
-        unsafe { std::ptr::copy_nonoverlapping(from, fill as *mut u8, len as usize) };
-        match uffd.continue_pages(host, len, true) {
-            Ok(Fill::Filled) => Ok(()),
-            Ok(Fill::AlreadyPresent) => Err(map_error(
-                "a page was already mapped, so the guest may have seen it overwritten".into(),
-            )),
-            Err(e) => Err(map_error(e.to_string())),
-        }
-    }
-
     /// Maps present `page` into the guest's view again if it is not mapped (shared RAM:
     /// the kernel may unmap a page it reclaims, and the next access faults as if missing),
     /// and wakes whoever waits on it (`sleepers`: uffd mode). Some(true) if this mapped
@@ -441,8 +266,19 @@ impl Destination {
     /// completing the access); without, a page in flight is left to its copier, whose copy
     /// wakes the sleeping vCPU (uffd mode).
     pub fn fill_demand(&self, gpa: u64, wait: bool) -> Result<FillOutcome, PostcopyError> {
-        Ok(match self.demand(None, gpa, wait)? {
+        self.fill_for(None, gpa, wait)
+    }
+
+    /// As [`Self::fill_demand`], for `vcpu`'s fault (its stream decides the prefetch).
+    fn fill_for(
+        &self,
+        vcpu: Option<usize>,
+        gpa: u64,
+        wait: bool,
+    ) -> Result<FillOutcome, PostcopyError> {
+        Ok(match self.demand(vcpu, gpa, wait)? {
             Demand::Done(outcome) => outcome,
+            // Left to its copier, whose copy wakes the vCPU.
             Demand::InFlight => FillOutcome::Filled,
         })
     }
@@ -544,19 +380,28 @@ impl Destination {
         }
         // A strided window: its pages claimed one by one (those others have are skipped),
         // fetched with the fault's in one round.
-        let window: Vec<u64> = (1..=w.count)
-            .filter_map(at)
-            .filter(|&p| self.pages.claim(p))
-            .collect();
-        let r = self.fetch_scattered(page, &window, buf, sums);
+        // On the stack, the fault's page first: this is a fault's path.
+        let mut pages = [0u64; fill::SCATTERED_MOST];
+        pages[0] = page;
+        let mut n = 1;
+        for p in (1..=w.count).filter_map(at) {
+            if n == pages.len() {
+                break;
+            }
+            if self.pages.claim(p) {
+                pages[n] = p;
+                n += 1;
+            }
+        }
+        let r = self.fetch_scattered(&pages[..n], buf, sums);
         if let Err(e) = &r {
             // The caller gives the faulting page back; the window's are ours to.
-            for &p in &window {
+            for &p in &pages[1..n] {
                 self.abandon(p, 1, e);
             }
         }
         self.prefetch
-            .brought(vcpu, page, w.stride, w.count, window.len() as u64);
+            .brought(vcpu, page, w.stride, w.count, n as u64 - 1);
         r
     }
 
@@ -568,89 +413,6 @@ impl Destination {
     /// Changes the prefetch strategy; the next fault follows it.
     pub fn set_prefetch(&self, p: Prefetch) {
         self.prefetch.set_strategy(p);
-    }
-
-    /// Handles faults read from userfaultfd `index` until stopped (the `uffd` mode).
-    pub fn serve_uffd_of(&self, index: usize) -> Result<(), PostcopyError> {
-        let uffd = self
-            .uffds
-            .get(index)
-            .ok_or(PostcopyError::NoUserfaultfd(index))?;
-        let mut faults = [PageFault {
-            address: 0,
-            write: false,
-            thread_id: 0,
-        }; 32];
-        let base = self.ram.host_base();
-        let spin = Duration::from_nanos(self.reader_spin_ns.load(Ordering::Relaxed));
-        // A page in flight (claimed by the push) wakes its vCPU only when it lands: a
-        // reader of one vCPU's faults waits for it, so the stall is timed whole; a reader
-        // shared by vCPUs goes on to the next fault and holds that stall open until the
-        // page lands (deferred.rs).
-        let wait = self.readers_wait.load(Ordering::Relaxed);
-        let listener = match wait || !self.telemetry.enabled() {
-            true => None,
-            false => self.landings.join(),
-        };
-        let mut held = listener.map(|l| (l, deferred::HeldStalls::new(l, &self.telemetry)));
-        let mut last_fault = std::time::Instant::now();
-        while !self.stop.load(Ordering::Acquire) {
-            // A page may have landed while its stall was being held: end it before sleeping.
-            if let Some((_, h)) = &mut held
-                && !h.is_empty()
-            {
-                h.end_landed(&self.pages);
-            }
-            // No clock read per loop when there is no spinning to time.
-            if spin.is_zero() || last_fault.elapsed() >= spin {
-                let mut pfds = [
-                    libc::pollfd {
-                        fd: std::os::fd::AsRawFd::as_raw_fd(&**uffd),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: listener.map_or(-1, |l| l.fd()),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                // SAFETY: two valid pollfds (a negative fd is skipped); a timeout lets the
-                // loop notice `stop`.
-                let ready = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
-                if let Some((l, h)) = &mut held
-                    && pfds[1].revents & libc::POLLIN != 0
-                {
-                    l.consume();
-                    h.end_landed(&self.pages);
-                }
-                if ready <= 0 || pfds[0].revents & libc::POLLIN == 0 {
-                    continue;
-                }
-            }
-            let n = uffd.read_faults(&mut faults)?;
-            if n > 0 && !spin.is_zero() {
-                last_fault = std::time::Instant::now();
-            }
-            for f in &faults[..n] {
-                let gpa = f.address.wrapping_sub(base);
-                // Whose fault: for the figures, and for the stream detector of each vCPU.
-                let vcpu = if self.telemetry.enabled() || self.prefetch() == Prefetch::Adaptive {
-                    self.vcpu_of_tid(f.thread_id)
-                } else {
-                    None
-                };
-                if let Some((_, h)) = &mut held {
-                    h.new_fault_of(vcpu);
-                }
-                let stall = self.telemetry.stall_begin(vcpu, gpa);
-                match (self.demand(vcpu, gpa, wait)?, &mut held) {
-                    (Demand::InFlight, Some((_, h))) => h.hold(stall, gpa),
-                    _ => self.telemetry.stall_end(stall),
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Gives claimed pages back after a failed fill, unless they may be mapped already.
@@ -691,11 +453,7 @@ impl MissingPageHandler for Destination {
     fn fill(&self, vcpu: usize, gpa: u64, _path: ExitPath) -> Result<FillOutcome, String> {
         let stall = self.telemetry.stall_begin(Some(vcpu), gpa);
         let r = self
-            .demand(Some(vcpu), gpa, true)
-            .map(|d| match d {
-                Demand::Done(outcome) => outcome,
-                Demand::InFlight => FillOutcome::Filled,
-            })
+            .fill_for(Some(vcpu), gpa, true)
             .map_err(|e| e.to_string());
         self.telemetry.stall_end(stall);
         r

@@ -20,7 +20,7 @@ use crate::contract::{MAX_PREFETCH_PAGES, Prefetch};
 const FIRST_WINDOW: u32 = 8;
 /// A strided window costs a fetch a page: it starts and stays smaller.
 const FIRST_STRIDED_WINDOW: u32 = 4;
-const MOST_STRIDED: u32 = 32;
+pub(super) const MOST_STRIDED: u32 = 32;
 /// Farther apart than this, two faults are not taken for a stream.
 pub(super) const MOST_STRIDE_PAGES: i64 = 64;
 

@@ -800,3 +800,58 @@ fn adaptive_prefetch_follows_a_strided_guest_and_a_timeline_changes_the_strategy
         );
     }
 }
+
+#[test]
+fn a_window_beyond_its_head_lands_from_a_prefetch_worker_each_page_once() {
+    use faultline::postcopy::page_state::PageState;
+    let (dest, ram, _uffd) = shared_destination(64 << 20);
+    dest.set_prefetch(Prefetch::Fixed(64));
+    let worker = {
+        let dest = dest.clone();
+        std::thread::spawn(move || dest.serve_ahead())
+    };
+    let start = std::time::Instant::now();
+    while dest.prefetch_workers() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "worker never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    dest.fill_demand(1000 * 4096, true).unwrap();
+    // The fault's page and the window's head are in when the fault returns.
+    for p in 1000..=1008 {
+        assert!(dest.pages().get(p).is_present(), "page {p}");
+    }
+    // The rest lands from the worker; the page after the window stays missing.
+    let start = std::time::Instant::now();
+    while !(1009..=1064).all(|p| dest.pages().get(p).is_present()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "window never landed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(dest.pages().get(1065), PageState::Missing);
+    assert_eq!(dest.pages().get(1000), PageState::FilledByDemand);
+    for p in 1001..=1064 {
+        assert_eq!(dest.pages().get(p), PageState::FilledByPrefetch, "page {p}");
+        assert_eq!(ram.read_u64(p * 4096).unwrap(), p, "page {p}");
+    }
+    let run = &dest.telemetry().run;
+    assert_eq!(
+        (run.pages_demand.get(), run.pages_prefetched.get()),
+        (1, 64)
+    );
+    assert_eq!(
+        dest.missing(),
+        ram.pages() - faultline::vmm::layout::BOOT_PAGES - 65
+    );
+    // With no worker left, a window is filled where it faults, whole.
+    dest.stop();
+    worker.join().unwrap().unwrap();
+    assert_eq!(dest.prefetch_workers(), 0);
+    dest.fill_demand(3000 * 4096, true).unwrap();
+    assert!((3000..=3064).all(|p| dest.pages().get(p).is_present()));
+    assert_eq!(ram.read_u64(3064 * 4096).unwrap(), 3064);
+}

@@ -1,7 +1,7 @@
 //! A destination's assembly, as a migration's leg and `faultline bench` both make it: the
 //! userfaultfds (one per vCPU slice, or one for all), the features the fault mode and the
-//! backing need, the handler of exit mode, the uffd readers and the push threads, and the
-//! [`Workers`] that stop and join them.
+//! backing need, the handler of exit mode, the uffd readers, the prefetch workers and the
+//! push threads, and the [`Workers`] that stop and join them.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -115,6 +115,21 @@ impl Plan {
                 },
             )?);
         }
+        // Prefetch off the vCPUs' path only where a window costs its copy, not a round
+        // trip: over a network the window travels as one request the fault waits for.
+        if dest.source().local_image().is_some() {
+            let workers_count = prefetch_workers(self.vcpus);
+            dest.set_ahead_spin(destination::auto_ahead_spin(
+                self.vcpus + self.reader_uffds().len() + self.push_threads + workers_count,
+            ));
+            for i in 0..workers_count {
+                workers.threads.push(destination::spawn(
+                    format!("prefetch{i}"),
+                    dest.clone(),
+                    |d| d.serve_ahead(),
+                )?);
+            }
+        }
         let parts = self.push_threads as u64;
         for i in 0..parts {
             workers.threads.push(destination::spawn(
@@ -125,6 +140,13 @@ impl Plan {
         }
         Ok(workers)
     }
+}
+
+/// Prefetch workers for `vcpus`: one copies a page in well under the time a guest takes
+/// to get to the next, so it keeps ahead of several streaming vCPUs.
+fn prefetch_workers(vcpus: usize) -> usize {
+    const VCPUS_A_WORKER: usize = 4;
+    vcpus.div_ceil(VCPUS_A_WORKER).max(1)
 }
 
 /// Threads serving the destination; stopped and joined on drop.

@@ -21,6 +21,8 @@ pub(super) enum Cause {
     Demand {
         fault: u64,
     },
+    /// A window's pages filled by a worker after its fault's (ahead.rs).
+    Prefetch,
     Push,
 }
 
@@ -80,30 +82,32 @@ impl Destination {
 
     /// The simulated network's round trip, paid once by each demand request (with what it
     /// brings in beside the fault).
-    fn round_trip(&self) {
+    pub(super) fn round_trip(&self) {
         let rtt = self.rtt_ns.load(Ordering::Relaxed);
         if rtt > 0 {
             std::thread::sleep(Duration::from_nanos(rtt));
         }
     }
 
-    /// Fetches claimed `page`, a fault's, and the claimed pages of a strided `window` in
-    /// one round: every request goes out before any answer is read (one round trip over
-    /// TCP), and each page is copied in and mapped on its own, the fault's first.
-    /// `pages` holds the fault's page first, then the window's (at most a strided window's
-    /// most besides it).
+    /// Fetches claimed scattered `pages` in one round: every request goes out before any
+    /// answer is read (one round trip over TCP), and each page is copied in and mapped on
+    /// its own, in order. For a demand, `pages` holds the fault's page first, then those
+    /// of its strided window (at most a strided window's most besides it).
     pub(super) fn fetch_scattered(
         &self,
         pages: &[u64],
+        cause: Cause,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
-        let Some(&page) = pages.first() else {
+        if pages.is_empty() {
             return Ok(());
-        };
+        }
         let len = pages.len() as u64 * PAGE_SIZE;
         self.throttle.acquire(len);
-        self.round_trip();
+        if matches!(cause, Cause::Demand { .. }) {
+            self.round_trip();
+        }
         match self.source.local_image() {
             Some(image) => {
                 for &p in pages {
@@ -133,7 +137,7 @@ impl Destination {
                 }
             }
         }
-        self.filled(pages.iter().copied(), Cause::Demand { fault: page });
+        self.filled(pages.iter().copied(), cause);
         Ok(())
     }
 
@@ -143,7 +147,7 @@ impl Destination {
         for p in pages {
             let state = match cause {
                 Cause::Demand { fault } if fault == p => PageState::FilledByDemand,
-                Cause::Demand { .. } => PageState::FilledByPrefetch,
+                Cause::Demand { .. } | Cause::Prefetch => PageState::FilledByPrefetch,
                 Cause::Push => PageState::FilledByPush,
             };
             self.pages.set_filled(p, state);
@@ -159,6 +163,7 @@ impl Destination {
                     run.pages_prefetched.add(count - 1);
                 }
             }
+            Cause::Prefetch => run.pages_prefetched.add(count),
             Cause::Push => run.pages_pushed.add(count),
         }
         if refetched > 0 {

@@ -26,6 +26,7 @@ use crate::vmm::{ExitPath, FillOutcome, GuestRam, MissingPageHandler};
 
 const PAGE: usize = PAGE_SIZE as usize;
 
+mod ahead;
 mod deferred;
 mod fill;
 mod inject;
@@ -36,7 +37,9 @@ mod setup;
 
 use fill::Cause;
 
-pub use setup::{auto_reader_spin, backing_features, preferred_backing, register, spawn};
+pub use setup::{
+    auto_ahead_spin, auto_reader_spin, backing_features, preferred_backing, register, spawn,
+};
 
 thread_local! {
     /// Each faulting thread's page buffer and checksum list: no allocation per fault.
@@ -74,6 +77,8 @@ pub struct Destination {
     landings: deferred::Landings,
     /// What a demand fault brings in besides its page.
     prefetch: prefetch::Prefetcher,
+    /// Windows queued for the prefetch workers.
+    ahead: ahead::Ahead,
     stop: AtomicBool,
 }
 
@@ -151,6 +156,7 @@ impl Destination {
             push_hint: AtomicU64::new(0),
             landings: deferred::Landings::new(),
             prefetch,
+            ahead: ahead::Ahead::new(),
             stop: AtomicBool::new(false),
         })
     }
@@ -327,8 +333,12 @@ impl Destination {
             if !wait {
                 return Ok(Demand::InFlight);
             }
-            std::hint::spin_loop();
-            std::thread::yield_now();
+            // Waiting on a page in flight: a queued window is better filled here than
+            // waited for behind it.
+            if !DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| self.help_ahead(buf, sums))? {
+                std::hint::spin_loop();
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -357,46 +367,74 @@ impl Destination {
             while n < w.count && at(n + 1).is_some_and(|p| self.pages.claim(p)) {
                 n += 1;
             }
-            let first = if w.stride > 0 {
-                page
-            } else {
-                page - u64::from(n)
-            };
-            let r = self.fetch_and_copy(
-                first,
-                u64::from(n) + 1,
-                Cause::Demand { fault: page },
-                buf,
-                sums,
-            );
+            let up = w.stride > 0;
+            // Beyond its head the window goes to a worker where one serves, queued first so
+            // that both are under way together.
+            let mut head = u64::from(n);
+            if head > ahead::HEAD_PAGES {
+                let skip = ahead::HEAD_PAGES + 1;
+                let job = ahead::Job::Run {
+                    first: if up { page + skip } else { page - skip },
+                    count: head - ahead::HEAD_PAGES,
+                    up,
+                };
+                if self.send_ahead(job) {
+                    head = ahead::HEAD_PAGES;
+                }
+            }
+            let first = if up { page } else { page - head };
+            let r = self.fetch_and_copy(first, head + 1, Cause::Demand { fault: page }, buf, sums);
             if let Err(e) = &r {
-                // The caller gives the faulting page back; the window's are ours to.
-                let rest = if w.stride > 0 { first + 1 } else { first };
-                self.abandon(rest, u64::from(n), e);
+                // The caller gives the faulting page back; the head's are ours to.
+                let rest = if up { first + 1 } else { first };
+                self.abandon(rest, head, e);
             }
             self.prefetch
                 .brought(vcpu, page, w.stride, w.count, u64::from(n));
             return r;
         }
         // A strided window: its pages claimed one by one (those others have are skipped),
-        // fetched with the fault's in one round.
+        // fetched with the fault's in one round, or beyond its head by a worker.
         // On the stack, the fault's page first: this is a fault's path.
         let mut pages = [0u64; fill::SCATTERED_MOST];
         pages[0] = page;
         let mut n = 1;
-        for p in (1..=w.count).filter_map(at) {
+        // Which of the window's pages (by place k in the stream) this fault claimed
+        // beyond the head.
+        let mut tail = 0u64;
+        for (k, p) in (1..=w.count).filter_map(|k| at(k).map(|p| (k, p))) {
             if n == pages.len() {
                 break;
             }
             if self.pages.claim(p) {
-                pages[n] = p;
+                if n > ahead::STRIDED_HEAD_PAGES {
+                    tail |= 1 << k;
+                } else {
+                    pages[n] = p;
+                }
                 n += 1;
             }
         }
-        let r = self.fetch_scattered(&pages[..n], buf, sums);
+        let head = if tail != 0
+            && !self.send_ahead(ahead::Job::Strided {
+                origin: page,
+                stride: w.stride,
+                ks: tail,
+            }) {
+            // No worker takes it: the tail is fetched here with the head.
+            let mut head = 1 + ahead::STRIDED_HEAD_PAGES;
+            for k in (0..64).filter(|k| tail & (1 << k) != 0) {
+                pages[head] = page.wrapping_add_signed(w.stride * k);
+                head += 1;
+            }
+            head
+        } else {
+            n.min(1 + ahead::STRIDED_HEAD_PAGES)
+        };
+        let r = self.fetch_scattered(&pages[..head], Cause::Demand { fault: page }, buf, sums);
         if let Err(e) = &r {
-            // The caller gives the faulting page back; the window's are ours to.
-            for &p in &pages[1..n] {
+            // The caller gives the faulting page back; the head's are ours to.
+            for &p in &pages[1..head] {
                 self.abandon(p, 1, e);
             }
         }

@@ -59,6 +59,21 @@ pub fn auto_reader_spin(busy_threads: usize) -> Duration {
     }
 }
 
+/// How long a prefetch worker waits awake for a stream's next window when it may spin.
+const AHEAD_SPIN: Duration = Duration::from_millis(2);
+
+/// How long prefetch workers wait awake for the next window: as readers spin, only while
+/// every busy thread has a core; then a window starts landing at once, not after a
+/// wake-up that takes the vCPU's lead (BENCHMARKS.md).
+pub fn auto_ahead_spin(busy_threads: usize) -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if busy_threads <= cores {
+        AHEAD_SPIN
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Starts a named background thread running `f` on the destination.
 pub fn spawn(
     name: String,

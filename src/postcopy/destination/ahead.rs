@@ -1,0 +1,300 @@
+//! Prefetch off the vCPU's path: the faulting thread fills its page and the head of the
+//! window, and a worker fills the rest while the vCPU runs on, nearest pages first, in
+//! chunks so they land as it goes. For an in-process source, where a window's cost is the
+//! copy itself rather than a round trip, the copy so leaves the vCPU's stall.
+//!
+//! A job's pages are claimed before it is queued, so they are filled once, by the worker:
+//! a vCPU that reaches one first waits for it as for any page in flight. Pages of a job
+//! nobody will run (the workers stopped) are given back and their sleepers woken.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::fill::Cause;
+use super::{Destination, PAGE};
+use crate::postcopy::PostcopyError;
+use crate::vmm::layout::PAGE_SIZE;
+
+/// Pages of a contiguous window the faulting thread fills itself: the guest works through
+/// them while the worker wakes and starts on the rest.
+pub(super) const HEAD_PAGES: u64 = 8;
+/// Pages of a strided window the faulting thread fills itself.
+pub(super) const STRIDED_HEAD_PAGES: usize = 2;
+/// Pages a worker lands in one copy: small enough that the first land soon.
+const CHUNK_PAGES: u64 = 32;
+/// Strided pages a worker lands in one go.
+const STRIDED_CHUNK_PAGES: usize = 4;
+/// Windows queued at most; beyond, the faulting thread fills the window itself.
+const QUEUE: usize = 64;
+/// How often an idle worker looks at `stop`.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// A window's claimed pages, in the order they are to land (nearest the fault first).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Job {
+    /// `count` pages from `first`, upward when `up`, else downward from `first`.
+    Run { first: u64, count: u64, up: bool },
+    /// Pages `origin + stride * k` of a strided window, for each bit k set in `ks`.
+    Strided { origin: u64, stride: i64, ks: u64 },
+}
+
+impl Job {
+    /// The job's pages, nearest first.
+    fn pages(self) -> impl Iterator<Item = u64> {
+        let (run, strided) = match self {
+            Job::Run { first, count, up } => (Some((first, count, up)), None),
+            Job::Strided { origin, stride, ks } => (None, Some((origin, stride, ks))),
+        };
+        let run = run.into_iter().flat_map(|(first, count, up)| {
+            (0..count).map(move |k| if up { first + k } else { first - k })
+        });
+        let strided = strided.into_iter().flat_map(|(origin, stride, ks)| {
+            (0..64)
+                .filter(move |k| ks & (1 << k) != 0)
+                .map(move |k| origin.wrapping_add_signed(stride * k))
+        });
+        run.chain(strided)
+    }
+}
+
+/// The queue of windows and the count of workers serving it.
+pub(super) struct Ahead {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    workers: AtomicUsize,
+    spin_ns: AtomicU64,
+}
+
+impl Ahead {
+    pub fn new() -> Ahead {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        Ahead {
+            tx,
+            rx,
+            workers: AtomicUsize::new(0),
+            spin_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a worker serves the queue: without one, windows are filled where they fault.
+    pub fn serving(&self) -> bool {
+        self.workers.load(Ordering::Acquire) > 0
+    }
+}
+
+impl Destination {
+    /// Queues `job` for a worker; false if none can take it now.
+    pub(super) fn send_ahead(&self, job: Job) -> bool {
+        if !self.ahead.serving() {
+            return false;
+        }
+        match self.ahead.tx.try_send(job) {
+            Ok(()) => {
+                // The last worker may have left between the look and the send: then no
+                // one runs the job, and its pages must not stay claimed.
+                if !self.ahead.serving() {
+                    self.drain_ahead();
+                }
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// A prefetch worker: runs queued windows until stopped.
+    pub fn serve_ahead(&self) -> Result<(), PostcopyError> {
+        self.ahead.workers.fetch_add(1, Ordering::AcqRel);
+        let mut buf = Vec::with_capacity(CHUNK_PAGES as usize * PAGE);
+        let mut sums = Vec::with_capacity(CHUNK_PAGES as usize);
+        let r = loop {
+            if self.stop.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            let next = match self.ahead_spin() {
+                Some(job) => Ok(job),
+                None => self.ahead.rx.recv_timeout(IDLE_POLL),
+            };
+            match next {
+                Ok(job) => {
+                    if let Err(e) = self.run_ahead(job, &mut buf, &mut sums) {
+                        break Err(e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+        };
+        if self.ahead.workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain_ahead();
+        }
+        r
+    }
+
+    /// Waits awake for the next job, as long as set (a stream's next window comes within a
+    /// few milliseconds; a sleeping worker would take its wake-up off the vCPU's lead).
+    fn ahead_spin(&self) -> Option<Job> {
+        let spin = Duration::from_nanos(self.ahead.spin_ns.load(Ordering::Relaxed));
+        if spin.is_zero() {
+            return None;
+        }
+        let since = Instant::now();
+        while since.elapsed() < spin {
+            if let Ok(job) = self.ahead.rx.try_recv() {
+                return Some(job);
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// Prefetch workers serving now.
+    pub fn prefetch_workers(&self) -> usize {
+        self.ahead.workers.load(Ordering::Acquire)
+    }
+
+    /// Prefetch workers wait awake this long for the next job before they sleep.
+    pub fn set_ahead_spin(&self, d: Duration) {
+        self.ahead
+            .spin_ns
+            .store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs one queued job on this thread, if there is one: a thread waiting for a page
+    /// in flight helps rather than spins. Whether it ran one.
+    pub(super) fn help_ahead(
+        &self,
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<bool, PostcopyError> {
+        match self.ahead.rx.try_recv() {
+            Ok(job) => self.run_ahead(job, buf, sums).map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Gives back the pages of every queued job: no worker will run them.
+    fn drain_ahead(&self) {
+        while let Ok(job) = self.ahead.rx.try_recv() {
+            for p in job.pages() {
+                self.give_up_claim(p);
+            }
+        }
+    }
+
+    /// A claimed page nobody will fill goes back to missing; a vCPU asleep on it faults
+    /// again.
+    fn give_up_claim(&self, page: u64) {
+        self.pages.unclaim(page);
+        let host = self.ram.host_base() + page * PAGE_SIZE;
+        if let Ok(uffd) = self.uffd_for(page) {
+            let _ = uffd.wake(host, PAGE_SIZE);
+        }
+    }
+
+    /// Lands `job`'s pages, nearest first, a chunk at a time. The job is one request: it
+    /// pays the simulated round trip once.
+    fn run_ahead(
+        &self,
+        job: Job,
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<(), PostcopyError> {
+        self.demand_waiting.add(1);
+        self.round_trip();
+        let r = match job {
+            Job::Run { first, count, up } => {
+                let mut done = 0;
+                let mut r = Ok(());
+                while done < count && r.is_ok() {
+                    let n = CHUNK_PAGES.min(count - done);
+                    let start = if up {
+                        first + done
+                    } else {
+                        first - done - (n - 1)
+                    };
+                    let _gate = self.fill_gate.read();
+                    r = self.fetch_and_copy(start, n, Cause::Prefetch, buf, sums);
+                    if r.is_ok() {
+                        done += n;
+                    }
+                }
+                if let Err(e) = &r {
+                    let left = Job::Run {
+                        first: if up { first + done } else { first - done },
+                        count: count - done,
+                        up,
+                    };
+                    self.abandon_job(&left, e);
+                }
+                r
+            }
+            Job::Strided { .. } => {
+                let mut chunk = [0u64; STRIDED_CHUNK_PAGES];
+                let mut r = Ok(());
+                let mut pages = job.pages().peekable();
+                while r.is_ok() && pages.peek().is_some() {
+                    let mut n = 0;
+                    for (slot, p) in chunk.iter_mut().zip(pages.by_ref()) {
+                        *slot = p;
+                        n += 1;
+                    }
+                    let _gate = self.fill_gate.read();
+                    r = self.fetch_scattered(&chunk[..n], Cause::Prefetch, buf, sums);
+                    if let Err(e) = &r {
+                        if !matches!(e, PostcopyError::Map { .. }) {
+                            for p in chunk[..n].iter().copied().chain(pages.by_ref()) {
+                                self.give_up_claim(p);
+                            }
+                        }
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        self.demand_waiting.sub(1);
+        r
+    }
+
+    /// Gives back the pages of a failed job, unless they may be mapped already.
+    fn abandon_job(&self, job: &Job, e: &PostcopyError) {
+        if matches!(e, PostcopyError::Map { .. }) {
+            return;
+        }
+        for p in job.pages() {
+            self.give_up_claim(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_lists_its_pages_nearest_the_fault_first() {
+        let up = Job::Run {
+            first: 10,
+            count: 3,
+            up: true,
+        };
+        assert_eq!(up.pages().collect::<Vec<_>>(), vec![10, 11, 12]);
+        let down = Job::Run {
+            first: 10,
+            count: 3,
+            up: false,
+        };
+        assert_eq!(down.pages().collect::<Vec<_>>(), vec![10, 9, 8]);
+        let strided = Job::Strided {
+            origin: 100,
+            stride: -17,
+            ks: 0b1010,
+        };
+        assert_eq!(strided.pages().collect::<Vec<_>>(), vec![83, 49]);
+    }
+}

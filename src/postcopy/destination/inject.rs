@@ -1,19 +1,20 @@
 //! Making a range missing again without losing data: its content goes back to the source,
 //! then the pages leave the guest's view and fault on their next access.
 //!
-//! Shared RAM pauses the guest only to take the pages (claimed, so a fault on one waits)
-//! and unmap them from its view, which stops its writes; no vCPU is then between a fill
-//! and the access it completes against guest memory (exit mode), which an unmapped page
-//! would fault. Their content is still in the memfd, and goes back to the source from the
-//! fill view while the guest runs on; then they are missing. Only vCPUs that touch the
-//! range wait, as for any page in flight. Anonymous RAM has no second view: its pages go
-//! back, straight from guest memory, while the guest stays paused, and are then dropped.
+//! The guest is paused only to take the pages (claimed, so a fault on one waits) and set
+//! their content aside, out of its view, which stops its writes; no vCPU is then between
+//! a fill and the access it completes against guest memory (exit mode), which a page gone
+//! from its view would fault. The pages move, page tables and all, to a mapping of their
+//! own (`MREMAP_DONTUNMAP`: the guest's range stays, empty and still registered). The
+//! content then goes back to the source while the guest runs on, and the pages are
+//! missing. Only vCPUs that touch the range wait, as for any page in flight.
 
 use std::time::{Duration, Instant};
 
 use super::Destination;
 use crate::contract::Backing;
 use crate::postcopy::PostcopyError;
+use crate::uffd::Fill;
 use crate::units::GpaRange;
 use crate::vmm::layout::{BOOT_PAGES, PAGE_SHIFT, PAGE_SIZE};
 
@@ -56,13 +57,7 @@ impl Destination {
             since: None,
             paused: Duration::ZERO,
         };
-        let r = match self.ram.backing() {
-            Backing::Shared => self.inject_shared(first, end, &mut made_missing, &mut hold),
-            Backing::Anonymous => hold.pause().and_then(|()| {
-                let r = self.inject_paused(first, end, &mut made_missing);
-                hold.resume().and(r)
-            }),
-        };
+        let r = self.inject_taken(first, end, &mut made_missing, &mut hold);
         let paused = hold.paused;
         self.missing.add(made_missing);
         self.telemetry.run.pages_injected.add(made_missing);
@@ -90,52 +85,42 @@ impl Destination {
         runs
     }
 
-    fn inject_shared(
+    fn inject_taken(
         &self,
         first: u64,
         end: u64,
         missing: &mut u64,
         hold: &mut Hold,
     ) -> Result<(), PostcopyError> {
-        // Taken and out of the guest's view together, with no fill in between and no vCPU
-        // running.
+        // Taken and set aside together, with no fill in between and no vCPU running.
         hold.pause()?;
-        let runs = {
+        let (runs, aside) = {
             let gate = self.fill_gate.write();
             let runs = self.present_runs(first, end, |p| self.pages.take_page(p));
+            let mut aside = Vec::with_capacity(runs.len());
             for &(page, n) in &runs {
-                if let Err(e) = self.unmap(page, n) {
-                    // Mapped again, as they were: nothing is lost.
-                    for &(p, k) in &runs {
-                        self.give_back(p, k);
+                match self.set_aside(page, n) {
+                    Ok(a) => aside.push(a),
+                    Err(e) => {
+                        // Back in the guest's view as they were: nothing is lost.
+                        for (i, &(p, k)) in runs.iter().enumerate() {
+                            self.give_back(p, k, aside.get(i));
+                        }
+                        drop(gate);
+                        hold.resume()?;
+                        return Err(e);
                     }
-                    drop(gate);
-                    hold.resume()?;
-                    return Err(e);
                 }
             }
-            runs
+            (runs, aside)
         };
         hold.resume()?;
-        for (i, &(page, n)) in runs.iter().enumerate() {
-            let (gpa, len) = (page << PAGE_SHIFT, n * PAGE_SIZE);
-            let fill = self
-                .ram
-                .fill_addr(gpa)
-                .filter(|_| self.ram.contains(gpa, len))
-                .ok_or_else(|| PostcopyError::Map {
-                    gpa,
-                    len,
-                    why: "outside guest RAM".into(),
-                })?;
-            // SAFETY: the fill mapping holds the range (checked); the pages are taken, so
-            // no fill writes them, and out of the guest's view, so the guest cannot.
-            let content = unsafe { std::slice::from_raw_parts(fill as *const u8, len as usize) };
-            if let Err(e) = self.source.put_back(gpa, content) {
+        for (i, (&(page, _), content)) in runs.iter().zip(&aside).enumerate() {
+            if let Err(e) = self.source.put_back(page << PAGE_SHIFT, content.bytes()) {
                 // The source has the runs before this one; this and the rest go back into
                 // the guest's view as they were.
-                for &(p, k) in &runs[i..] {
-                    self.give_back(p, k);
+                for (&(p, k), a) in runs[i..].iter().zip(&aside[i..]) {
+                    self.give_back(p, k, Some(a));
                 }
                 for &(p, k) in &runs[..i] {
                     self.release(p, k);
@@ -151,23 +136,59 @@ impl Destination {
         Ok(())
     }
 
-    /// The vCPUs are paused: the content goes back straight from guest memory.
-    fn inject_paused(&self, first: u64, end: u64, missing: &mut u64) -> Result<(), PostcopyError> {
-        let _gate = self.fill_gate.write();
-        let runs = self.present_runs(first, end, |p| self.pages.get(p).is_present());
-        for (page, n) in runs {
-            let (gpa, len) = (page << PAGE_SHIFT, n * PAGE_SIZE);
-            let host = self.ram.host_base() + gpa;
-            // SAFETY: the range is inside guest RAM (checked by the caller), the vCPUs are
-            // paused and no fill runs (the gate), so nothing writes it meanwhile.
-            let content = unsafe { std::slice::from_raw_parts(host as *const u8, len as usize) };
-            self.source.put_back(gpa, content)?;
-            self.unmap(page, n)?;
-            for q in page..page + n {
-                *missing += u64::from(self.pages.drop_page(q));
-            }
+    /// Takes `n` taken pages from `page` out of the guest's view, their content kept where
+    /// the returned [`Aside`] says: the next access faults to the userfaultfd. Moving the
+    /// page tables costs far less than unmapping page by page, and leaves the range
+    /// mapped, empty and registered; dropping the moved pages waits for the guest to run.
+    fn set_aside(&self, page: u64, n: u64) -> Result<Aside, PostcopyError> {
+        let (gpa, len) = (page << PAGE_SHIFT, n * PAGE_SIZE);
+        let host = self.ram.host_base() + gpa;
+        // SAFETY: whole pages inside guest RAM (checked by the caller), one VMA (a run
+        // never spans two userfaultfds' parts); the kernel picks where they go.
+        let moved = unsafe {
+            libc::mremap(
+                host as *mut libc::c_void,
+                len as usize,
+                len as usize,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_DONTUNMAP,
+                // No address asked for, said: the kernel reads it whatever the flags.
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
+        if moved != libc::MAP_FAILED {
+            return Ok(Aside::Moved {
+                addr: moved as u64,
+                len,
+            });
         }
-        Ok(())
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(PostcopyError::Drop(e));
+        }
+        // A kernel that cannot move them and keep the range (before 5.7; 5.13 for shared
+        // memory): shared RAM keeps them in the memfd, anonymous RAM in a copy.
+        let aside = match self.ram.backing() {
+            Backing::Shared => Aside::InMemfd {
+                addr: self
+                    .ram
+                    .fill_addr(gpa)
+                    .filter(|_| self.ram.contains(gpa, len))
+                    .ok_or_else(|| PostcopyError::Map {
+                        gpa,
+                        len,
+                        why: "outside guest RAM".into(),
+                    })?,
+                len,
+            },
+            Backing::Anonymous => {
+                // SAFETY: whole pages inside guest RAM; no vCPU runs and no fill.
+                Aside::Copied(
+                    unsafe { std::slice::from_raw_parts(host as *const u8, len as usize) }.to_vec(),
+                )
+            }
+        };
+        self.unmap(page, n)?;
+        Ok(aside)
     }
 
     /// Takes `n` pages from `page` out of the guest's view (shared RAM keeps them in the
@@ -196,12 +217,23 @@ impl Destination {
         self.wake_range(page, n);
     }
 
-    /// Taken pages go back to the guest as they were (their content never left the memfd).
-    fn give_back(&self, page: u64, n: u64) {
-        let host = self.ram.host_base() + (page << PAGE_SHIFT);
-        if let Ok(uffd) = self.uffd_for(page)
-            && let Err(e) = uffd.continue_pages(host, n * PAGE_SIZE, true)
-        {
+    /// Taken pages go back to the guest as they were; `aside`, where their content went
+    /// (None: it never left the guest's view).
+    fn give_back(&self, page: u64, n: u64, aside: Option<&Aside>) {
+        let (host, len) = (self.ram.host_base() + (page << PAGE_SHIFT), n * PAGE_SIZE);
+        let r = self.uffd_for(page).and_then(|uffd| {
+            Ok(match (aside, self.ram.backing()) {
+                (None, _) => Fill::Filled,
+                // The memfd has them still.
+                (Some(_), Backing::Shared) => uffd.continue_pages(host, len, true)?,
+                // SAFETY: the content set aside is `len` readable bytes; the range is
+                // registered and its pages taken, so nothing else fills them.
+                (Some(a), Backing::Anonymous) => unsafe {
+                    uffd.copy(host, a.bytes().as_ptr(), len, true)?
+                },
+            })
+        });
+        if let Err(e) = r {
             tracing::warn!("cannot map back pages of a failed injection: {e}");
         }
         for q in page..page + n {
@@ -215,6 +247,39 @@ impl Destination {
             && let Err(e) = uffd.wake(host, n * PAGE_SIZE)
         {
             tracing::warn!("cannot wake faults on injected pages: {e}");
+        }
+    }
+}
+
+/// Where the content of a run of taken pages is while it goes back to the source.
+enum Aside {
+    /// Moved to a mapping of its own, unmapped when dropped.
+    Moved { addr: u64, len: u64 },
+    /// Shared RAM, unmapped from the guest's view: still in the memfd, seen through the
+    /// fill mapping.
+    InMemfd { addr: u64, len: u64 },
+    /// Anonymous RAM, unmapped: a copy.
+    Copied(Vec<u8>),
+}
+
+impl Aside {
+    fn bytes(&self) -> &[u8] {
+        match *self {
+            Aside::InMemfd { addr, len } | Aside::Moved { addr, len } => {
+                // SAFETY: `len` mapped bytes at `addr` for as long as `self` lives; the
+                // pages are taken and out of the guest's view, so nothing writes them.
+                unsafe { std::slice::from_raw_parts(addr as *const u8, len as usize) }
+            }
+            Aside::Copied(ref copy) => copy,
+        }
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        if let Aside::Moved { addr, len } = *self {
+            // SAFETY: the mapping mremap made for these pages, used by nothing else now.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len as usize) };
         }
     }
 }

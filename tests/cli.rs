@@ -221,6 +221,44 @@ fn bench_over_tcp_reports_the_transport_of_each_result_and_the_push() {
 }
 
 #[test]
+fn bench_stall_checks_every_trial_s_pages_and_adaptive_brings_a_stream_in_ahead() {
+    let out = faultline()
+        .args(["bench", "--stall", "--vcpus", "1", "--mode", "exit,uffd"])
+        .args(["--stall-workloads", "sequential,random"])
+        .args([
+            "--stall-prefetch",
+            "off,adaptive",
+            "--stall-mem-per-vcpu",
+            "4M",
+        ])
+        .args(["--repeat", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2 * 2 * 2, "{v:#}");
+    for r in results {
+        let set = r["working_set_pages"].as_u64().unwrap();
+        // Each trial's working set (and what came with it) was found filled once, with
+        // its own content.
+        assert!(r["pages_checked"].as_u64().unwrap() >= set, "{r}");
+        let prefetched = r["pages_prefetched"].as_u64().unwrap();
+        match (
+            r["workload"].as_str().unwrap(),
+            r["prefetch"].as_str().unwrap(),
+        ) {
+            (_, "off") => assert_eq!(prefetched, 0, "{r}"),
+            ("sequential-mixed", _) => {
+                assert!(prefetched * 2 > set, "{r}");
+                assert!(r["faults"].as_u64().unwrap() * 10 < set, "{r}");
+            }
+            _ => assert!(prefetched * 10 < set, "a random guest is no stream: {r}"),
+        }
+    }
+}
+
+#[test]
 fn bad_scenario_file_names_file_line_and_column() {
     let dir = std::env::temp_dir().join(format!("faultline-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -43,6 +43,9 @@ pub enum BenchError {
     Timeout(Duration),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    /// A trial whose pages arrived wrong measured nothing.
+    #[error("the trial's pages are wrong: {0}")]
+    WrongPages(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

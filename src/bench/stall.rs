@@ -2,7 +2,8 @@
 //! each vCPU runs a workload until its working set has arrived: the whole of its slice
 //! (touch, sequential, stride, random) or its hot set (hotspot). Measured: the stall of all
 //! vCPUs together until then, and the time to the working set, for each prefetch strategy,
-//! the strategies interleaved trial by trial.
+//! the strategies interleaved trial by trial. Every trial is checked after: each page
+//! filled once, with its own content.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub struct StallTrial {
     pub faults: u64,
     pub pages_prefetched: u64,
     pub prefetch_used: u64,
+    /// Pages found filled once each, with their own content, after the trial.
+    pub pages_checked: u64,
 }
 
 /// One configuration over its repeats: the medians, with the spread of the stall.
@@ -54,6 +57,7 @@ pub struct StallResult {
     pub faults: u64,
     pub pages_prefetched: u64,
     pub prefetch_used: u64,
+    pub pages_checked: u64,
     pub rounds_stall_ms: Vec<f64>,
 }
 
@@ -115,6 +119,7 @@ pub fn run_stall_trial(c: &StallConfig) -> Result<StallTrial, BenchError> {
         .sum();
     rig.vm.pause_all()?;
     rig.finish()?;
+    let pages_checked = rig.check_fills()?;
     let run = &rig.telemetry.run;
     Ok(StallTrial {
         stall_ms: stall_ns as f64 / 1e6,
@@ -122,6 +127,7 @@ pub fn run_stall_trial(c: &StallConfig) -> Result<StallTrial, BenchError> {
         faults,
         pages_prefetched: run.pages_prefetched.get(),
         prefetch_used: run.prefetch_used.get(),
+        pages_checked,
     })
 }
 
@@ -165,6 +171,7 @@ fn summarize(c: &StallConfig, trials: Vec<StallTrial>) -> StallResult {
         faults: mid.faults,
         pages_prefetched: mid.pages_prefetched,
         prefetch_used: mid.prefetch_used,
+        pages_checked: mid.pages_checked,
         rounds_stall_ms: stalls,
     }
 }

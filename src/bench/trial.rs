@@ -10,10 +10,11 @@ use crate::contract::{FaultMode, Workload};
 use crate::guest;
 use crate::postcopy::assembly::Plan;
 use crate::postcopy::net::{self, ClientOptions, NetError, PageServer};
+use crate::postcopy::page_state::PageState;
 use crate::postcopy::{Destination, InProcessSource, PostcopyError, SourceError, Throttle};
 use crate::telemetry::{Aggregate, Telemetry};
 use crate::units::Rate;
-use crate::vmm::layout::{self, BOOT_SIZE, PAGE_SIZE};
+use crate::vmm::layout::{self, BOOT_PAGES, BOOT_SIZE, PAGE_SHIFT, PAGE_SIZE};
 use crate::vmm::{GuestRam, MissingPageHandler, RunState, Vm, VmConfig, VmmError};
 
 use super::{BenchError, BenchMode, TRIAL_TIMEOUT, Trial, TrialConfig};
@@ -35,10 +36,19 @@ pub(super) fn source_error(e: NetError) -> BenchError {
 pub(super) fn prefill(ram: &GuestRam) -> Result<(), VmmError> {
     let mut gpa = BOOT_SIZE;
     while gpa < ram.size() {
-        ram.write(gpa, &[1])?;
+        ram.write_u64s(gpa + STAMP_OFFSET, &[stamp(gpa)])?;
         gpa += PAGE_SIZE;
     }
     Ok(())
+}
+
+/// Where each prefilled page carries its stamp: the last qword, which no workload of the
+/// benchmarks writes (they write the first).
+pub(super) const STAMP_OFFSET: u64 = crate::contract::LAST_QWORD as u64;
+
+/// The stamp of the page at `gpa`: its number, never zero.
+pub(super) fn stamp(gpa: u64) -> u64 {
+    gpa >> layout::PAGE_SHIFT
 }
 
 impl TrialConfig {
@@ -182,6 +192,44 @@ impl Rig {
         Ok(())
     }
 
+    /// Once the trial's threads are gone: every page arrived at most once (the fill counters
+    /// add up to the pages present), with the image's content (each page's stamp, which no
+    /// workload writes), and no checksum failed on the way. Returns the pages checked.
+    pub fn check_fills(&self) -> Result<u64, BenchError> {
+        let Some(dest) = &self.dest else {
+            return Ok(0);
+        };
+        let run = &self.telemetry.run;
+        let map = dest.pages();
+        let tally = map.tally(BOOT_PAGES..map.len());
+        let present = tally.get(PageState::FilledByDemand)
+            + tally.get(PageState::FilledByPrefetch)
+            + tally.get(PageState::FilledByPush);
+        let fills = run.pages_demand.get() + run.pages_prefetched.get() + run.pages_pushed.get();
+        if fills != present {
+            return Err(BenchError::WrongPages(format!(
+                "{fills} pages filled for {present} present: a page was filled twice or not counted"
+            )));
+        }
+        let mismatches = run.checksum_mismatches.get();
+        if mismatches > 0 {
+            return Err(BenchError::WrongPages(format!(
+                "{mismatches} pages failed their checksum"
+            )));
+        }
+        let ram = dest.ram();
+        for page in (BOOT_PAGES..map.len()).filter(|&p| map.get(p).is_present()) {
+            let gpa = page << PAGE_SHIFT;
+            let found = ram.read_u64(gpa + STAMP_OFFSET)?;
+            if found != stamp(gpa) {
+                return Err(BenchError::WrongPages(format!(
+                    "page {page} holds the stamp {found:#x}, not its own"
+                )));
+            }
+        }
+        Ok(present)
+    }
+
     /// The latency figures of every fault the trial saw.
     pub fn aggregate(&self, vcpus: usize) -> Result<Aggregate, BenchError> {
         let mut aggregate =
@@ -239,6 +287,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
     let secs = last.saturating_sub(first) as f64 / 1e9;
     rig.finish()?;
+    rig.check_fills()?;
     let pages_per_vcpu = rig.data_pages / c.vcpus as u64;
     let per_vcpu_pages_per_sec = spans
         .iter()

@@ -386,6 +386,7 @@ fn bench_refuses_bad_sizes_and_modes_with_one_line() {
         &["bench", "--reader-spin", "soon"][..],
         &["bench", "--backing", "hugetlb"][..],
         &["bench", "--transport", "udp"][..],
+        &["bench", "--stall", "--stall-workloads", "verify"][..],
     ] {
         let out = faultline().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

@@ -8,7 +8,7 @@ use faultline::bench::{
 };
 use faultline::contract::Backing;
 use faultline::contract::FaultMode;
-use faultline::contract::{Prefetch, Transport, Workload};
+use faultline::contract::{Pattern, Prefetch, Transport, Workload};
 use faultline::postcopy::assembly::Plan;
 use faultline::postcopy::destination::preferred_backing;
 use faultline::units::Bytes;
@@ -484,6 +484,18 @@ struct StallReport {
 /// The stall benchmark over the demand-paging configurations (telemetry on, pages
 /// missing), each with every workload and prefetch strategy asked for.
 fn stall(args: &BenchArgs, configs: &[TrialConfig]) -> anyhow::Result<bool> {
+    if args
+        .stall_workloads
+        .iter()
+        .any(|w| w.pattern == Pattern::Verify)
+    {
+        return Err(super::args::UsageError(
+            "--stall-workloads: verify stamps every page, so it has no place in a benchmark whose \
+             trials check each page's own content (touch, sequential, stride, random, hotspot)"
+                .into(),
+        )
+        .into());
+    }
     let mut stall_configs = Vec::new();
     for c in configs
         .iter()

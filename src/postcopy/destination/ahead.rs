@@ -80,7 +80,7 @@ impl Ahead {
 
     /// Whether a worker serves the queue: without one, windows are filled where they fault.
     pub fn serving(&self) -> bool {
-        self.workers.load(Ordering::Acquire) > 0
+        self.workers.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -93,7 +93,9 @@ impl Destination {
         match self.ahead.tx.try_send(job) {
             Ok(()) => {
                 // The last worker may have left between the look and the send: then no
-                // one runs the job, and its pages must not stay claimed.
+                // one runs the job, and its pages must not stay claimed. (Sequentially
+                // consistent with the worker's leaving: one of the two sees the job.)
+                std::sync::atomic::fence(Ordering::SeqCst);
                 if !self.ahead.serving() {
                     self.drain_ahead();
                 }
@@ -126,7 +128,8 @@ impl Destination {
                 Err(RecvTimeoutError::Disconnected) => break Ok(()),
             }
         };
-        if self.ahead.workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.ahead.workers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            std::sync::atomic::fence(Ordering::SeqCst);
             self.drain_ahead();
         }
         r
@@ -210,7 +213,7 @@ impl Destination {
             Job::Run { first, count, up } => {
                 let mut done = 0;
                 let mut r = Ok(());
-                while done < count && r.is_ok() {
+                while done < count {
                     let n = CHUNK_PAGES.min(count - done);
                     let start = if up {
                         first + done
@@ -219,17 +222,26 @@ impl Destination {
                     };
                     let _gate = self.fill_gate.read();
                     r = self.fetch_and_copy(start, n, Cause::Prefetch, buf, sums);
-                    if r.is_ok() {
-                        done += n;
+                    if let Err(e) = &r {
+                        // The chunk's pages go back unless they may be mapped; the rest,
+                        // never tried, go back whatever happened.
+                        let failed = (start..start + n).filter(|_| !may_be_mapped(e));
+                        let rest = Job::Run {
+                            first: if up {
+                                first + done + n
+                            } else {
+                                // Never read when nothing is left (it may pass page 0).
+                                first.wrapping_sub(done + n)
+                            },
+                            count: count - done - n,
+                            up,
+                        };
+                        for p in failed.chain(rest.pages()) {
+                            self.give_up_claim(p);
+                        }
+                        break;
                     }
-                }
-                if let Err(e) = &r {
-                    let left = Job::Run {
-                        first: if up { first + done } else { first - done },
-                        count: count - done,
-                        up,
-                    };
-                    self.abandon_job(&left, e);
+                    done += n;
                 }
                 r
             }
@@ -237,7 +249,7 @@ impl Destination {
                 let mut chunk = [0u64; STRIDED_CHUNK_PAGES];
                 let mut r = Ok(());
                 let mut pages = job.pages().peekable();
-                while r.is_ok() && pages.peek().is_some() {
+                while pages.peek().is_some() {
                     let mut n = 0;
                     for (slot, p) in chunk.iter_mut().zip(pages.by_ref()) {
                         *slot = p;
@@ -246,10 +258,9 @@ impl Destination {
                     let _gate = self.fill_gate.read();
                     r = self.fetch_scattered(&chunk[..n], Cause::Prefetch, buf, sums);
                     if let Err(e) = &r {
-                        if !matches!(e, PostcopyError::Map { .. }) {
-                            for p in chunk[..n].iter().copied().chain(pages.by_ref()) {
-                                self.give_up_claim(p);
-                            }
+                        let failed = chunk[..n].iter().copied().filter(|_| !may_be_mapped(e));
+                        for p in failed.chain(pages.by_ref()) {
+                            self.give_up_claim(p);
                         }
                         break;
                     }
@@ -260,16 +271,12 @@ impl Destination {
         self.demand_waiting.sub(1);
         r
     }
+}
 
-    /// Gives back the pages of a failed job, unless they may be mapped already.
-    fn abandon_job(&self, job: &Job, e: &PostcopyError) {
-        if matches!(e, PostcopyError::Map { .. }) {
-            return;
-        }
-        for p in job.pages() {
-            self.give_up_claim(p);
-        }
-    }
+/// Whether pages whose fill failed with `e` may be in the guest's view already: then they
+/// stay claimed, never filled again.
+fn may_be_mapped(e: &PostcopyError) -> bool {
+    matches!(e, PostcopyError::Map { .. })
 }
 
 #[cfg(test)]

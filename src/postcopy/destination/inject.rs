@@ -114,8 +114,21 @@ impl Destination {
             }
             (runs, aside)
         };
-        hold.resume()?;
-        for (i, (&(page, _), content)) in runs.iter().zip(&aside).enumerate() {
+        // A guest that cannot be resumed still gets its content back where it belongs.
+        let resumed = hold.resume();
+        self.put_back_taken(&runs, &aside, missing)?;
+        resumed
+    }
+
+    /// Sends the content of taken `runs`, set aside in `aside`, back to the source; then
+    /// they are missing. On a failure, the runs not sent go back into the guest's view.
+    fn put_back_taken(
+        &self,
+        runs: &[(u64, u64)],
+        aside: &[Aside],
+        missing: &mut u64,
+    ) -> Result<(), PostcopyError> {
+        for (i, (&(page, _), content)) in runs.iter().zip(aside).enumerate() {
             if let Err(e) = self.source.put_back(page << PAGE_SHIFT, content.bytes()) {
                 // The source has the runs before this one; this and the rest go back into
                 // the guest's view as they were.
@@ -129,7 +142,7 @@ impl Destination {
                 return Err(e.into());
             }
         }
-        for &(page, n) in &runs {
+        for &(page, n) in runs {
             self.release(page, n);
             *missing += n;
         }
@@ -162,11 +175,12 @@ impl Destination {
             });
         }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOMEM)) {
             return Err(PostcopyError::Drop(e));
         }
         // A kernel that cannot move them and keep the range (before 5.7; 5.13 for shared
-        // memory): shared RAM keeps them in the memfd, anonymous RAM in a copy.
+        // memory), or no room for another mapping: shared RAM keeps them in the memfd,
+        // anonymous RAM in a copy.
         let aside = match self.ram.backing() {
             Backing::Shared => Aside::InMemfd {
                 addr: self

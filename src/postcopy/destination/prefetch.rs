@@ -48,8 +48,6 @@ struct Detector {
     last: AtomicU64,
     /// Pages from the fault before the last to the last: the stream's step once confirmed.
     stride: AtomicI64,
-    /// Whether the last two faults were a stride apart (or the stream went on past a window).
-    streaming: AtomicU32,
     /// The adaptive window, in pages of the stream.
     window: AtomicU32,
     /// The last window: the fault page that would go on past it, plus one (0: none out),
@@ -105,8 +103,10 @@ impl Prefetcher {
         let stride = d.stride.load(Ordering::Relaxed);
         let mut window = d.window.load(Ordering::Relaxed);
         // Did the stream go on past the last window?
-        let expect = d.expect.swap(0, Ordering::Relaxed).checked_sub(1);
-        let outstanding = d.outstanding.swap(0, Ordering::Relaxed);
+        // Plain loads, and stores only where something changes: a random guest's faults
+        // (no window out) then cost the detector one store.
+        let expect = take(&d.expect).checked_sub(1);
+        let outstanding = take(&d.outstanding);
         let went_on = expect.is_some_and(|e| goes_on(page, e, stride, window));
         let used = if went_on { outstanding } else { 0 };
         let delta = last.map(|l| page as i64 - l as i64);
@@ -127,7 +127,6 @@ impl Prefetcher {
                 _ => false,
             }
         };
-        d.streaming.store(u32::from(streaming), Ordering::Relaxed);
         let stride = d.stride.load(Ordering::Relaxed);
         let w = match strategy {
             Prefetch::Off => Window::NONE,
@@ -148,7 +147,9 @@ impl Prefetcher {
             }
             Prefetch::Adaptive => Window::NONE,
         };
-        d.window.store(window, Ordering::Relaxed);
+        if d.window.load(Ordering::Relaxed) != window {
+            d.window.store(window, Ordering::Relaxed);
+        }
         Seen { window: w, used }
     }
 
@@ -168,6 +169,15 @@ impl Prefetcher {
             d.outstanding.store(count, Ordering::Relaxed);
         }
     }
+}
+
+/// The value of `a`, which is left zero.
+fn take(a: &AtomicU64) -> u64 {
+    let v = a.load(Ordering::Relaxed);
+    if v != 0 {
+        a.store(0, Ordering::Relaxed);
+    }
+    v
 }
 
 fn first(stride: i64) -> u32 {

@@ -22,6 +22,12 @@ use crate::vmm::layout::PAGE_SIZE;
 pub(super) const HEAD_PAGES: u64 = 8;
 /// Pages of a strided window the faulting thread fills itself.
 pub(super) const STRIDED_HEAD_PAGES: usize = 2;
+/// The least of a contiguous window beyond its head worth a worker: less is copied here
+/// sooner than a worker wakes for it.
+pub(super) const LEAST_AHEAD_PAGES: u64 = 32;
+/// The least of a strided window beyond its head worth a worker (each is a copy and an
+/// ioctl of its own).
+pub(super) const LEAST_STRIDED_AHEAD: u32 = 8;
 /// Pages a worker lands in one copy: small enough that the first land soon.
 const CHUNK_PAGES: u64 = 32;
 /// Strided pages a worker lands in one go.

@@ -371,7 +371,7 @@ impl Destination {
             // Beyond its head the window goes to a worker where one serves, queued first so
             // that both are under way together.
             let mut head = u64::from(n);
-            if head > ahead::HEAD_PAGES {
+            if head >= ahead::HEAD_PAGES + ahead::LEAST_AHEAD_PAGES {
                 let skip = ahead::HEAD_PAGES + 1;
                 let job = ahead::Job::Run {
                     first: if up { page + skip } else { page - skip },
@@ -416,12 +416,13 @@ impl Destination {
             }
         }
         let head = if tail != 0
-            && !self.send_ahead(ahead::Job::Strided {
-                origin: page,
-                stride: w.stride,
-                ks: tail,
-            }) {
-            // No worker takes it: the tail is fetched here with the head.
+            && (tail.count_ones() < ahead::LEAST_STRIDED_AHEAD
+                || !self.send_ahead(ahead::Job::Strided {
+                    origin: page,
+                    stride: w.stride,
+                    ks: tail,
+                })) {
+            // Too little for a worker, or none takes it: fetched here with the head.
             let mut head = 1 + ahead::STRIDED_HEAD_PAGES;
             for k in (0..64).filter(|k| tail & (1 << k) != 0) {
                 pages[head] = page.wrapping_add_signed(w.stride * k);

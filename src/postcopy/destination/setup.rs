@@ -51,12 +51,7 @@ const SPIN_AFTER_FAULT: Duration = Duration::from_micros(100);
 /// reader's wake-up on every fault, which is most of a fault's cost with a core to spare,
 /// and costs a core's worth of time slices when there is none (BENCHMARKS.md).
 pub fn auto_reader_spin(busy_threads: usize) -> Duration {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if busy_threads <= cores {
-        SPIN_AFTER_FAULT
-    } else {
-        Duration::ZERO
-    }
+    spin_while_cores_suffice(busy_threads, SPIN_AFTER_FAULT)
 }
 
 /// How long a prefetch worker waits awake for a stream's next window when it may spin.
@@ -66,9 +61,14 @@ const AHEAD_SPIN: Duration = Duration::from_millis(2);
 /// every busy thread has a core; then a window starts landing at once, not after a
 /// wake-up that takes the vCPU's lead (BENCHMARKS.md).
 pub fn auto_ahead_spin(busy_threads: usize) -> Duration {
+    spin_while_cores_suffice(busy_threads, AHEAD_SPIN)
+}
+
+/// `spin` while every one of `busy_threads` has a core of its own, else none.
+fn spin_while_cores_suffice(busy_threads: usize, spin: Duration) -> Duration {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if busy_threads <= cores {
-        AHEAD_SPIN
+        spin
     } else {
         Duration::ZERO
     }

@@ -5,6 +5,8 @@
 # SAMPLE seconds; at the end the run's summary must say verified, and both must be flat.
 #   cargo build --release && sh scripts/soak.sh
 #   BIN=target/release/faultline SOAK_SECONDS=600 MODE=uffd OUT=soak-out sh scripts/soak.sh
+#   TRANSPORT=local BACKING=anon PREFETCH=adaptive sh scripts/soak.sh   # no link outages
+# (in process, the link actions have no link to cut and are left out).
 # Writes $OUT/scenario.toml, $OUT/samples.csv, $OUT/summary.txt, $OUT/stderr.txt; prints
 # the figures and a verdict; exit 1 if the run failed, did not verify, or grew.
 set -eu
@@ -12,6 +14,9 @@ BIN=${BIN:-./target/release/faultline}
 SOAK_SECONDS=${SOAK_SECONDS:-600}
 SAMPLE=${SAMPLE:-10}
 MODE=${MODE:-exit}
+TRANSPORT=${TRANSPORT:-tcp}
+PREFETCH=${PREFETCH:-off}
+BACKING=${BACKING:-}
 OUT=${OUT:-./soak-out}
 # Allowed growth from the first half of the samples (after the first WARM seconds, while
 # the allocator finds its size) to the second, of the floor and of the peaks: anonymous
@@ -31,7 +36,9 @@ if [ "$VERDICT_ONLY" != 1 ]; then
     echo 'mem = "256M"'
     echo 'workload = "verify"'
     echo "mode = \"$MODE\""
-    echo 'transport = "tcp"'
+    echo "transport = \"$TRANSPORT\""
+    echo "prefetch = \"$PREFETCH\""
+    if [ -n "$BACKING" ]; then echo "backing = \"$BACKING\""; fi
     echo 'fetch_rate = "64MiB/s"'
     echo 'warmup = "1s"'
     echo "duration = \"${SOAK_SECONDS}s\""
@@ -44,8 +51,10 @@ if [ "$VERDICT_ONLY" != 1 ]; then
         ms=$((t * 1000))
         printf '[[timeline]]\nat = "%dms"\ninject = "0x%x+16M"\n' $((ms + 5000)) $((0x1000000 + (c % 8) * 0x1000000))
         printf '[[timeline]]\nat = "%dms"\nthrottle = "8MiB/s"\n' $((ms + 5500))
-        printf '[[timeline]]\nat = "%dms"\nlink = false\n' $((ms + 6000))
-        printf '[[timeline]]\nat = "%dms"\nlink = true\n' $((ms + 8000))
+        if [ "$TRANSPORT" = tcp ]; then
+            printf '[[timeline]]\nat = "%dms"\nlink = false\n' $((ms + 6000))
+            printf '[[timeline]]\nat = "%dms"\nlink = true\n' $((ms + 8000))
+        fi
         printf '[[timeline]]\nat = "%dms"\nthrottle = "unlimited"\n' $((ms + 11000))
         printf '[[timeline]]\nat = "%dms"\nmigrate = true\n' $((ms + 15000))
         printf '[[timeline]]\nat = "%dms"\nthrottle = "64MiB/s"\n' $((ms + 16000))

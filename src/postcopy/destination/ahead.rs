@@ -63,12 +63,78 @@ impl Job {
         });
         run.chain(strided)
     }
+
+    /// The job's nearest pages, as many as land in one go, and what is left after them.
+    fn split(self) -> (Chunk, Option<Job>) {
+        match self {
+            Job::Run { first, count, up } => {
+                let n = CHUNK_PAGES.min(count);
+                let start = if up { first } else { first - (n - 1) };
+                let rest = (count > n).then(|| Job::Run {
+                    first: if up { first + n } else { first - n },
+                    count: count - n,
+                    up,
+                });
+                (Chunk::Run { start, n }, rest)
+            }
+            Job::Strided { origin, stride, ks } => {
+                let mut pages = [0u64; STRIDED_CHUNK_PAGES];
+                let mut left = ks;
+                let mut n = 0;
+                while n < STRIDED_CHUNK_PAGES && left != 0 {
+                    let k = left.trailing_zeros();
+                    pages[n] = origin.wrapping_add_signed(stride * i64::from(k));
+                    left &= left - 1;
+                    n += 1;
+                }
+                let rest = (left != 0).then_some(Job::Strided {
+                    origin,
+                    stride,
+                    ks: left,
+                });
+                (Chunk::Strided { pages, n }, rest)
+            }
+        }
+    }
+}
+
+/// Pages a worker lands in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Run {
+        start: u64,
+        n: u64,
+    },
+    Strided {
+        pages: [u64; STRIDED_CHUNK_PAGES],
+        n: usize,
+    },
+}
+
+impl Chunk {
+    fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let (run, strided) = match self {
+            Chunk::Run { start, n } => (Some(*start..*start + *n), None),
+            Chunk::Strided { pages, n } => (None, Some(pages[..*n].iter().copied())),
+        };
+        run.into_iter()
+            .flatten()
+            .chain(strided.into_iter().flatten())
+    }
+}
+
+/// A job on the queue, with when its request left: its answer comes a round trip after
+/// that, whoever takes it up and however often it is split.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    job: Job,
+    sent: Instant,
 }
 
 /// The queue of windows and the count of workers serving it.
 pub(super) struct Ahead {
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
+    tx: Sender<Queued>,
+    rx: Receiver<Queued>,
     workers: AtomicUsize,
     spin_ns: AtomicU64,
 }
@@ -93,10 +159,17 @@ impl Ahead {
 impl Destination {
     /// Queues `job` for a worker; false if none can take it now.
     pub(super) fn send_ahead(&self, job: Job) -> bool {
+        self.queue_ahead(Queued {
+            job,
+            sent: Instant::now(),
+        })
+    }
+
+    fn queue_ahead(&self, q: Queued) -> bool {
         if !self.ahead.serving() {
             return false;
         }
-        match self.ahead.tx.try_send(job) {
+        match self.ahead.tx.try_send(q) {
             Ok(()) => {
                 // The last worker may have left between the look and the send: then no
                 // one runs the job, and its pages must not stay claimed. (Sequentially
@@ -125,8 +198,8 @@ impl Destination {
                 None => self.ahead.rx.recv_timeout(IDLE_POLL),
             };
             match next {
-                Ok(job) => {
-                    if let Err(e) = self.run_ahead(job, &mut buf, &mut sums) {
+                Ok(q) => {
+                    if let Err(e) = self.run_ahead(q, false, &mut buf, &mut sums) {
                         break Err(e);
                     }
                 }
@@ -143,15 +216,15 @@ impl Destination {
 
     /// Waits awake for the next job, as long as set (a stream's next window comes within a
     /// few milliseconds; a sleeping worker would take its wake-up off the vCPU's lead).
-    fn ahead_spin(&self) -> Option<Job> {
+    fn ahead_spin(&self) -> Option<Queued> {
         let spin = Duration::from_nanos(self.ahead.spin_ns.load(Ordering::Relaxed));
         if spin.is_zero() {
             return None;
         }
         let since = Instant::now();
         while since.elapsed() < spin {
-            if let Ok(job) = self.ahead.rx.try_recv() {
-                return Some(job);
+            if let Ok(q) = self.ahead.rx.try_recv() {
+                return Some(q);
             }
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -173,23 +246,25 @@ impl Destination {
             .store(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Runs one queued job on this thread, if there is one: a thread waiting for a page
-    /// in flight helps rather than spins. Whether it ran one.
+    /// Lands the nearest pages of one queued job on this thread, if there is one, and
+    /// queues the rest of a contiguous one again: a thread waiting for a page in flight
+    /// helps rather than spins, and waits for its own page not much longer than a chunk.
+    /// Whether it landed any.
     pub(super) fn help_ahead(
         &self,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<bool, PostcopyError> {
         match self.ahead.rx.try_recv() {
-            Ok(job) => self.run_ahead(job, buf, sums).map(|()| true),
+            Ok(q) => self.run_ahead(q, true, buf, sums).map(|()| true),
             Err(_) => Ok(false),
         }
     }
 
     /// Gives back the pages of every queued job: no worker will run them.
     fn drain_ahead(&self) {
-        while let Ok(job) = self.ahead.rx.try_recv() {
-            for p in job.pages() {
+        while let Ok(q) = self.ahead.rx.try_recv() {
+            for p in q.job.pages() {
                 self.give_up_claim(p);
             }
         }
@@ -205,77 +280,69 @@ impl Destination {
         }
     }
 
-    /// Lands `job`'s pages, nearest first, a chunk at a time. The job is one request: it
-    /// pays the simulated round trip once.
+    /// Lands a queued job's pages, nearest first, a chunk at a time, once its answer is
+    /// due (a round trip after it was sent). With `one`, only the first chunk of a
+    /// contiguous job, and the rest goes back on the queue (or is landed here if it
+    /// cannot).
     fn run_ahead(
         &self,
-        job: Job,
+        q: Queued,
+        one: bool,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
         self.demand_waiting.add(1);
-        self.round_trip();
-        let r = match job {
-            Job::Run { first, count, up } => {
-                let mut done = 0;
-                let mut r = Ok(());
-                while done < count {
-                    let n = CHUNK_PAGES.min(count - done);
-                    let start = if up {
-                        first + done
-                    } else {
-                        first - done - (n - 1)
-                    };
-                    let _gate = self.fill_gate.read();
-                    r = self.fetch_and_copy(start, n, Cause::Prefetch, buf, sums);
-                    if let Err(e) = &r {
-                        // The chunk's pages go back unless they may be mapped; the rest,
-                        // never tried, go back whatever happened.
-                        let failed = (start..start + n).filter(|_| !may_be_mapped(e));
-                        let rest = Job::Run {
-                            first: if up {
-                                first + done + n
-                            } else {
-                                // Never read when nothing is left (it may pass page 0).
-                                first.wrapping_sub(done + n)
-                            },
-                            count: count - done - n,
-                            up,
-                        };
-                        for p in failed.chain(rest.pages()) {
-                            self.give_up_claim(p);
-                        }
-                        break;
-                    }
-                    done += n;
-                }
-                r
+        let due = self.rtt().saturating_sub(q.sent.elapsed());
+        if !due.is_zero() {
+            std::thread::sleep(due);
+        }
+        let mut job = Some(q.job);
+        let mut r = Ok(());
+        let mut landed = 0;
+        while let Some(j) = job.take() {
+            // A strided job is small, and its rest queued behind others would land after
+            // the stream needs it: a helper lands it whole.
+            if one
+                && landed > 0
+                && matches!(j, Job::Run { .. })
+                && self.queue_ahead(Queued {
+                    job: j,
+                    sent: q.sent,
+                })
+            {
+                break;
             }
-            Job::Strided { .. } => {
-                let mut chunk = [0u64; STRIDED_CHUNK_PAGES];
-                let mut r = Ok(());
-                let mut pages = job.pages().peekable();
-                while pages.peek().is_some() {
-                    let mut n = 0;
-                    for (slot, p) in chunk.iter_mut().zip(pages.by_ref()) {
-                        *slot = p;
-                        n += 1;
-                    }
-                    let _gate = self.fill_gate.read();
-                    r = self.fetch_scattered(&chunk[..n], Cause::Prefetch, buf, sums);
-                    if let Err(e) = &r {
-                        let failed = chunk[..n].iter().copied().filter(|_| !may_be_mapped(e));
-                        for p in failed.chain(pages.by_ref()) {
-                            self.give_up_claim(p);
-                        }
-                        break;
-                    }
+            let (chunk, rest) = j.split();
+            if let Err(e) = self.land(&chunk, buf, sums) {
+                // The chunk's pages go back unless they may be mapped; the rest, never
+                // tried, go back whatever happened.
+                let failed = chunk.pages().filter(|_| !may_be_mapped(&e));
+                for p in failed.chain(rest.into_iter().flat_map(Job::pages)) {
+                    self.give_up_claim(p);
                 }
-                r
+                r = Err(e);
+                break;
             }
-        };
+            landed += 1;
+            job = rest;
+        }
         self.demand_waiting.sub(1);
         r
+    }
+
+    fn land(
+        &self,
+        chunk: &Chunk,
+        buf: &mut Vec<u8>,
+        sums: &mut Vec<u32>,
+    ) -> Result<(), PostcopyError> {
+        let _gate = self.fill_gate.read();
+        match *chunk {
+            Chunk::Run { start, n } => self.fetch_and_copy(start, n, Cause::Prefetch, buf, sums),
+            Chunk::Strided { ref pages, n } => {
+                self.fetch_scattered(&pages[..n], Cause::Prefetch, buf, sums)
+            }
+        }
     }
 }
 
@@ -309,5 +376,52 @@ mod tests {
             ks: 0b1010,
         };
         assert_eq!(strided.pages().collect::<Vec<_>>(), vec![83, 49]);
+    }
+
+    #[test]
+    fn a_job_splits_into_its_nearest_chunk_and_the_rest() {
+        let up = Job::Run {
+            first: 10,
+            count: 40,
+            up: true,
+        };
+        let (chunk, rest) = up.split();
+        assert_eq!(chunk, Chunk::Run { start: 10, n: 32 });
+        assert_eq!(
+            rest.map(|r| r.pages().collect()),
+            Some((42..50).collect::<Vec<_>>())
+        );
+        let down = Job::Run {
+            first: 100,
+            count: 40,
+            up: false,
+        };
+        let (chunk, rest) = down.split();
+        assert_eq!(chunk, Chunk::Run { start: 69, n: 32 });
+        assert_eq!(
+            rest.map(|r| r.pages().collect()),
+            Some((61..=68).rev().collect::<Vec<_>>())
+        );
+        let (chunk, rest) = Job::Run {
+            first: 5,
+            count: 3,
+            up: true,
+        }
+        .split();
+        assert_eq!(
+            (chunk, rest.is_none()),
+            (Chunk::Run { start: 5, n: 3 }, true)
+        );
+        let strided = Job::Strided {
+            origin: 1000,
+            stride: 17,
+            ks: 0b111_1110,
+        };
+        let (chunk, rest) = strided.split();
+        assert_eq!(
+            chunk.pages().collect::<Vec<_>>(),
+            vec![1017, 1034, 1051, 1068]
+        );
+        assert_eq!(rest.map(|r| r.pages().collect()), Some(vec![1085, 1102]));
     }
 }

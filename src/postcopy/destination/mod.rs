@@ -333,6 +333,11 @@ impl Destination {
             if !wait {
                 return Ok(Demand::InFlight);
             }
+            // Stopped, its filler may be gone for good (a failed run): no waiting forever.
+            // A run that ends well stops only once every page is in.
+            if self.stop.load(Ordering::Acquire) {
+                return Err(PostcopyError::StoppedEarly);
+            }
             // Waiting on a page in flight: a queued window is better filled here than
             // waited for behind it.
             if !DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| self.help_ahead(buf, sums))? {

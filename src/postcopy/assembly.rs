@@ -115,20 +115,18 @@ impl Plan {
                 },
             )?);
         }
-        // Prefetch off the vCPUs' path only where a window costs its copy, not a round
-        // trip: over a network the window travels as one request the fault waits for.
-        if dest.source().local_image().is_some() {
-            let workers_count = prefetch_workers(self.vcpus);
-            dest.set_ahead_spin(destination::auto_ahead_spin(
-                self.vcpus + self.reader_uffds().len() + self.push_threads + workers_count,
-            ));
-            for i in 0..workers_count {
-                workers.threads.push(destination::spawn(
-                    format!("prefetch{i}"),
-                    dest.clone(),
-                    |d| d.serve_ahead(),
-                )?);
-            }
+        // Workers fill what a fault need not wait for: a window beyond its head from an
+        // in-process source, and the fills of a reader shared by vCPUs.
+        let workers_count = prefetch_workers(self.vcpus);
+        dest.set_ahead_spin(destination::auto_ahead_spin(
+            self.vcpus + self.reader_uffds().len() + self.push_threads + workers_count,
+        ));
+        for i in 0..workers_count {
+            workers.threads.push(destination::spawn(
+                format!("prefetch{i}"),
+                dest.clone(),
+                |d| d.serve_ahead(),
+            )?);
         }
         let parts = self.push_threads as u64;
         for i in 0..parts {

@@ -1,7 +1,9 @@
 //! Prefetch off the vCPU's path: the faulting thread fills its page and the head of the
 //! window, and a worker fills the rest while the vCPU runs on, nearest pages first, in
 //! chunks so they land as it goes. For an in-process source, where a window's cost is the
-//! copy itself rather than a round trip, the copy so leaves the vCPU's stall.
+//! copy itself rather than a round trip, the copy so leaves the vCPU's stall. A uffd
+//! reader shared by vCPUs hands a slow fill (throttled, or with a round trip) to a worker
+//! too, whole, fault's page and window, and reads the next fault at once.
 //!
 //! A job's pages are claimed before it is queued, so they are filled once, by the worker:
 //! a vCPU that reaches one first waits for it as for any page in flight. Pages of a job
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use super::fill::Cause;
+use super::fill::{Cause, SCATTERED_MOST};
 use super::{Destination, PAGE};
 use crate::postcopy::PostcopyError;
 use crate::vmm::layout::PAGE_SIZE;
@@ -65,10 +67,11 @@ impl Job {
     }
 
     /// The job's nearest pages, as many as land in one go, and what is left after them.
-    fn split(self) -> (Chunk, Option<Job>) {
+    /// `whole`: all of it in one go (one request over a network).
+    fn split(self, whole: bool) -> (Chunk, Option<Job>) {
         match self {
             Job::Run { first, count, up } => {
-                let n = CHUNK_PAGES.min(count);
+                let n = if whole { count } else { CHUNK_PAGES.min(count) };
                 let start = if up { first } else { first - (n - 1) };
                 let rest = (count > n).then(|| Job::Run {
                     first: if up { first + n } else { first - n },
@@ -78,44 +81,55 @@ impl Job {
                 (Chunk::Run { start, n }, rest)
             }
             Job::Strided { origin, stride, ks } => {
-                let mut pages = [0u64; STRIDED_CHUNK_PAGES];
+                let most = if whole {
+                    SCATTERED_MOST
+                } else {
+                    STRIDED_CHUNK_PAGES
+                };
                 let mut left = ks;
-                let mut n = 0;
-                while n < STRIDED_CHUNK_PAGES && left != 0 {
-                    let k = left.trailing_zeros();
-                    pages[n] = origin.wrapping_add_signed(stride * i64::from(k));
-                    left &= left - 1;
-                    n += 1;
+                let mut taken = 0u64;
+                for _ in 0..most {
+                    if left == 0 {
+                        break;
+                    }
+                    let low = left & left.wrapping_neg();
+                    taken |= low;
+                    left &= !low;
                 }
                 let rest = (left != 0).then_some(Job::Strided {
                     origin,
                     stride,
                     ks: left,
                 });
-                (Chunk::Strided { pages, n }, rest)
+                (
+                    Chunk::Strided(Job::Strided {
+                        origin,
+                        stride,
+                        ks: taken,
+                    }),
+                    rest,
+                )
             }
         }
     }
 }
 
 /// Pages a worker lands in one go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Chunk {
     Run {
         start: u64,
         n: u64,
     },
-    Strided {
-        pages: [u64; STRIDED_CHUNK_PAGES],
-        n: usize,
-    },
+    /// A strided job's pages that land together.
+    Strided(Job),
 }
 
 impl Chunk {
-    fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+    fn pages(self) -> impl Iterator<Item = u64> {
         let (run, strided) = match self {
-            Chunk::Run { start, n } => (Some(*start..*start + *n), None),
-            Chunk::Strided { pages, n } => (None, Some(pages[..*n].iter().copied())),
+            Chunk::Run { start, n } => (Some(start..start + n), None),
+            Chunk::Strided(job) => (None, Some(job.pages())),
         };
         run.into_iter()
             .flatten()
@@ -128,6 +142,8 @@ impl Chunk {
 #[derive(Debug, Clone, Copy)]
 struct Queued {
     job: Job,
+    /// The fault whose page the job starts with, if it does.
+    fault: Option<u64>,
     sent: Instant,
 }
 
@@ -157,10 +173,12 @@ impl Ahead {
 }
 
 impl Destination {
-    /// Queues `job` for a worker; false if none can take it now.
-    pub(super) fn send_ahead(&self, job: Job) -> bool {
+    /// Queues `job` for a worker; false if none can take it now. With `fault`, the job
+    /// starts with that fault's page, which counts as a demand fill.
+    pub(super) fn send_ahead(&self, job: Job, fault: Option<u64>) -> bool {
         self.queue_ahead(Queued {
             job,
+            fault,
             sent: Instant::now(),
         })
     }
@@ -292,10 +310,7 @@ impl Destination {
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
         self.demand_waiting.add(1);
-        let due = self.rtt().saturating_sub(q.sent.elapsed());
-        if !due.is_zero() {
-            std::thread::sleep(due);
-        }
+        self.answer_due(q.sent);
         let mut job = Some(q.job);
         let mut r = Ok(());
         let mut landed = 0;
@@ -307,13 +322,19 @@ impl Destination {
                 && matches!(j, Job::Run { .. })
                 && self.queue_ahead(Queued {
                     job: j,
+                    fault: None,
                     sent: q.sent,
                 })
             {
                 break;
             }
-            let (chunk, rest) = j.split();
-            if let Err(e) = self.land(&chunk, buf, sums) {
+            // Over a network a job is one request; in process it lands as it goes.
+            let (chunk, rest) = j.split(self.source.local_image().is_none());
+            let cause = match q.fault {
+                Some(fault) if landed == 0 => Cause::Demand { fault },
+                _ => Cause::Prefetch,
+            };
+            if let Err(e) = self.land(chunk, cause, buf, sums) {
                 // The chunk's pages go back unless they may be mapped; the rest, never
                 // tried, go back whatever happened.
                 let failed = chunk.pages().filter(|_| !may_be_mapped(&e));
@@ -332,15 +353,23 @@ impl Destination {
 
     fn land(
         &self,
-        chunk: &Chunk,
+        chunk: Chunk,
+        cause: Cause,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
         let _gate = self.fill_gate.read();
-        match *chunk {
-            Chunk::Run { start, n } => self.fetch_and_copy(start, n, Cause::Prefetch, buf, sums),
-            Chunk::Strided { ref pages, n } => {
-                self.fetch_scattered(&pages[..n], Cause::Prefetch, buf, sums)
+        match chunk {
+            Chunk::Run { start, n } => self.fetch_and_copy(start, n, cause, buf, sums),
+            Chunk::Strided(job) => {
+                // On the stack: a fault's page may be among them.
+                let mut pages = [0u64; SCATTERED_MOST];
+                let mut n = 0;
+                for (slot, p) in pages.iter_mut().zip(job.pages()) {
+                    *slot = p;
+                    n += 1;
+                }
+                self.fetch_scattered(&pages[..n], cause, buf, sums)
             }
         }
     }
@@ -385,8 +414,11 @@ mod tests {
             count: 40,
             up: true,
         };
-        let (chunk, rest) = up.split();
-        assert_eq!(chunk, Chunk::Run { start: 10, n: 32 });
+        let (chunk, rest) = up.split(false);
+        assert_eq!(
+            chunk.pages().collect::<Vec<_>>(),
+            (10..42).collect::<Vec<_>>()
+        );
         assert_eq!(
             rest.map(|r| r.pages().collect()),
             Some((42..50).collect::<Vec<_>>())
@@ -396,8 +428,11 @@ mod tests {
             count: 40,
             up: false,
         };
-        let (chunk, rest) = down.split();
-        assert_eq!(chunk, Chunk::Run { start: 69, n: 32 });
+        let (chunk, rest) = down.split(false);
+        assert_eq!(
+            chunk.pages().collect::<Vec<_>>(),
+            (69..=100).collect::<Vec<_>>()
+        );
         assert_eq!(
             rest.map(|r| r.pages().collect()),
             Some((61..=68).rev().collect::<Vec<_>>())
@@ -407,17 +442,15 @@ mod tests {
             count: 3,
             up: true,
         }
-        .split();
-        assert_eq!(
-            (chunk, rest.is_none()),
-            (Chunk::Run { start: 5, n: 3 }, true)
-        );
+        .split(false);
+        assert_eq!(chunk.pages().collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert!(rest.is_none());
         let strided = Job::Strided {
             origin: 1000,
             stride: 17,
             ks: 0b111_1110,
         };
-        let (chunk, rest) = strided.split();
+        let (chunk, rest) = strided.split(false);
         assert_eq!(
             chunk.pages().collect::<Vec<_>>(),
             vec![1017, 1034, 1051, 1068]

@@ -3,7 +3,7 @@
 //! place a page enters the destination.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Destination, PAGE};
 use crate::contract::Backing;
@@ -54,9 +54,6 @@ impl Destination {
         let gpa = page << PAGE_SHIFT;
         let len = count * PAGE_SIZE;
         self.throttle.acquire(len);
-        if matches!(cause, Cause::Demand { .. }) {
-            self.round_trip();
-        }
         match self.source.local_image() {
             Some(image) => {
                 let from = image_range(image, gpa, len)?;
@@ -80,12 +77,14 @@ impl Destination {
         Ok(())
     }
 
-    /// The simulated network's round trip, paid once by each demand request (with what it
-    /// brings in beside the fault).
-    pub(super) fn round_trip(&self) {
-        let rtt = self.rtt_ns.load(Ordering::Relaxed);
-        if rtt > 0 {
-            std::thread::sleep(Duration::from_nanos(rtt));
+    /// The simulated network's round trip for a request sent at `sent`, paid once by each
+    /// demand request (with what it brings in beside the fault), by whoever waits for its
+    /// answer: the push streams, and pays none.
+    pub(super) fn answer_due(&self, sent: Instant) {
+        let rtt = Duration::from_nanos(self.rtt_ns.load(Ordering::Relaxed));
+        let due = rtt.saturating_sub(sent.elapsed());
+        if !due.is_zero() {
+            std::thread::sleep(due);
         }
     }
 
@@ -105,9 +104,6 @@ impl Destination {
         }
         let len = pages.len() as u64 * PAGE_SIZE;
         self.throttle.acquire(len);
-        if matches!(cause, Cause::Demand { .. }) {
-            self.round_trip();
-        }
         match self.source.local_image() {
             Some(image) => {
                 for &p in pages {

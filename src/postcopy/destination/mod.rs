@@ -82,6 +82,20 @@ pub struct Destination {
     stop: AtomicBool,
 }
 
+/// The lowest `n` bits set in `bits`.
+fn lowest_bits(bits: u64, n: usize) -> u64 {
+    let (mut left, mut taken) = (bits, 0u64);
+    for _ in 0..n {
+        if left == 0 {
+            break;
+        }
+        let low = left & left.wrapping_neg();
+        taken |= low;
+        left &= !low;
+    }
+    taken
+}
+
 /// What a demand fill found.
 enum Demand {
     Done(FillOutcome),
@@ -318,15 +332,23 @@ impl Destination {
                     if self.push_enabled() {
                         self.push_hint.store(page + 2, Ordering::Relaxed);
                     }
+                    // A caller that does not wait (a reader shared by vCPUs) leaves a slow
+                    // fill to a worker where one can take it, and reads the next fault at
+                    // once: a fault queued behind it would be timed from its read, late. A
+                    // fast one costs less than the hand-over.
+                    let defer = !wait && self.fills_are_slow();
                     let r = DEMAND_BUFFERS.with_borrow_mut(|(buf, sums)| {
-                        self.fetch_with_window(vcpu, page, buf, sums)
+                        self.fetch_with_window(vcpu, page, defer, buf, sums)
                     });
                     self.demand_waiting.sub(1);
-                    if let Err(e) = r {
-                        self.abandon(page, 1, &e);
-                        return Err(e);
-                    }
-                    return Ok(Demand::Done(FillOutcome::Filled));
+                    return match r {
+                        Ok(true) => Ok(Demand::InFlight),
+                        Ok(false) => Ok(Demand::Done(FillOutcome::Filled)),
+                        Err(e) => {
+                            self.abandon(page, 1, &e);
+                            Err(e)
+                        }
+                    };
                 }
                 continue;
             }
@@ -349,14 +371,18 @@ impl Destination {
 
     /// Fetches claimed `page`, a fault of `vcpu`'s, with the window prefetch asks for: a
     /// contiguous one in the same fetch and copy (and, over TCP, one request), a strided one
-    /// after the faulting page is in. Pages someone else has are skipped.
+    /// in one round with it. Pages someone else has are skipped. From an in-process source
+    /// the window beyond its head goes to a prefetch worker. With `defer`, the fault's page
+    /// and its window all go to a worker if one can take them: returns whether they did.
     fn fetch_with_window(
         &self,
         vcpu: Option<usize>,
         page: u64,
+        defer: bool,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
-    ) -> Result<(), PostcopyError> {
+    ) -> Result<bool, PostcopyError> {
+        let sent = std::time::Instant::now();
         let seen = self.prefetch.on_fault(vcpu, page);
         if seen.used > 0 {
             self.telemetry.run.prefetch_used.add(seen.used);
@@ -367,86 +393,101 @@ impl Destination {
             let p = page as i64 + w.stride * i64::from(k);
             u64::try_from(p).ok().filter(|p| (lo..hi).contains(p))
         };
+        let up = w.stride > 0;
         if w.is_contiguous() {
             let mut n = 0;
             while n < w.count && at(n + 1).is_some_and(|p| self.pages.claim(p)) {
                 n += 1;
             }
-            let up = w.stride > 0;
+            self.prefetch
+                .brought(vcpu, page, w.stride, w.count, u64::from(n));
+            let whole = ahead::Job::Run {
+                first: page,
+                count: u64::from(n) + 1,
+                up,
+            };
+            if defer && self.send_ahead(whole, Some(page)) {
+                return Ok(true);
+            }
             // Beyond its head the window goes to a worker where one serves, queued first so
             // that both are under way together.
             let mut head = u64::from(n);
-            if head >= ahead::HEAD_PAGES + ahead::LEAST_AHEAD_PAGES {
+            let local = self.source.local_image().is_some();
+            if local && head >= ahead::HEAD_PAGES + ahead::LEAST_AHEAD_PAGES {
                 let skip = ahead::HEAD_PAGES + 1;
                 let job = ahead::Job::Run {
                     first: if up { page + skip } else { page - skip },
                     count: head - ahead::HEAD_PAGES,
                     up,
                 };
-                if self.send_ahead(job) {
+                if self.send_ahead(job, None) {
                     head = ahead::HEAD_PAGES;
                 }
             }
             let first = if up { page } else { page - head };
+            self.answer_due(sent);
             let r = self.fetch_and_copy(first, head + 1, Cause::Demand { fault: page }, buf, sums);
             if let Err(e) = &r {
                 // The caller gives the faulting page back; the head's are ours to.
                 let rest = if up { first + 1 } else { first };
                 self.abandon(rest, head, e);
             }
-            self.prefetch
-                .brought(vcpu, page, w.stride, w.count, u64::from(n));
-            return r;
+            return r.map(|()| false);
         }
         // A strided window: its pages claimed one by one (those others have are skipped),
-        // fetched with the fault's in one round, or beyond its head by a worker.
-        // On the stack, the fault's page first: this is a fault's path.
-        let mut pages = [0u64; fill::SCATTERED_MOST];
-        pages[0] = page;
-        let mut n = 1;
-        // Which of the window's pages (by place k in the stream) this fault claimed
-        // beyond the head.
-        let mut tail = 0u64;
-        for (k, p) in (1..=w.count).filter_map(|k| at(k).map(|p| (k, p))) {
-            if n == pages.len() {
-                break;
-            }
-            if self.pages.claim(p) {
-                if n > ahead::STRIDED_HEAD_PAGES {
-                    tail |= 1 << k;
-                } else {
-                    pages[n] = p;
-                }
-                n += 1;
+        // by their place k in the stream (the fault's is 0).
+        let mut ks = 1u64;
+        for k in (1..=w.count.min(prefetch::MOST_STRIDED)).filter(|&k| at(k).is_some()) {
+            if at(k).is_some_and(|p| self.pages.claim(p)) {
+                ks |= 1 << k;
             }
         }
-        let head = if tail != 0
-            && (tail.count_ones() < ahead::LEAST_STRIDED_AHEAD
-                || !self.send_ahead(ahead::Job::Strided {
-                    origin: page,
-                    stride: w.stride,
-                    ks: tail,
-                })) {
-            // Too little for a worker, or none takes it: fetched here with the head.
-            let mut head = 1 + ahead::STRIDED_HEAD_PAGES;
-            for k in (0..64).filter(|k| tail & (1 << k) != 0) {
-                pages[head] = page.wrapping_add_signed(w.stride * k);
-                head += 1;
-            }
-            head
-        } else {
-            n.min(1 + ahead::STRIDED_HEAD_PAGES)
+        let claimed = u64::from(ks.count_ones()) - 1;
+        self.prefetch
+            .brought(vcpu, page, w.stride, w.count, claimed);
+        let strided = |ks| ahead::Job::Strided {
+            origin: page,
+            stride: w.stride,
+            ks,
         };
-        let r = self.fetch_scattered(&pages[..head], Cause::Demand { fault: page }, buf, sums);
+        if defer && self.send_ahead(strided(ks), Some(page)) {
+            return Ok(true);
+        }
+        // The fault's page and the head's are fetched here in one round; the tail, if
+        // worth a worker's wake-up, goes to one.
+        let mut here = ks;
+        let head_bits = lowest_bits(ks, 1 + ahead::STRIDED_HEAD_PAGES);
+        let tail = ks & !head_bits;
+        if self.source.local_image().is_some()
+            && tail.count_ones() >= ahead::LEAST_STRIDED_AHEAD
+            && self.send_ahead(strided(tail), None)
+        {
+            here = head_bits;
+        }
+        // On the stack, the fault's page first: this is a fault's path.
+        let mut pages = [0u64; fill::SCATTERED_MOST];
+        let mut n = 0;
+        for k in (0..64).filter(|k| here & (1 << k) != 0) {
+            pages[n] = page.wrapping_add_signed(w.stride * k);
+            n += 1;
+        }
+        self.answer_due(sent);
+        let r = self.fetch_scattered(&pages[..n], Cause::Demand { fault: page }, buf, sums);
         if let Err(e) = &r {
             // The caller gives the faulting page back; the head's are ours to.
-            for &p in &pages[1..head] {
+            for &p in &pages[1..n] {
                 self.abandon(p, 1, e);
             }
         }
-        self.prefetch
-            .brought(vcpu, page, w.stride, w.count, n as u64 - 1);
-        r
+        r.map(|()| false)
+    }
+
+    /// Whether a fill waits out a throttle or a set round trip: then for milliseconds, and
+    /// a worker's wake-up (tens of us here) is the smaller cost. A plain fill, even over
+    /// loopback TCP (about 20 us), is cheaper done than handed over (BENCHMARKS.md).
+    fn fills_are_slow(&self) -> bool {
+        self.rtt_ns.load(Ordering::Relaxed) > 0
+            || self.throttle.rate() != crate::units::Rate::Unlimited
     }
 
     /// The prefetch strategy in force.

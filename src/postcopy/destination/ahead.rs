@@ -207,14 +207,19 @@ impl Destination {
         self.ahead.workers.fetch_add(1, Ordering::AcqRel);
         let mut buf = Vec::with_capacity(CHUNK_PAGES as usize * PAGE);
         let mut sums = Vec::with_capacity(CHUNK_PAGES as usize);
+        // Awake for a while only after a job: a stream's next window follows soon, and an
+        // idle worker costs nothing.
+        let mut busy = false;
         let r = loop {
             if self.stop.load(Ordering::Acquire) {
                 break Ok(());
             }
-            let next = match self.ahead_spin() {
+            let spun = if busy { self.ahead_spin() } else { None };
+            let next = match spun {
                 Some(job) => Ok(job),
                 None => self.ahead.rx.recv_timeout(IDLE_POLL),
             };
+            busy = next.is_ok();
             match next {
                 Ok(q) => {
                     if let Err(e) = self.run_ahead(q, false, &mut buf, &mut sums) {

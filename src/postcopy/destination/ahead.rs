@@ -86,16 +86,8 @@ impl Job {
                 } else {
                     STRIDED_CHUNK_PAGES
                 };
-                let mut left = ks;
-                let mut taken = 0u64;
-                for _ in 0..most {
-                    if left == 0 {
-                        break;
-                    }
-                    let low = left & left.wrapping_neg();
-                    taken |= low;
-                    left &= !low;
-                }
+                let taken = lowest_bits(ks, most);
+                let left = ks & !taken;
                 let rest = (left != 0).then_some(Job::Strided {
                     origin,
                     stride,
@@ -112,6 +104,20 @@ impl Job {
             }
         }
     }
+}
+
+/// The lowest `n` bits set in `bits`.
+pub(super) fn lowest_bits(bits: u64, n: usize) -> u64 {
+    let (mut left, mut taken) = (bits, 0u64);
+    for _ in 0..n {
+        if left == 0 {
+            break;
+        }
+        let low = left & left.wrapping_neg();
+        taken |= low;
+        left &= !low;
+    }
+    taken
 }
 
 /// Pages a worker lands in one go.

@@ -82,20 +82,6 @@ pub struct Destination {
     stop: AtomicBool,
 }
 
-/// The lowest `n` bits set in `bits`.
-fn lowest_bits(bits: u64, n: usize) -> u64 {
-    let (mut left, mut taken) = (bits, 0u64);
-    for _ in 0..n {
-        if left == 0 {
-            break;
-        }
-        let low = left & left.wrapping_neg();
-        taken |= low;
-        left &= !low;
-    }
-    taken
-}
-
 /// What a demand fill found.
 enum Demand {
     Done(FillOutcome),
@@ -456,7 +442,7 @@ impl Destination {
         // The fault's page and the head's are fetched here in one round; the tail, if
         // worth a worker's wake-up, goes to one.
         let mut here = ks;
-        let head_bits = lowest_bits(ks, 1 + ahead::STRIDED_HEAD_PAGES);
+        let head_bits = ahead::lowest_bits(ks, 1 + ahead::STRIDED_HEAD_PAGES);
         let tail = ks & !head_bits;
         if self.source.local_image().is_some()
             && tail.count_ones() >= ahead::LEAST_STRIDED_AHEAD

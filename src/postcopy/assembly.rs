@@ -162,7 +162,8 @@ impl Workers {
                 .join()
                 .map_err(|_| PostcopyError::Panicked)
                 .and_then(|r| r);
-            if result.is_ok() {
+            // The first error, unless it only says a thread stopped because another failed.
+            if result.is_ok() || matches!(result, Err(PostcopyError::StoppedEarly)) && r.is_err() {
                 result = r;
             }
         }

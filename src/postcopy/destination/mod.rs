@@ -82,6 +82,9 @@ pub struct Destination {
     stop: AtomicBool,
 }
 
+/// How long a fault waits on a page in flight once the destination is stopped.
+const STOPPED_WAIT: Duration = Duration::from_secs(2);
+
 /// What a demand fill found.
 enum Demand {
     Done(FillOutcome),
@@ -292,6 +295,7 @@ impl Destination {
     fn demand(&self, vcpu: Option<usize>, gpa: u64, wait: bool) -> Result<Demand, PostcopyError> {
         let page = gpa >> PAGE_SHIFT;
         let mut first = true;
+        let mut stopped_since = None;
         loop {
             let state = self.pages.get(page);
             if state.is_present() {
@@ -341,9 +345,14 @@ impl Destination {
             if !wait {
                 return Ok(Demand::InFlight);
             }
-            // Stopped, its filler may be gone for good (a failed run): no waiting forever.
-            // A run that ends well stops only once every page is in.
-            if self.stop.load(Ordering::Acquire) {
+            // Stopped, its filler may be gone for good (a failed run): no waiting forever,
+            // but a while, for a filler that is about to land it.
+            if self.stop.load(Ordering::Acquire)
+                && stopped_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    > STOPPED_WAIT
+            {
                 return Err(PostcopyError::StoppedEarly);
             }
             // Waiting on a page in flight: a queued window is better filled here than

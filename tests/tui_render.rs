@@ -2,10 +2,10 @@
 
 use faultline::contract::Action;
 use faultline::tui::fixture::{self, INJECT_STEP};
+use faultline::tui::screen::buffer_text;
 use faultline::tui::{App, Pane, Theme, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{
     KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
@@ -17,16 +17,6 @@ fn terminal(w: u16, h: u16, app: &App) -> Terminal<TestBackend> {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| draw(f, app)).unwrap();
     t
-}
-
-fn text(buf: &Buffer) -> String {
-    let mut out = String::new();
-    for y in 0..buf.area.height {
-        let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect();
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn screen(w: u16, h: u16, app: &App) -> String {
@@ -228,8 +218,8 @@ fn no_color_means_no_colour_anywhere() {
         }
         // Same glyphs, and modifiers still mark the cursor and focus.
         assert_eq!(
-            text(colored.backend().buffer()),
-            text(plain.backend().buffer())
+            buffer_text(colored.backend().buffer()),
+            buffer_text(plain.backend().buffer())
         );
         assert!(
             cells

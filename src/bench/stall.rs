@@ -84,15 +84,7 @@ pub fn run_stall_trial(c: &StallConfig) -> Result<StallTrial, BenchError> {
     // Each vCPU's next page to look at: pages only ever arrive, so the scan never goes back.
     let mut next: Vec<u64> = sets.iter().map(|s| s.0).collect();
     let arrived = loop {
-        if let Some(f) = rig.vm.failure() {
-            return Err(BenchError::GuestFailed(f));
-        }
-        if start.elapsed() > STALL_TRIAL_TIMEOUT {
-            return Err(BenchError::Timeout(STALL_TRIAL_TIMEOUT));
-        }
-        if let Some(e) = rig.worker_failed() {
-            return Err(e);
-        }
+        rig.check_going(start, STALL_TRIAL_TIMEOUT)?;
         let mut all = true;
         for (n, &(first, pages)) in next.iter_mut().zip(&sets) {
             while *n < first + pages && dest.pages().get(*n).is_present() {

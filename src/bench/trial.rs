@@ -177,11 +177,26 @@ impl Rig {
 
     /// Why a reader (or the push) stopped early, if one did: the vCPUs it served would
     /// wait for ever. Its faults are released, so the VM can be stopped.
-    pub fn worker_failed(&mut self) -> Option<BenchError> {
+    fn worker_failed(&mut self) -> Option<BenchError> {
         if !self.workers.as_ref().is_some_and(|w| w.any_finished()) {
             return None;
         }
         self.workers.take().map(|w| w.failure().into())
+    }
+
+    /// Ends a trial polled since `start` that cannot go on: a vCPU failed, a worker
+    /// stopped early, or `timeout` has passed.
+    pub fn check_going(&mut self, start: Instant, timeout: Duration) -> Result<(), BenchError> {
+        if let Some(f) = self.vm.failure() {
+            return Err(BenchError::GuestFailed(f));
+        }
+        if start.elapsed() > timeout {
+            return Err(BenchError::Timeout(timeout));
+        }
+        match self.worker_failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Stops and joins the destination's threads (the vCPUs go with the VM).
@@ -254,15 +269,7 @@ pub fn run_trial(c: &TrialConfig) -> Result<Trial, BenchError> {
     rig.start()?;
     let mut done = vec![false; c.vcpus];
     while done.iter().any(|d| !d) {
-        if let Some(f) = rig.vm.failure() {
-            return Err(BenchError::GuestFailed(f));
-        }
-        if start.elapsed() > TRIAL_TIMEOUT {
-            return Err(BenchError::Timeout(TRIAL_TIMEOUT));
-        }
-        if let Some(e) = rig.worker_failed() {
-            return Err(e);
-        }
+        rig.check_going(start, TRIAL_TIMEOUT)?;
         let vm = &rig.vm;
         for (d, v) in done.iter_mut().zip(vm.vcpus()) {
             *d = *d || v.state() == RunState::Done;

@@ -163,7 +163,8 @@ impl Workers {
                 .map_err(|_| PostcopyError::Panicked)
                 .and_then(|r| r);
             // The first error, unless it only says a thread stopped because another failed.
-            if result.is_ok() || matches!(result, Err(PostcopyError::StoppedEarly)) && r.is_err() {
+            if result.is_ok() || (matches!(result, Err(PostcopyError::StoppedEarly)) && r.is_err())
+            {
                 result = r;
             }
         }

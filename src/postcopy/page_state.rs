@@ -134,13 +134,6 @@ impl PageStateMap {
         self.transition(page, PageState::Requested, PageState::Missing as u8);
     }
 
-    /// Makes a filled page missing again and marks it injected; returns whether it was filled.
-    pub fn drop_page(&self, page: u64) -> bool {
-        FILLED
-            .into_iter()
-            .any(|from| self.transition(page, from, INJECTED | PageState::Missing as u8))
-    }
-
     /// Takes a filled page back for an injection: claimed (in flight) until
     /// [`Self::release_taken`], so faults on it wait and no one fills it. Returns whether
     /// it was filled.
@@ -227,8 +220,9 @@ mod tests {
         assert!(m.get(5).is_present());
         assert!(!m.claim(5));
         assert!(!m.was_injected(5));
-        assert!(m.drop_page(5));
-        assert!(!m.drop_page(5), "a missing page cannot be dropped");
+        assert!(m.take_page(5));
+        m.release_taken(5);
+        assert!(!m.take_page(5), "a missing page cannot be taken");
         assert!(m.claim(5));
         m.set_filled(5, PageState::FilledByPush);
         assert!(m.was_injected(5), "the injected mark survives a refetch");

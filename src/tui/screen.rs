@@ -3,6 +3,7 @@
 
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
 
 use super::{App, view};
 
@@ -11,7 +12,11 @@ pub fn text(app: &App, width: u16, height: u16) -> String {
     // A buffer backend cannot fail.
     let Ok(mut t) = Terminal::new(TestBackend::new(width, height));
     let Ok(_) = t.draw(|f| view::draw(f, app));
-    let buf = t.backend().buffer();
+    buffer_text(t.backend().buffer())
+}
+
+/// A drawn buffer as text, one line a row, trailing blanks cut.
+pub fn buffer_text(buf: &Buffer) -> String {
     let mut out = String::new();
     for y in 0..buf.area.height {
         let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect();

@@ -17,7 +17,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use super::fill::{Cause, SCATTERED_MOST};
 use super::{Destination, PAGE};
 use crate::postcopy::PostcopyError;
-use crate::vmm::layout::PAGE_SIZE;
 
 /// Pages of a contiguous window the faulting thread fills itself: the guest works through
 /// them while the worker wakes and starts on the rest.
@@ -68,17 +67,23 @@ impl Job {
 
     /// The job's nearest pages, as many as land in one go, and what is left after them.
     /// `whole`: all of it in one go (one request over a network).
-    fn split(self, whole: bool) -> (Chunk, Option<Job>) {
+    fn split(self, whole: bool) -> (Job, Option<Job>) {
         match self {
             Job::Run { first, count, up } => {
                 let n = if whole { count } else { CHUNK_PAGES.min(count) };
-                let start = if up { first } else { first - (n - 1) };
                 let rest = (count > n).then(|| Job::Run {
                     first: if up { first + n } else { first - n },
                     count: count - n,
                     up,
                 });
-                (Chunk::Run { start, n }, rest)
+                (
+                    Job::Run {
+                        first,
+                        count: n,
+                        up,
+                    },
+                    rest,
+                )
             }
             Job::Strided { origin, stride, ks } => {
                 let most = if whole {
@@ -87,20 +92,8 @@ impl Job {
                     STRIDED_CHUNK_PAGES
                 };
                 let taken = lowest_bits(ks, most);
-                let left = ks & !taken;
-                let rest = (left != 0).then_some(Job::Strided {
-                    origin,
-                    stride,
-                    ks: left,
-                });
-                (
-                    Chunk::Strided(Job::Strided {
-                        origin,
-                        stride,
-                        ks: taken,
-                    }),
-                    rest,
-                )
+                let part = |ks| Job::Strided { origin, stride, ks };
+                (part(taken), (ks != taken).then(|| part(ks & !taken)))
             }
         }
     }
@@ -120,37 +113,15 @@ pub(super) fn lowest_bits(bits: u64, n: usize) -> u64 {
     taken
 }
 
-/// Pages a worker lands in one go.
-#[derive(Debug, Clone, Copy)]
-enum Chunk {
-    Run {
-        start: u64,
-        n: u64,
-    },
-    /// A strided job's pages that land together.
-    Strided(Job),
-}
-
-impl Chunk {
-    fn pages(self) -> impl Iterator<Item = u64> {
-        let (run, strided) = match self {
-            Chunk::Run { start, n } => (Some(start..start + n), None),
-            Chunk::Strided(job) => (None, Some(job.pages())),
-        };
-        run.into_iter()
-            .flatten()
-            .chain(strided.into_iter().flatten())
-    }
-}
-
-/// A job on the queue, with when its request left: its answer comes a round trip after
-/// that, whoever takes it up and however often it is split.
+/// A job on the queue, with when its request left (where a round trip is simulated): its
+/// answer comes a round trip after that, whoever takes it up and however often it is
+/// split.
 #[derive(Debug, Clone, Copy)]
 struct Queued {
     job: Job,
     /// The fault whose page the job starts with, if it does.
     fault: Option<u64>,
-    sent: Instant,
+    sent: Option<Instant>,
 }
 
 /// The queue of windows and the count of workers serving it.
@@ -179,14 +150,11 @@ impl Ahead {
 }
 
 impl Destination {
-    /// Queues `job` for a worker; false if none can take it now. With `fault`, the job
-    /// starts with that fault's page, which counts as a demand fill.
-    pub(super) fn send_ahead(&self, job: Job, fault: Option<u64>) -> bool {
-        self.queue_ahead(Queued {
-            job,
-            fault,
-            sent: Instant::now(),
-        })
+    /// Queues `job`, part of the request `sent` for a fault, for a worker; false if none
+    /// can take it now. With `fault`, the job starts with that fault's page, which counts
+    /// as a demand fill.
+    pub(super) fn send_ahead(&self, job: Job, fault: Option<u64>, sent: Option<Instant>) -> bool {
+        self.queue_ahead(Queued { job, fault, sent })
     }
 
     fn queue_ahead(&self, q: Queued) -> bool {
@@ -299,16 +267,6 @@ impl Destination {
         }
     }
 
-    /// A claimed page nobody will fill goes back to missing; a vCPU asleep on it faults
-    /// again.
-    fn give_up_claim(&self, page: u64) {
-        self.pages.unclaim(page);
-        let host = self.ram.host_base() + page * PAGE_SIZE;
-        if let Ok(uffd) = self.uffd_for(page) {
-            let _ = uffd.wake(host, PAGE_SIZE);
-        }
-    }
-
     /// Lands a queued job's pages, nearest first, a chunk at a time, once its answer is
     /// due (a round trip after it was sent). With `one`, only the first chunk of a
     /// contiguous job, and the rest goes back on the queue (or is landed here if it
@@ -346,10 +304,9 @@ impl Destination {
                 _ => Cause::Prefetch,
             };
             if let Err(e) = self.land(chunk, cause, buf, sums) {
-                // The chunk's pages go back unless they may be mapped; the rest, never
-                // tried, go back whatever happened.
-                let failed = chunk.pages().filter(|_| !may_be_mapped(&e));
-                for p in failed.chain(rest.into_iter().flat_map(Job::pages)) {
+                // The rest, never tried, goes back whatever happened.
+                self.abandon(chunk.pages(), &e);
+                for p in rest.into_iter().flat_map(Job::pages) {
                     self.give_up_claim(p);
                 }
                 r = Err(e);
@@ -362,17 +319,21 @@ impl Destination {
         r
     }
 
+    /// Fills a chunk of a job, in one copy if it is contiguous.
     fn land(
         &self,
-        chunk: Chunk,
+        chunk: Job,
         cause: Cause,
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<(), PostcopyError> {
         let _gate = self.fill_gate.read();
         match chunk {
-            Chunk::Run { start, n } => self.fetch_and_copy(start, n, cause, buf, sums),
-            Chunk::Strided(job) => {
+            Job::Run { first, count, up } => {
+                let start = if up { first } else { first - (count - 1) };
+                self.fetch_and_copy(start, count, cause, buf, sums)
+            }
+            job @ Job::Strided { .. } => {
                 // On the stack: a fault's page may be among them.
                 let mut pages = [0u64; SCATTERED_MOST];
                 let mut n = 0;
@@ -384,12 +345,6 @@ impl Destination {
             }
         }
     }
-}
-
-/// Whether pages whose fill failed with `e` may be in the guest's view already: then they
-/// stay claimed, never filled again.
-fn may_be_mapped(e: &PostcopyError) -> bool {
-    matches!(e, PostcopyError::Map { .. })
 }
 
 #[cfg(test)]
@@ -442,7 +397,7 @@ mod tests {
         let (chunk, rest) = down.split(false);
         assert_eq!(
             chunk.pages().collect::<Vec<_>>(),
-            (69..=100).collect::<Vec<_>>()
+            (69..=100).rev().collect::<Vec<_>>()
         );
         assert_eq!(
             rest.map(|r| r.pages().collect()),

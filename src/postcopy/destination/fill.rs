@@ -77,10 +77,19 @@ impl Destination {
         Ok(())
     }
 
-    /// The simulated network's round trip for a request sent at `sent`, paid once by each
+    /// When a demand request leaves, where a round trip is simulated (None: none is, and
+    /// the fault's path reads no clock for it).
+    pub(super) fn request_sent(&self) -> Option<Instant> {
+        (self.rtt_ns.load(Ordering::Relaxed) > 0).then(Instant::now)
+    }
+
+    /// The simulated network's round trip for a request `sent` then, paid once by each
     /// demand request (with what it brings in beside the fault), by whoever waits for its
     /// answer: the push streams, and pays none.
-    pub(super) fn answer_due(&self, sent: Instant) {
+    pub(super) fn answer_due(&self, sent: Option<Instant>) {
+        let Some(sent) = sent else {
+            return;
+        };
         let rtt = Duration::from_nanos(self.rtt_ns.load(Ordering::Relaxed));
         let due = rtt.saturating_sub(sent.elapsed());
         if !due.is_zero() {
@@ -169,6 +178,18 @@ impl Destination {
         self.missing.sub(count);
     }
 
+    /// Where `[gpa, gpa + len)` of shared guest RAM lies in its fill mapping.
+    pub(super) fn fill_range(&self, gpa: u64, len: u64) -> Result<u64, PostcopyError> {
+        self.ram
+            .fill_addr(gpa)
+            .filter(|_| self.ram.contains(gpa, len))
+            .ok_or_else(|| PostcopyError::Map {
+                gpa,
+                len,
+                why: "outside guest RAM".into(),
+            })
+    }
+
     /// Puts `len` bytes from `from` into the claimed pages from `page` on and makes them
     /// present, waking whoever waits on them.
     ///
@@ -190,11 +211,7 @@ impl Destination {
             return Ok(());
         }
         let map_error = |why: String| PostcopyError::Map { gpa, len, why };
-        let fill = self
-            .ram
-            .fill_addr(gpa)
-            .filter(|_| self.ram.contains(gpa, len))
-            .ok_or_else(|| map_error("outside guest RAM".into()))?;
+        let fill = self.fill_range(gpa, len)?;
         // SAFETY: the fill mapping holds the range (checked). The claim makes us the range's
         // only writer, and a claimable page is never mapped in the guest's view (a page
         // found mapped below is an error, and stays claimed), so the guest cannot see these

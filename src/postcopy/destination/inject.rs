@@ -183,15 +183,7 @@ impl Destination {
         // anonymous RAM in a copy.
         let aside = match self.ram.backing() {
             Backing::Shared => Aside::InMemfd {
-                addr: self
-                    .ram
-                    .fill_addr(gpa)
-                    .filter(|_| self.ram.contains(gpa, len))
-                    .ok_or_else(|| PostcopyError::Map {
-                        gpa,
-                        len,
-                        why: "outside guest RAM".into(),
-                    })?,
+                addr: self.fill_range(gpa, len)?,
                 len,
             },
             Backing::Anonymous => {

@@ -335,7 +335,7 @@ impl Destination {
                         Ok(true) => Ok(Demand::InFlight),
                         Ok(false) => Ok(Demand::Done(FillOutcome::Filled)),
                         Err(e) => {
-                            self.abandon(page, 1, &e);
+                            self.abandon([page], &e);
                             Err(e)
                         }
                     };
@@ -377,7 +377,7 @@ impl Destination {
         buf: &mut Vec<u8>,
         sums: &mut Vec<u32>,
     ) -> Result<bool, PostcopyError> {
-        let sent = std::time::Instant::now();
+        let sent = self.request_sent();
         let seen = self.prefetch.on_fault(vcpu, page);
         if seen.used > 0 {
             self.telemetry.run.prefetch_used.add(seen.used);
@@ -401,21 +401,22 @@ impl Destination {
                 count: u64::from(n) + 1,
                 up,
             };
-            if defer && self.send_ahead(whole, Some(page)) {
+            if defer && self.send_ahead(whole, Some(page), sent) {
                 return Ok(true);
             }
             // Beyond its head the window goes to a worker where one serves, queued first so
             // that both are under way together.
             let mut head = u64::from(n);
-            let local = self.source.local_image().is_some();
-            if local && head >= ahead::HEAD_PAGES + ahead::LEAST_AHEAD_PAGES {
+            if head >= ahead::HEAD_PAGES + ahead::LEAST_AHEAD_PAGES
+                && self.source.local_image().is_some()
+            {
                 let skip = ahead::HEAD_PAGES + 1;
                 let job = ahead::Job::Run {
                     first: if up { page + skip } else { page - skip },
                     count: head - ahead::HEAD_PAGES,
                     up,
                 };
-                if self.send_ahead(job, None) {
+                if self.send_ahead(job, None, sent) {
                     head = ahead::HEAD_PAGES;
                 }
             }
@@ -425,14 +426,14 @@ impl Destination {
             if let Err(e) = &r {
                 // The caller gives the faulting page back; the head's are ours to.
                 let rest = if up { first + 1 } else { first };
-                self.abandon(rest, head, e);
+                self.abandon(rest..rest + head, e);
             }
             return r.map(|()| false);
         }
         // A strided window: its pages claimed one by one (those others have are skipped),
         // by their place k in the stream (the fault's is 0).
         let mut ks = 1u64;
-        for k in (1..=w.count.min(prefetch::MOST_STRIDED)).filter(|&k| at(k).is_some()) {
+        for k in 1..=w.count.min(prefetch::MOST_STRIDED) {
             if at(k).is_some_and(|p| self.pages.claim(p)) {
                 ks |= 1 << k;
             }
@@ -445,7 +446,7 @@ impl Destination {
             stride: w.stride,
             ks,
         };
-        if defer && self.send_ahead(strided(ks), Some(page)) {
+        if defer && self.send_ahead(strided(ks), Some(page), sent) {
             return Ok(true);
         }
         // The fault's page and the head's are fetched here in one round; the tail, if
@@ -455,7 +456,7 @@ impl Destination {
         let tail = ks & !head_bits;
         if self.source.local_image().is_some()
             && tail.count_ones() >= ahead::LEAST_STRIDED_AHEAD
-            && self.send_ahead(strided(tail), None)
+            && self.send_ahead(strided(tail), None, sent)
         {
             here = head_bits;
         }
@@ -470,9 +471,7 @@ impl Destination {
         let r = self.fetch_scattered(&pages[..n], Cause::Demand { fault: page }, buf, sums);
         if let Err(e) = &r {
             // The caller gives the faulting page back; the head's are ours to.
-            for &p in &pages[1..n] {
-                self.abandon(p, 1, e);
-            }
+            self.abandon(pages[1..n].iter().copied(), e);
         }
         r.map(|()| false)
     }
@@ -495,13 +494,24 @@ impl Destination {
         self.prefetch.set_strategy(p);
     }
 
-    /// Gives claimed pages back after a failed fill, unless they may be mapped already.
-    fn abandon(&self, page: u64, count: u64, e: &PostcopyError) {
+    /// Gives claimed `pages` back after a failed fill, unless they may be mapped already:
+    /// then they stay claimed, never filled again.
+    fn abandon(&self, pages: impl IntoIterator<Item = u64>, e: &PostcopyError) {
         if matches!(e, PostcopyError::Map { .. }) {
             return;
         }
-        for p in page..page + count {
-            self.pages.unclaim(p);
+        for p in pages {
+            self.give_up_claim(p);
+        }
+    }
+
+    /// A claimed page nobody will fill goes back to missing; a vCPU asleep on it faults
+    /// again.
+    fn give_up_claim(&self, page: u64) {
+        self.pages.unclaim(page);
+        let host = self.ram.host_base() + (page << PAGE_SHIFT);
+        if let Ok(uffd) = self.uffd_for(page) {
+            let _ = uffd.wake(host, PAGE_SIZE);
         }
     }
 

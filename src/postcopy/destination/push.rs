@@ -82,7 +82,7 @@ impl Destination {
                 cursor = page + count;
             }
             if let Err(e) = self.fetch_and_copy(page, count, Cause::Push, &mut buf, &mut sums) {
-                self.abandon(page, count, &e);
+                self.abandon(page..page + count, &e);
                 return Err(e);
             }
         }
